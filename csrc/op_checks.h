@@ -1,0 +1,48 @@
+// Argument checks shared by the CPU and CUDA glue: one sentence per problem, raised before any
+// output is allocated.
+#pragma once
+
+#include <torch/extension.h>
+
+namespace kac {
+
+inline void check_float_input(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "kacfast: ", name,
+              " must be a floating-point tensor, got ", t.scalar_type(), ".");
+  TORCH_CHECK(t.is_contiguous(), "kacfast: ", name, " must be contiguous.");
+}
+
+inline void check_times(const at::Tensor& times, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(times.scalar_type() == at::kFloat, "kacfast: ", name,
+              " must be float32, got ", times.scalar_type(), ".");
+  TORCH_CHECK(times.is_contiguous(), "kacfast: ", name, " must be contiguous.");
+  TORCH_CHECK(times.device() == like.device(), "kacfast: ", name, " is on ", times.device(),
+              " but the data is on ", like.device(), ".");
+}
+
+inline void check_rate_speed(double a, double c) {
+  TORCH_CHECK(a > 0, "kacfast: the switching rate a must be > 0, got ", a, ".");
+  TORCH_CHECK(c > 0, "kacfast: the speed c must be > 0, got ", c, ".");
+}
+
+inline void check_eps(double eps) {
+  TORCH_CHECK(eps >= 0 && eps < 1, "kacfast: eps must lie in [0, 1), got ", eps, ".");
+}
+
+inline void check_seed_offset(int64_t seed, int64_t offset) {
+  TORCH_CHECK(seed >= 0, "kacfast: seed must be >= 0, got ", seed, ".");
+  TORCH_CHECK(offset >= 0 && offset < (int64_t(1) << 32),
+              "kacfast: offset must lie in [0, 2^32), got ", offset, ".");
+}
+
+// Elements of x sharing one entry of s: s covers a leading block of x's dims.
+inline int64_t inner_size(const at::Tensor& x, const at::Tensor& s, const char* s_name) {
+  const int64_t n = x.numel(), m = s.numel();
+  TORCH_CHECK(m > 0 || n == 0, "kacfast: ", s_name, " is empty but the data is not.");
+  if (n == 0) return 1;
+  TORCH_CHECK(n % m == 0, "kacfast: ", s_name, " has ", m,
+              " elements, which does not divide the data's ", n, ".");
+  return n / m;
+}
+
+}  // namespace kac

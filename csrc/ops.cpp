@@ -1,0 +1,29 @@
+// Operator schemas of the `kacfast` namespace (implementations: cpu/*.cpp, cuda/*_glue.cpp) and a
+// tiny Python module that reports what this build contains.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(kacfast, m) {
+  // v_K(s, x) elementwise; s is float32, either x's shape or a leading-dims block of it
+  // (s.numel() divides x.numel(); element i uses s[i / (x.numel() / s.numel())]).
+  m.def("kac_velocity(Tensor x, Tensor s, float a, float c, float eps) -> Tensor");
+  // Exact Kac displacement per element of s (float32 process times); output dtype `dtype`.
+  m.def("kac_noise(Tensor s, float a, float c, int seed, int offset, ScalarType dtype) -> Tensor");
+  // Fused flow-matching pair: x0 (B, ...) any float dtype, t (B,) float32 -> (x_t, u) like x0.
+  m.def(
+      "kac_noise_target(Tensor x0, Tensor t, float a, float c, float T, int clock, float eps, "
+      "int seed, int offset) -> (Tensor, Tensor)");
+}
+
+static bool built_with_cuda() {
+#ifdef KACFAST_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "kacfast compiled kernels (operators live in torch.ops.kacfast)";
+  m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in.");
+}

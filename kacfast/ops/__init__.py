@@ -1,0 +1,240 @@
+"""Fused Kac-flow ops with four interchangeable backends.
+
+Backends: "torch" (kacfast.ops.reference, the ground truth), "cpu" (C++ kernels), "cuda" (CUDA
+kernels), "triton" (Triton kernels; on CPU only under TRITON_INTERPRET=1). The backend is chosen by
+device (CPU tensors -> "cpu", CUDA tensors -> "cuda", else "triton", else "torch"), and can be pinned
+with `use_backend(name)` or the KACFAST_BACKEND environment variable (read at import).
+
+Every op validates its arguments with a one-sentence error before touching any output. Value checks
+that need the data (s >= 0, t in [0, T]) run for CPU tensors outside torch.compile; on GPU they are
+skipped, because they would synchronize the host.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from kacfast.ops import _ext, _fake, reference
+from kacfast.ops.reference import CLOCKS
+
+__all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "use_backend", "resolve_backend",
+           "available_backends", "BACKENDS", "reference"]
+
+BACKENDS = ("torch", "cpu", "cuda", "triton")
+_DEFAULT_BACKEND = os.environ.get("KACFAST_BACKEND", "auto")
+_forced: list[str] = []
+
+if _ext.available():
+    for _name in ("kac_velocity", "kac_noise", "kac_noise_target"):
+        torch.library.register_fake(f"kacfast::{_name}")(getattr(_fake, _name))
+
+
+def _triton_module():
+    from kacfast.ops import triton as triton_ops
+    return triton_ops
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """Backends that can run on tensors of `device` in this process."""
+    dev = torch.device(device)
+    names = ["torch"]
+    if dev.type == "cpu" and _ext.available():
+        names.append("cpu")
+    if dev.type == "cuda" and _ext.has_cuda():
+        names.append("cuda")
+    if _triton_module().available(dev):
+        names.append("triton")
+    return names
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Pin every kacfast op to backend `name` ("torch", "cpu", "cuda", "triton" or "auto")."""
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"unknown kacfast backend {name!r}; choose one of {BACKENDS + ('auto',)}.")
+    _forced.append(name)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def resolve_backend(device: torch.device) -> str:
+    """The backend an op on tensors of `device` runs on now (after pins and the environment)."""
+    name = _forced[-1] if _forced else _DEFAULT_BACKEND
+    if name == "auto":
+        if device.type == "cpu" and _ext.available():
+            return "cpu"
+        if device.type == "cuda" and _ext.has_cuda():
+            return "cuda"
+        if device.type == "cuda" and _triton_module().available(device):
+            return "triton"
+        _ext.warn_once()
+        return "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"KACFAST_BACKEND={name!r} is not one of {BACKENDS + ('auto',)}.")
+    if name != "torch" and name not in available_backends(device):
+        reason = {"cpu": f"the C++ extension did not load ({_ext.why_unavailable()})"
+                         if not _ext.available() else "the tensors are not on the CPU",
+                  "cuda": "the extension has no CUDA kernels or the tensors are not on a GPU",
+                  "triton": "triton is not installed, or the tensors are on the CPU without "
+                            "TRITON_INTERPRET=1"}[name]
+        raise RuntimeError(f"kacfast backend {name!r} cannot run on {device} tensors: {reason}.")
+    return name
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------------
+def _check_float(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}.")
+
+
+def _check_same_device(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}.")
+
+
+def _check_params(a: float, c: float, eps: float | None = None) -> None:
+    if not a > 0:
+        raise ValueError(f"the switching rate a must be > 0, got {a}.")
+    if not c > 0:
+        raise ValueError(f"the speed c must be > 0, got {c}.")
+    if eps is not None and not 0 <= eps < 1:
+        raise ValueError(f"eps must lie in [0, 1), got {eps}.")
+
+
+def _check_seed(seed: int, offset: int) -> None:
+    if not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}.")
+    if not isinstance(offset, int) or not 0 <= offset < 2**32:
+        raise ValueError(f"offset must be an int in [0, 2^32), got {offset!r}.")
+
+
+def _values_checkable(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _check_range(t: torch.Tensor, name: str, low: float, high: float | None = None) -> None:
+    if not _values_checkable(t) or t.numel() == 0:
+        return
+    bad = torch.isnan(t) | (t < low)
+    if high is not None:
+        bad |= t > high
+    if bool(bad.any()):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must lie in {bound}; found {t[bad].flatten()[0].item()}.")
+
+
+def _leading_block(s: torch.Tensor, shape: torch.Size) -> bool:
+    """True when s (already left-padded to len(shape) dims) covers a leading block of `shape`."""
+    p = 0
+    while p < len(shape) and s.shape[p] == shape[p]:
+        p += 1
+    return all(d == 1 for d in s.shape[p:])
+
+
+# ------------------------------------------------------------------------------------------------
+# Ops
+# ------------------------------------------------------------------------------------------------
+def kac_velocity(x: torch.Tensor, s, a: float, c: float, eps: float = 1e-4) -> torch.Tensor:
+    """Conditional velocity v_K(s, x) = E[V(s) | X(s) = x] of a 1-D Kac process, elementwise.
+
+    Args:
+        x: displacements, any shape, float16/bfloat16/float32/float64.
+        s: process time(s) >= 0, a float or a tensor broadcastable to x.
+        a, c: switching rate and speed (> 0).
+        eps: relative width of the light-cone band |x| >= c s (1 - eps) that returns c sign(x).
+    Returns:
+        Tensor like x with values in [-c, c]. Kernels compute in float32.
+    """
+    _check_float(x, "x")
+    _check_params(a, c, eps)
+    s = torch.as_tensor(s, dtype=torch.float32, device=x.device)
+    _check_same_device(s, x, "s", "x")
+    if s.dim() > x.dim():
+        raise ValueError(f"s has {s.dim()} dims but x only {x.dim()}: s must broadcast to x.")
+    try:
+        torch.broadcast_shapes(s.shape, x.shape)
+    except RuntimeError:
+        raise ValueError(f"s of shape {tuple(s.shape)} does not broadcast to x of shape "
+                         f"{tuple(x.shape)}.") from None
+    _check_range(s, "s", 0.0)
+    backend = resolve_backend(x.device)
+    if backend == "torch":
+        return reference.kac_velocity(x, s, a, c, eps)
+    s = s.reshape((1,) * (x.dim() - s.dim()) + tuple(s.shape))
+    if not _leading_block(s, x.shape):
+        s = s.expand(x.shape)  # general broadcast: materialized below (one extra tensor)
+    s = s.contiguous()
+    if backend == "triton":
+        return _triton_module().kac_velocity(x.contiguous(), s, float(a), float(c), float(eps))
+    return torch.ops.kacfast.kac_velocity(x.contiguous(), s, float(a), float(c), float(eps))
+
+
+def kac_noise(s: torch.Tensor, a: float, c: float, *, seed: int, offset: int = 0,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Exact samples of the Kac displacement X(s) at per-element process times s (no table).
+
+    Args:
+        s: process times >= 0, any shape, float tensor.
+        a, c: switching rate and speed (> 0).
+        seed, offset: counter-based RNG stream (Philox4x32-10). seed in [0, 2^63), offset in
+            [0, 2^32); use a new offset (e.g. the training step) for fresh noise under one seed.
+        dtype: output dtype (default s.dtype).
+    Returns:
+        Tensor shaped like s, values in [-c s, c s]; atoms of mass e^{-as}/2 at +-c s. The same
+        (seed, offset) gives the same numbers on every run and on the CPU and CUDA backends.
+    """
+    _check_float(s, "s")
+    _check_params(a, c)
+    _check_seed(seed, offset)
+    dtype = dtype or s.dtype
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be floating point, got {dtype}.")
+    _check_range(s, "s", 0.0)
+    backend = resolve_backend(s.device)
+    if backend == "torch":
+        return reference.kac_noise(s, a, c, seed, offset, dtype)
+    s32 = s.to(torch.float32).contiguous()
+    op = _triton_module().kac_noise if backend == "triton" else torch.ops.kacfast.kac_noise
+    return op(s32, float(a), float(c), seed, offset, dtype)
+
+
+def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: float = 1.0,
+                     clock: str = "t", eps: float = 1e-4, *, seed: int, offset: int = 0):
+    """Fused flow-matching pair: x_t = f(t) x0 + K_{g(t)}, u = f'(t) x0 + g'(t) v_K(g(t), K).
+
+    Args:
+        x0: data (B, ...), float16/bfloat16/float32/float64.
+        t: per-sample times (B,) in [0, T].
+        a, c, T: rate, speed, horizon (> 0); clock: "t" (g = t) or "t2" (g = T (t/T)^2).
+        eps: light-cone band of the velocity (see kac_velocity); seed, offset: see kac_noise.
+    Returns:
+        (x_t, u), both shaped and typed like x0. One read of x0, two writes.
+    """
+    _check_float(x0, "x0")
+    _check_float(t, "t")
+    _check_params(a, c, eps)
+    _check_seed(seed, offset)
+    if not T > 0:
+        raise ValueError(f"the horizon T must be > 0, got {T}.")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}.")
+    if x0.dim() == 0 or t.dim() != 1 or t.shape[0] != x0.shape[0]:
+        raise ValueError(f"t must have shape (B,) = ({x0.shape[0] if x0.dim() else '?'},) to "
+                         f"match x0 of shape {tuple(x0.shape)}, got {tuple(t.shape)}.")
+    _check_same_device(t, x0, "t", "x0")
+    _check_range(t, "t", 0.0, T)
+    backend = resolve_backend(x0.device)
+    if backend == "torch":
+        return reference.kac_noise_target(x0, t, a, c, T, clock, eps, seed, offset)
+    op = (_triton_module().kac_noise_target if backend == "triton"
+          else torch.ops.kacfast.kac_noise_target)
+    return op(x0.contiguous(), t.to(torch.float32).contiguous(), float(a), float(c), float(T),
+              CLOCKS.index(clock), float(eps), seed, offset)

@@ -1,0 +1,15 @@
+"""Output metadata of each op (shapes, dtypes, devices) for FakeTensor / torch.compile tracing,
+shared by the C++ and Triton registrations."""
+import torch
+
+
+def kac_velocity(x, s, a, c, eps):
+    return torch.empty_like(x)
+
+
+def kac_noise(s, a, c, seed, offset, dtype):
+    return torch.empty(s.shape, dtype=dtype, device=s.device)
+
+
+def kac_noise_target(x0, t, a, c, T, clock, eps, seed, offset):
+    return torch.empty_like(x0), torch.empty_like(x0)

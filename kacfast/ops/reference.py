@@ -1,0 +1,186 @@
+"""Pure-PyTorch definitions of every kacfast op: the ground truth each backend is tested against.
+
+Math: ../shared/docs/kac-math.md. The Kac noise uses the same Philox4x32-10 stream and the same
+algorithm as csrc/kac_math.h, so for one (seed, offset) every backend draws the same switch count and
+sign per element and agrees on the displacement to float32 rounding. The velocity is evaluated in
+float64 with exponentially scaled Bessel functions (i0e, i1e), independently of the kernels'
+continued fraction.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+CLOCKS = ("t", "t2")
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+_POISSON_CHUNK = 32.0
+_POISSON_CAP = 256
+
+
+def schedule(t: torch.Tensor, T: float, clock: str = "t"):
+    """Signal f(t) = 1 - t/T and clock g(t) = t ("t") or T (t/T)^2 ("t2"), with derivatives.
+
+    Returns (f, df, g, dg), each broadcast like `t`.
+    """
+    tau = t / T
+    f = 1.0 - tau
+    df = torch.full_like(t, -1.0 / T)
+    if clock == "t2":
+        return f, df, T * tau * tau, 2.0 * tau
+    if clock != "t":
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}.")
+    return f, df, t.clone(), torch.ones_like(t)
+
+
+def philox4x32_10(counter: tuple, key: tuple) -> tuple:
+    """Philox4x32-10 on int64 tensors holding uint32 values. Returns the four output words."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for round_ in range(10):
+        if round_:
+            k0 = (k0 + _PHILOX_W[0]) & _MASK32
+            k1 = (k1 + _PHILOX_W[1]) & _MASK32
+        p0 = c0 * _PHILOX_M[0]  # < 2^64: int64 wraps, but the low 64 bits stay exact
+        p1 = c2 * _PHILOX_M[1]
+        hi0, lo0 = (p0 >> 32) & _MASK32, p0 & _MASK32
+        hi1, lo1 = (p1 >> 32) & _MASK32, p1 & _MASK32
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+class _ElementStreams:
+    """Draw k of element i: word k % 4 of Philox(counter=(i_lo, i_hi, offset, k // 4), key=seed)."""
+
+    def __init__(self, numel: int, seed: int, offset: int, device):
+        idx = torch.arange(numel, dtype=torch.int64, device=device)
+        self.counter_lo = idx & _MASK32
+        self.counter_hi = idx >> 32
+        self.offset = offset
+        self.key = (seed & _MASK32, (seed >> 32) & _MASK32)
+        self.cache = {}
+
+    def word(self, draw: torch.Tensor) -> torch.Tensor:
+        """Word number `draw` (int64 tensor, per element) of each element's stream."""
+        blocks = draw >> 2
+        out = torch.empty_like(draw)
+        for b in torch.unique(blocks).tolist():
+            if b not in self.cache:
+                block = torch.full_like(self.counter_lo, b)
+                offset = torch.full_like(self.counter_lo, self.offset)
+                self.cache[b] = torch.stack(philox4x32_10(
+                    (self.counter_lo, self.counter_hi, offset, block), self.key))
+            words = self.cache[b]
+            sel = blocks == b
+            out[sel] = words[draw[sel] & 3, sel.nonzero().squeeze(1)]
+        return out
+
+
+def _uniform_co(w):  # [0, 1), 24 bits
+    return (w >> 8).to(torch.float32) * 2.0**-24
+
+
+def _uniform_oc(w):  # (0, 1], 24 bits
+    return ((w >> 8) + 1).to(torch.float32) * 2.0**-24
+
+
+def kac_noise(s: torch.Tensor, a: float, c: float, seed: int, offset: int = 0,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Exact Kac displacement X(s) per element of `s` (process times >= 0, any shape).
+
+    Returns a tensor shaped like `s` in `dtype` (default s.dtype), values in [-c s, c s], with atoms
+    of mass e^{-a s}/2 at +-c s. Deterministic in (seed, offset).
+    """
+    dtype = dtype or s.dtype
+    flat = s.reshape(-1).to(torch.float32)
+    n_el = flat.numel()
+    streams = _ElementStreams(n_el, seed, offset, s.device)
+    lam = (a * flat).to(torch.float32)
+    reach = (c * flat).to(torch.float32)
+
+    draw = torch.zeros(n_el, dtype=torch.int64, device=s.device)
+    first = streams.word(draw)
+    sign = torch.where((first & 1) == 1, -1.0, 1.0).to(torch.float32)
+    u = _uniform_co(first)
+    draw += 1
+    n = torch.zeros(n_el, dtype=torch.int64, device=s.device)
+    remaining = lam.clone()
+    active = torch.ones(n_el, dtype=torch.bool, device=s.device)
+    while bool(active.any()):
+        mean = torch.clamp(remaining, max=_POISSON_CHUNK)
+        p = torch.exp(-mean)
+        cdf = p.clone()
+        j = torch.zeros_like(n)
+        searching = active & (u >= cdf)
+        while bool(searching.any()):
+            j = j + searching.long()
+            p = torch.where(searching, p * (mean / j.clamp(min=1).to(torch.float32)), p)
+            cdf = torch.where(searching, cdf + p, cdf)
+            searching = searching & (u >= cdf) & (j < _POISSON_CAP)
+        n = n + torch.where(active, j, 0)
+        remaining = torch.where(active, remaining - mean, remaining)
+        active = active & (remaining > 0)
+        if bool(active.any()):
+            u = torch.where(active, _uniform_co(streams.word(draw)), u)
+            draw = draw + active.long()
+
+    # Sums of the n+1 Exp(1) spacings with even / odd index, as -log of products of uniforms.
+    neg_log = {0: torch.zeros(n_el, dtype=torch.float64, device=s.device),
+               1: torch.zeros(n_el, dtype=torch.float64, device=s.device)}
+    for i in range(int(n.max()) + 1 if n_el else 0):
+        live = i <= n
+        e = -torch.log(_uniform_oc(streams.word(draw)).double())
+        neg_log[i & 1] += torch.where(live, e, 0.0)
+        draw = draw + live.long()
+    total = neg_log[0] + neg_log[1]
+    frac = torch.where(total > 0, (neg_log[0] - neg_log[1]) / total.clamp(min=1e-300), 1.0)
+    return (sign.double() * reach.double() * frac).to(dtype).reshape(s.shape)
+
+
+def kac_h(z: torch.Tensor) -> torch.Tensor:
+    """h(z) = z I0(z) / I1(z) in float64 (h(0) = 2)."""
+    z = z.double()
+    small = z < 1e-4
+    zs = torch.where(small, 1.0, z)
+    return torch.where(small, 2.0 + z * z / 4.0,
+                       zs * torch.special.i0e(zs) / torch.special.i1e(zs))
+
+
+def kac_velocity(x: torch.Tensor, s, a: float, c: float, eps: float = 1e-4) -> torch.Tensor:
+    """Conditional velocity v_K(s, x) = E[V(s) | X(s) = x] of a 1-D Kac process, elementwise.
+
+    x: any shape; s: process time(s) >= 0 broadcastable to x. c sign(x) where |x| >= c s (1 - eps);
+    inside the cone a x / (a s + h(z)), z = a sqrt(c^2 s^2 - x^2) / c. Result has x's dtype.
+    """
+    xd = x.double()
+    sd = torch.as_tensor(s, device=x.device).double()
+    reach = c * sd
+    ax = xd.abs()
+    gap = ((reach - ax) * (reach + ax)).clamp(min=0.0)
+    z = a * gap.sqrt() / c
+    inside = a * xd / (a * sd + kac_h(z))
+    out = torch.where(ax >= reach * (1.0 - eps), c * torch.sign(xd), inside)
+    return out.to(x.dtype)
+
+
+def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: float,
+                     clock: str = "t", eps: float = 1e-4, seed: int = 0, offset: int = 0):
+    """Flow-matching pair at per-sample times t (B,) for data x0 (B, ...).
+
+    x_t = f(t) x0 + K_{g(t)},  u = f'(t) x0 + g'(t) v_K(g(t), K). Returns (x_t, u) like x0.
+    """
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    f, df, g, dg = (v.to(torch.float32).reshape(view) for v in schedule(t.to(torch.float32), T, clock))
+    k = kac_noise(g.expand(x0.shape).contiguous(), a, c, seed, offset, dtype=torch.float32)
+    x0f = x0.to(torch.float32)
+    x_t = f * x0f + k
+    u = df * x0f + dg * kac_velocity(k, g, a, c, eps)
+    return x_t.to(x0.dtype), u.to(x0.dtype)
+
+
+def kac_variance(s: float, a: float, c: float) -> float:
+    """Var X(s) = (c^2/a) [s - (1 - e^{-2as}) / (2a)]."""
+    return c * c / a * (s - (1.0 - math.exp(-2.0 * a * s)) / (2.0 * a))
