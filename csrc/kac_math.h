@@ -6,12 +6,15 @@
 // Math: ../shared/docs/kac-math.md sections 3-5; Python mirror: kacfast/ops/reference.py.
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__CUDACC__)
 #define KAC_HD __host__ __device__ __forceinline__
 #else
-#define KAC_HD inline
+// Forced inlining: the CPU kernels compile each caller for several ISAs (target_clones), and only
+// code inlined into a clone gets that clone's vector instructions.
+#define KAC_HD inline __attribute__((always_inline))
 #endif
 
 namespace kac {
@@ -51,27 +54,6 @@ KAC_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
   return out;
 }
 
-// Sequential draws from one element's stream; refills four words per Philox call.
-struct ElementStream {
-  uint32_t key0, key1, elem_lo, elem_hi, offset;
-  uint32_t block;
-  int used;  // words of `cache` already handed out (4 = empty)
-  Philox4 cache;
-
-  KAC_HD ElementStream(uint64_t seed, uint32_t offset_, uint64_t element)
-      : key0((uint32_t)seed), key1((uint32_t)(seed >> 32)), elem_lo((uint32_t)element),
-        elem_hi((uint32_t)(element >> 32)), offset(offset_), block(0), used(4) {}
-
-  KAC_HD uint32_t next() {
-    if (used == 4) {
-      cache = philox4x32_10(elem_lo, elem_hi, offset, block, key0, key1);
-      ++block;
-      used = 0;
-    }
-    return cache.v[used++];
-  }
-};
-
 // Top 24 bits -> float exactly: [0, 1) and (0, 1].
 KAC_HD float uniform_co(uint32_t w) { return (float)(w >> 8) * 5.9604644775390625e-08f; }
 KAC_HD float uniform_oc(uint32_t w) { return (float)((w >> 8) + 1u) * 5.9604644775390625e-08f; }
@@ -80,16 +62,14 @@ KAC_HD float uniform_oc(uint32_t w) { return (float)((w >> 8) + 1u) * 5.96046447
 // exp / log in plain float arithmetic (about 1 ulp): the libm and CUDA versions differ in the last
 // bit, and bit-identical CPU/CUDA noise needs one definition.
 // ---------------------------------------------------------------------------------------------
-KAC_HD float bits_to_float(uint32_t b) {
-  union { uint32_t u; float f; } cvt;
-  cvt.u = b;
-  return cvt.f;
-}
-KAC_HD uint32_t float_to_bits(float f) {
-  union { uint32_t u; float f; } cvt;
-  cvt.f = f;
-  return cvt.u;
-}
+#if defined(__CUDA_ARCH__)
+KAC_HD float bits_to_float(uint32_t b) { return __uint_as_float(b); }
+KAC_HD uint32_t float_to_bits(float f) { return __float_as_uint(f); }
+#else
+// __builtin_bit_cast (not a union) keeps the lane loops vectorizable.
+KAC_HD float bits_to_float(uint32_t b) { return __builtin_bit_cast(float, b); }
+KAC_HD uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
+#endif
 
 // exp(x) for x in [-87, 0] (all this file needs): 2^k * e^r, |r| <= ln2/2, degree-6 Taylor.
 KAC_HD float kac_exp(float x) {
@@ -118,10 +98,47 @@ KAC_HD float kac_log(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Lanes. Every algorithm below runs W elements in lock step: the CPU kernels use W = 16 so the
+// compiler vectorizes across elements, the CUDA kernels use W = 1 (one element per thread). A lane
+// that is done is masked, never changed, so each element sees the same float operations for any W:
+// that is what keeps CPU and CUDA bit-identical.
+//
+// RNG layout of element e (key = seed): word k of the main stream is word k % 4 of Philox with
+// counter (e_lo, e_hi, offset, k / 4). Word 0: sign (bit 0) and the first Poisson uniform (bits
+// 8..31); word 1 + i: spacing i. Poisson chunks after the first (a s > 32) draw from the side stream,
+// counter (e_lo, e_hi, offset, 0x80000000 | j / 4) for chunk 1 + j. Draw i of every lane then comes
+// from the same block index, so W lanes share one Philox call.
+// ---------------------------------------------------------------------------------------------
+constexpr uint32_t kPoissonStream = 0x80000000u;
+
+template <int W>
+KAC_HD void philox_lanes(uint64_t seed, uint32_t offset, uint64_t first_element, uint32_t block,
+                         uint32_t out[4][W]) {
+  for (int l = 0; l < W; ++l) {
+    const uint64_t e = first_element + (uint64_t)l;
+    const Philox4 r = philox4x32_10((uint32_t)e, (uint32_t)(e >> 32), offset, block,
+                                    (uint32_t)seed, (uint32_t)(seed >> 32));
+    out[0][l] = r.v[0];
+    out[1][l] = r.v[1];
+    out[2][l] = r.v[2];
+    out[3][l] = r.v[3];
+  }
+}
+
+// Lane masks are int32 (0 or 1), not bool, so they vectorize alongside the float lanes.
+template <int W>
+KAC_HD bool any_lane(const int32_t* flags) {
+  int32_t any = 0;
+  for (int l = 0; l < W; ++l) any |= flags[l];
+  return any != 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Exact Kac displacement X(s) of a 1-D Kac process (rate a, speed c) started at 0.
 // n ~ Poisson(a s) switches by inverse CDF (in chunks of mean <= 32 so e^{-mean} stays normal),
-// then X = sigma c s (S_even - S_odd) / (S_even + S_odd) with S_* sums of the n+1 Exp(1) spacings,
-// each sum taken as -log of a product of uniforms (two logs per element, whatever n is).
+// then X = sigma c s (S_even - S_odd) / (S_even + S_odd) with S_* the sums of the n+1 Exp(1)
+// spacings of even / odd index, each taken as -log of a product of uniforms (two logs per element).
+// lambda = a s, reach = c s per lane; x_out in [-reach, reach].
 // ---------------------------------------------------------------------------------------------
 constexpr float kPoissonChunk = 32.0f;
 constexpr int kPoissonCap = 256;  // P(Poisson(32) > 256) is far below float resolution
@@ -129,82 +146,121 @@ constexpr float kTwo64 = 1.8446744073709552e+19f;
 constexpr float kTwoMinus64 = 5.421010862427522e-20f;
 constexpr float kLog2Times64 = 44.3614195558365f;
 
-KAC_HD int poisson_switches(float lambda, ElementStream& rng, float* sign) {
-  const uint32_t first = rng.next();
-  *sign = (first & 1u) ? -1.0f : 1.0f;  // bit 0 is unused by the 24-bit uniform
-  float u = uniform_co(first);
-  int n = 0;
-  float remaining = lambda;
-  while (true) {
-    const float mean = remaining < kPoissonChunk ? remaining : kPoissonChunk;
-    float p = kac_exp(-mean);
-    float cdf = p;
-    int j = 0;
-    while (u >= cdf && j < kPoissonCap) {
-      ++j;
-      p = p * (mean / (float)j);
-      cdf = cdf + p;
-    }
-    n += j;
-    remaining = remaining - mean;
-    if (!(remaining > 0.0f)) break;
-    u = uniform_co(rng.next());
-  }
-  return n;
-}
+template <int W>
+KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_element,
+                             const float* lambda, const float* reach, float* x_out) {
+  uint32_t words[4][W], side[4][W];
+  float sign[W], u[W], remaining[W], mean[W], p[W], cdf[W];
+  int32_t n[W], active[W], searching[W];
 
-// -log(prod) kept exact over any number of factors: renormalize by 2^64 when the product gets small.
-struct LogProduct {
-  float prod = 1.0f;
-  int rescales = 0;
-  KAC_HD void mul(float u) {
-    prod = prod * u;
-    if (prod < kTwoMinus64) {
-      prod = prod * kTwo64;
-      ++rescales;
+  // Poisson phase: n[l] switches, sign[l].
+  philox_lanes<W>(seed, offset, first_element, 0u, words);
+  for (int l = 0; l < W; ++l) {
+    sign[l] = (words[0][l] & 1u) ? -1.0f : 1.0f;  // bit 0 is unused by the 24-bit uniform
+    u[l] = uniform_co(words[0][l]);
+    remaining[l] = lambda[l];
+    n[l] = 0;
+    active[l] = 1;
+  }
+  for (int chunk = 0;; ++chunk) {
+    if (chunk > 0) {
+      const int j = chunk - 1;
+      if ((j & 3) == 0) philox_lanes<W>(seed, offset, first_element, kPoissonStream | (uint32_t)(j >> 2), side);
+      for (int l = 0; l < W; ++l) u[l] = uniform_co(side[j & 3][l]);
+    }
+    for (int l = 0; l < W; ++l) {
+      mean[l] = remaining[l] < kPoissonChunk ? remaining[l] : kPoissonChunk;
+      p[l] = kac_exp(-mean[l]);
+      cdf[l] = p[l];
+      searching[l] = active[l] & (int32_t)(u[l] >= cdf[l]);
+    }
+    for (int j = 1; j <= kPoissonCap && any_lane<W>(searching); ++j) {
+      for (int l = 0; l < W; ++l) {
+        const float p_next = p[l] * (mean[l] / (float)j);
+        const float cdf_next = cdf[l] + p_next;
+        p[l] = searching[l] ? p_next : p[l];
+        cdf[l] = searching[l] ? cdf_next : cdf[l];
+        n[l] += searching[l];
+        searching[l] = searching[l] & (int32_t)(u[l] >= cdf[l]) & (int32_t)(j < kPoissonCap);
+      }
+    }
+    for (int l = 0; l < W; ++l) {
+      remaining[l] = active[l] ? remaining[l] - mean[l] : remaining[l];
+      active[l] = active[l] & (int32_t)(remaining[l] > 0.0f);
+    }
+    if (!any_lane<W>(active)) break;
+  }
+
+  // Spacing phase: products of the n+1 uniforms with even / odd index.
+  float prod[2][W];
+  int rescales[2][W];
+  int max_n = 0;
+  for (int l = 0; l < W; ++l) {
+    prod[0][l] = prod[1][l] = 1.0f;
+    rescales[0][l] = rescales[1][l] = 0;
+    max_n = n[l] > max_n ? n[l] : max_n;
+  }
+  for (int i = 0; i <= max_n; ++i) {
+    const int k = 1 + i;  // word 0 went to the sign and the first Poisson uniform
+    if ((k & 3) == 0) philox_lanes<W>(seed, offset, first_element, (uint32_t)(k >> 2), words);
+    const int parity = i & 1;
+    for (int l = 0; l < W; ++l) {
+      const bool live = i <= n[l];
+      float q = prod[parity][l] * uniform_oc(words[k & 3][l]);
+      const bool small = q < kTwoMinus64;  // renormalize: the product stays a normal float
+      q = small ? q * kTwo64 : q;
+      prod[parity][l] = live ? q : prod[parity][l];
+      rescales[parity][l] += (live & small) ? 1 : 0;
     }
   }
-  KAC_HD float neg_log() const { return (float)rescales * kLog2Times64 - kac_log(prod); }
-};
-
-// lambda = a s, reach = c s. Returns X in [-reach, reach].
-KAC_HD float kac_sample(float lambda, float reach, ElementStream& rng) {
-  float sign;
-  const int n = poisson_switches(lambda, rng, &sign);
-  LogProduct even, odd;
-  for (int i = 0; i <= n; ++i) {
-    const float u = uniform_oc(rng.next());
-    if (i & 1) odd.mul(u); else even.mul(u);
+  for (int l = 0; l < W; ++l) {
+    const float s_even = (float)rescales[0][l] * kLog2Times64 - kac_log(prod[0][l]);
+    const float s_odd = (float)rescales[1][l] * kLog2Times64 - kac_log(prod[1][l]);
+    const float total = s_even + s_odd;
+    // total == 0 only if every uniform was exactly 1 (probability 2^-24 per draw): the atom.
+    const float frac = total > 0.0f ? (s_even - s_odd) / total : 1.0f;
+    x_out[l] = sign[l] * reach[l] * frac;
   }
-  const float s_even = even.neg_log();
-  const float s_odd = odd.neg_log();
-  const float total = s_even + s_odd;
-  // total == 0 only if every uniform was exactly 1 (probability 2^-24 per draw): the atom.
-  const float frac = total > 0.0f ? (s_even - s_odd) / total : 1.0f;
-  return sign * reach * frac;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Conditional velocity v_K(s, x) = E[V(s) | X(s) = x] = a x / (a s + h(z)), z = a r / c,
-// r = sqrt(c^2 s^2 - x^2), h(z) = z I0(z) / I1(z) by its continued fraction (bottom-up, depth
-// 8 + 4 sqrt(z): relative error < 3e-8 for z <= 150). On and beyond the cone: c sign(x).
+// r = sqrt(c^2 s^2 - x^2), h(z) = z I0(z) / I1(z) by its continued fraction
+//   h = 2 + z^2/(4 + z^2/(6 + ...)), bottom-up from depth 8 + 4 sqrt(z) (relative error < 3e-8 for
+// z <= 150; each lane keeps its own depth). On and beyond the cone |x| >= c s (1 - eps): c sign(x).
 // ---------------------------------------------------------------------------------------------
-KAC_HD float kac_h(float z) {
-  const float z2 = z * z;
-  const int depth = 8 + (int)(4.0f * sqrtf(z));
-  float acc = 2.0f * (float)depth;
-  for (int k = depth - 1; k >= 1; --k) acc = 2.0f * (float)k + z2 / acc;
-  return acc;
-}
+KAC_HD int cf_depth(float z) { return 8 + (int)(4.0f * sqrtf(z)); }
 
-KAC_HD float kac_velocity(float s, float x, float a, float c, float eps) {
-  const float reach = c * s;
-  const float ax = x < 0.0f ? -x : x;
-  if (ax >= reach * (1.0f - eps)) return x > 0.0f ? c : (x < 0.0f ? -c : 0.0f);
-  const float gap = (reach - ax) * (reach + ax);  // factored: no cancellation near the cone
-  const float r = sqrtf(gap > 0.0f ? gap : 0.0f);
-  const float z = a * r / c;
-  return a * x / (a * s + kac_h(z));
+template <int W>
+KAC_HD void kac_velocity_lanes(const float* s, const float* x, float a, float c, float eps,
+                               float* v_out) {
+  float z2[W], acc[W];
+  int depth[W];
+  int max_depth = 0;
+  for (int l = 0; l < W; ++l) {
+    const float reach = c * s[l];
+    const float ax = fabsf(x[l]);
+    const float gap = (reach - ax) * (reach + ax);  // factored: no cancellation near the cone
+    const float r = sqrtf(fmaxf(gap, 0.0f));
+    const float z = a * r / c;
+    z2[l] = z * z;
+    depth[l] = cf_depth(z);
+    acc[l] = 2.0f * (float)depth[l];
+    max_depth = max_depth > depth[l] ? max_depth : depth[l];
+  }
+  for (int k = max_depth - 1; k >= 1; --k) {
+    for (int l = 0; l < W; ++l) {
+      const float next = 2.0f * (float)k + z2[l] / acc[l];
+      acc[l] = k < depth[l] ? next : acc[l];
+    }
+  }
+  for (int l = 0; l < W; ++l) {
+    const float reach = c * s[l];
+    const float ax = fabsf(x[l]);
+    const float on_cone = x[l] > 0.0f ? c : (x[l] < 0.0f ? -c : 0.0f);
+    const float inside = a * x[l] / (a * s[l] + acc[l]);
+    v_out[l] = ax >= reach * (1.0f - eps) ? on_cone : inside;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,28 +277,30 @@ KAC_HD Schedule schedule(float t, float T, int clock) {
   const float tau = t / T;
   out.f = 1.0f - tau;
   out.df = -1.0f / T;
-  if (clock == kClockQuadratic) {
-    out.g = T * tau * tau;
-    out.dg = 2.0f * tau;
-  } else {
-    out.g = t;
-    out.dg = 1.0f;
-  }
+  out.g = clock == kClockQuadratic ? T * tau * tau : t;
+  out.dg = clock == kClockQuadratic ? 2.0f * tau : 1.0f;
   return out;
 }
 
-// One element of the flow-matching pair: x_t = f x0 + K_{g(t)}, u = f' x0 + g' v_K(g, K).
-struct NoiseTarget {
-  float x_t, u;
-};
-
-KAC_HD NoiseTarget noise_target(float x0, const Schedule& sch, float a, float c, float eps,
-                                ElementStream& rng) {
-  const float k = kac_sample(a * sch.g, c * sch.g, rng);
-  NoiseTarget out;
-  out.x_t = sch.f * x0 + k;
-  out.u = sch.df * x0 + sch.dg * kac_velocity(sch.g, k, a, c, eps);
-  return out;
+// Flow-matching pair per lane: x_t = f x0 + K_{g(t)}, u = f' x0 + g' v_K(g, K).
+template <int W>
+KAC_HD void noise_target_lanes(uint64_t seed, uint32_t offset, uint64_t first_element,
+                               const float* x0, const float* t, float a, float c, float T,
+                               int clock, float eps, float* x_t, float* u) {
+  Schedule sch[W];
+  float lambda[W], reach[W], g[W], k[W], v[W];
+  for (int l = 0; l < W; ++l) {
+    sch[l] = schedule(t[l], T, clock);
+    g[l] = sch[l].g;
+    lambda[l] = a * g[l];
+    reach[l] = c * g[l];
+  }
+  kac_sample_lanes<W>(seed, offset, first_element, lambda, reach, k);
+  kac_velocity_lanes<W>(g, k, a, c, eps, v);
+  for (int l = 0; l < W; ++l) {
+    x_t[l] = sch[l].f * x0[l] + k[l];
+    u[l] = sch[l].df * x0[l] + sch[l].dg * v[l];
+  }
 }
 
 }  // namespace kac

@@ -1,14 +1,53 @@
-// CPU kernels: at::parallel_for over the shared math in kac_math.h.
+// CPU kernels: at::parallel_for over blocks of kLanes elements; each block runs the lock-step
+// algorithms of kac_math.h, which the compiler vectorizes across lanes. The block functions are
+// compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time (target_clones).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <algorithm>
 
 #include "../kac_math.h"
 #include "../op_checks.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KAC_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define KAC_CPU_CLONES
+#endif
+
 namespace {
 
-// Per-element work is 10^2..10^3 flops, so a small grain already amortizes thread start-up.
-constexpr int64_t kGrain = 2048;
+constexpr int kLanes = 32;  // two AVX-512 vectors per lane loop: hides the division latency
+constexpr int64_t kGrain = 4096;  // elements per task: per-element work is 10^2..10^3 flops
+
+KAC_CPU_CLONES void velocity_block(const float* s, const float* x, float a, float c, float eps,
+                                   float* v) {
+  kac::kac_velocity_lanes<kLanes>(s, x, a, c, eps, v);
+}
+
+KAC_CPU_CLONES void noise_block(uint64_t seed, uint32_t offset, uint64_t first, const float* lambda,
+                                const float* reach, float* x) {
+  kac::kac_sample_lanes<kLanes>(seed, offset, first, lambda, reach, x);
+}
+
+KAC_CPU_CLONES void noise_target_block(uint64_t seed, uint32_t offset, uint64_t first,
+                                       const float* x0, const float* t, float a, float c, float T,
+                                       int clock, float eps, float* x_t, float* u) {
+  kac::noise_target_lanes<kLanes>(seed, offset, first, x0, t, a, c, T, clock, eps, x_t, u);
+}
+
+// Runs `body(first, count, lanes...)` over [0, n) in blocks of kLanes; the tail block is padded
+// with zeros (valid inputs for every op) and only `count` lanes are stored.
+template <typename F>
+void for_each_block(int64_t n, const F& body) {
+  at::parallel_for(0, (n + kLanes - 1) / kLanes, std::max<int64_t>(1, kGrain / kLanes),
+                   [&](int64_t b0, int64_t b1) {
+                     for (int64_t b = b0; b < b1; ++b) {
+                       const int64_t first = b * kLanes;
+                       body(first, (int)std::min<int64_t>(kLanes, n - first));
+                     }
+                   });
+}
 
 at::Tensor kac_velocity_cpu(const at::Tensor& x, const at::Tensor& s, double a, double c,
                             double eps) {
@@ -18,14 +57,18 @@ at::Tensor kac_velocity_cpu(const at::Tensor& x, const at::Tensor& s, double a, 
   kac::check_eps(eps);
   const int64_t inner = kac::inner_size(x, s, "s");
   at::Tensor out = at::empty_like(x);
-  const float fa = (float)a, fc = (float)c, feps = (float)eps;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kac_velocity", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const float* sp = s.data_ptr<float>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        op[i] = (scalar_t)kac::kac_velocity(sp[i / inner], (float)xp[i], fa, fc, feps);
+    for_each_block(x.numel(), [&](int64_t first, int count) {
+      float sl[kLanes] = {}, xl[kLanes] = {}, vl[kLanes];
+      for (int l = 0; l < count; ++l) {
+        sl[l] = sp[(first + l) / inner];
+        xl[l] = (float)xp[first + l];
+      }
+      velocity_block(sl, xl, (float)a, (float)c, (float)eps, vl);
+      for (int l = 0; l < count; ++l) op[first + l] = (scalar_t)vl[l];
     });
   });
   return out;
@@ -38,15 +81,17 @@ at::Tensor kac_noise_cpu(const at::Tensor& s, double a, double c, int64_t seed, 
   kac::check_seed_offset(seed, offset);
   TORCH_CHECK(at::isFloatingType(dtype), "kacfast: dtype must be floating point, got ", dtype, ".");
   at::Tensor out = at::empty(s.sizes(), s.options().dtype(dtype));
-  const float fa = (float)a, fc = (float)c;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "kac_noise", [&] {
     const float* sp = s.data_ptr<float>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, s.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        kac::ElementStream rng((uint64_t)seed, (uint32_t)offset, (uint64_t)i);
-        op[i] = (scalar_t)kac::kac_sample(fa * sp[i], fc * sp[i], rng);
+    for_each_block(s.numel(), [&](int64_t first, int count) {
+      float lambda[kLanes] = {}, reach[kLanes] = {}, xl[kLanes];
+      for (int l = 0; l < count; ++l) {
+        lambda[l] = (float)a * sp[first + l];
+        reach[l] = (float)c * sp[first + l];
       }
+      noise_block((uint64_t)seed, (uint32_t)offset, (uint64_t)first, lambda, reach, xl);
+      for (int l = 0; l < count; ++l) op[first + l] = (scalar_t)xl[l];
     });
   });
   return out;
@@ -67,19 +112,22 @@ std::tuple<at::Tensor, at::Tensor> kac_noise_target_cpu(const at::Tensor& x0, co
   const int64_t inner = kac::inner_size(x0, t, "t");
   at::Tensor x_t = at::empty_like(x0);
   at::Tensor u = at::empty_like(x0);
-  const float fa = (float)a, fc = (float)c, fT = (float)T, feps = (float)eps;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "kac_noise_target", [&] {
     const scalar_t* xp = x0.data_ptr<scalar_t>();
     const float* tp = t.data_ptr<float>();
     scalar_t* xtp = x_t.data_ptr<scalar_t>();
     scalar_t* up = u.data_ptr<scalar_t>();
-    at::parallel_for(0, x0.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const kac::Schedule sch = kac::schedule(tp[i / inner], fT, (int)clock);
-        kac::ElementStream rng((uint64_t)seed, (uint32_t)offset, (uint64_t)i);
-        const kac::NoiseTarget r = kac::noise_target((float)xp[i], sch, fa, fc, feps, rng);
-        xtp[i] = (scalar_t)r.x_t;
-        up[i] = (scalar_t)r.u;
+    for_each_block(x0.numel(), [&](int64_t first, int count) {
+      float xl[kLanes] = {}, tl[kLanes] = {}, xtl[kLanes], ul[kLanes];
+      for (int l = 0; l < count; ++l) {
+        xl[l] = (float)xp[first + l];
+        tl[l] = tp[(first + l) / inner];
+      }
+      noise_target_block((uint64_t)seed, (uint32_t)offset, (uint64_t)first, xl, tl, (float)a,
+                         (float)c, (float)T, (int)clock, (float)eps, xtl, ul);
+      for (int l = 0; l < count; ++l) {
+        xtp[first + l] = (scalar_t)xtl[l];
+        up[first + l] = (scalar_t)ul[l];
       }
     });
   });

@@ -52,31 +52,26 @@ def philox4x32_10(counter: tuple, key: tuple) -> tuple:
     return c0, c1, c2, c3
 
 
+_POISSON_STREAM = 0x80000000
+
+
 class _ElementStreams:
-    """Draw k of element i: word k % 4 of Philox(counter=(i_lo, i_hi, offset, k // 4), key=seed)."""
+    """Word k of element i in stream `flag`: word k % 4 of
+    Philox(counter=(i_lo, i_hi, offset, flag | k // 4), key=seed). Main stream (flag 0): word 0 is
+    the sign (bit 0) and the first Poisson uniform, word 1 + i spacing i. Side stream
+    (flag _POISSON_STREAM): word j is the uniform of Poisson chunk 1 + j (only when a s > 32)."""
 
     def __init__(self, numel: int, seed: int, offset: int, device):
         idx = torch.arange(numel, dtype=torch.int64, device=device)
         self.counter_lo = idx & _MASK32
         self.counter_hi = idx >> 32
-        self.offset = offset
+        self.offset = torch.full_like(idx, offset)
         self.key = (seed & _MASK32, (seed >> 32) & _MASK32)
-        self.cache = {}
 
-    def word(self, draw: torch.Tensor) -> torch.Tensor:
-        """Word number `draw` (int64 tensor, per element) of each element's stream."""
-        blocks = draw >> 2
-        out = torch.empty_like(draw)
-        for b in torch.unique(blocks).tolist():
-            if b not in self.cache:
-                block = torch.full_like(self.counter_lo, b)
-                offset = torch.full_like(self.counter_lo, self.offset)
-                self.cache[b] = torch.stack(philox4x32_10(
-                    (self.counter_lo, self.counter_hi, offset, block), self.key))
-            words = self.cache[b]
-            sel = blocks == b
-            out[sel] = words[draw[sel] & 3, sel.nonzero().squeeze(1)]
-        return out
+    def word(self, k: int, flag: int) -> torch.Tensor:
+        """Word k of every element's stream (int64 tensor of uint32 values)."""
+        block = torch.full_like(self.counter_lo, flag | (k >> 2))
+        return philox4x32_10((self.counter_lo, self.counter_hi, self.offset, block), self.key)[k & 3]
 
 
 def _uniform_co(w):  # [0, 1), 24 bits
@@ -101,40 +96,36 @@ def kac_noise(s: torch.Tensor, a: float, c: float, seed: int, offset: int = 0,
     lam = (a * flat).to(torch.float32)
     reach = (c * flat).to(torch.float32)
 
-    draw = torch.zeros(n_el, dtype=torch.int64, device=s.device)
-    first = streams.word(draw)
+    first = streams.word(0, 0)
     sign = torch.where((first & 1) == 1, -1.0, 1.0).to(torch.float32)
     u = _uniform_co(first)
-    draw += 1
     n = torch.zeros(n_el, dtype=torch.int64, device=s.device)
     remaining = lam.clone()
     active = torch.ones(n_el, dtype=torch.bool, device=s.device)
+    chunk = 0
     while bool(active.any()):
+        if chunk:
+            u = _uniform_co(streams.word(chunk - 1, _POISSON_STREAM))
         mean = torch.clamp(remaining, max=_POISSON_CHUNK)
         p = torch.exp(-mean)
         cdf = p.clone()
-        j = torch.zeros_like(n)
         searching = active & (u >= cdf)
+        j = 0
         while bool(searching.any()):
-            j = j + searching.long()
-            p = torch.where(searching, p * (mean / j.clamp(min=1).to(torch.float32)), p)
+            j += 1
+            p = torch.where(searching, p * (mean / float(j)), p)
             cdf = torch.where(searching, cdf + p, cdf)
+            n = n + searching.long()
             searching = searching & (u >= cdf) & (j < _POISSON_CAP)
-        n = n + torch.where(active, j, 0)
         remaining = torch.where(active, remaining - mean, remaining)
         active = active & (remaining > 0)
-        if bool(active.any()):
-            u = torch.where(active, _uniform_co(streams.word(draw)), u)
-            draw = draw + active.long()
+        chunk += 1
 
     # Sums of the n+1 Exp(1) spacings with even / odd index, as -log of products of uniforms.
-    neg_log = {0: torch.zeros(n_el, dtype=torch.float64, device=s.device),
-               1: torch.zeros(n_el, dtype=torch.float64, device=s.device)}
+    neg_log = [torch.zeros(n_el, dtype=torch.float64, device=s.device) for _ in range(2)]
     for i in range(int(n.max()) + 1 if n_el else 0):
-        live = i <= n
-        e = -torch.log(_uniform_oc(streams.word(draw)).double())
-        neg_log[i & 1] += torch.where(live, e, 0.0)
-        draw = draw + live.long()
+        e = -torch.log(_uniform_oc(streams.word(1 + i, 0)).double())
+        neg_log[i & 1] += torch.where(i <= n, e, 0.0)
     total = neg_log[0] + neg_log[1]
     frac = torch.where(total > 0, (neg_log[0] - neg_log[1]) / total.clamp(min=1e-300), 1.0)
     return (sign.double() * reach.double() * frac).to(dtype).reshape(s.shape)
