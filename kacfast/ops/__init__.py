@@ -31,6 +31,43 @@ if _ext.available():
         torch.library.register_fake(f"kacfast::{_name}")(getattr(_fake, _name))
 
 
+# The "torch" backend runs the reference as opaque custom ops: its noise sampler has data-dependent
+# loops, and wrapping keeps torch.compile(fullgraph=True) working when it is the backend.
+@torch.library.custom_op("kacfast::reference_kac_velocity", mutates_args=())
+def _reference_velocity(x: torch.Tensor, s: torch.Tensor, a: float, c: float,
+                        eps: float) -> torch.Tensor:
+    return reference.kac_velocity(x, s, a, c, eps)
+
+
+@torch.library.custom_op("kacfast::reference_kac_noise", mutates_args=())
+def _reference_noise(s: torch.Tensor, a: float, c: float, seed: int, offset: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    return reference.kac_noise(s, a, c, seed, offset, dtype)
+
+
+@torch.library.custom_op("kacfast::reference_kac_noise_target", mutates_args=())
+def _reference_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: float,
+                            clock: int, eps: float, seed: int,
+                            offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return reference.kac_noise_target(x0, t, a, c, T, CLOCKS[clock], eps, seed, offset)
+
+
+_reference_velocity.register_fake(_fake.kac_velocity)
+_reference_noise.register_fake(_fake.kac_noise)
+_reference_noise_target.register_fake(_fake.kac_noise_target)
+_REFERENCE_OPS = {"kac_velocity": _reference_velocity, "kac_noise": _reference_noise,
+                  "kac_noise_target": _reference_noise_target}
+
+
+def _op(name: str, backend: str):
+    """The callable of op `name` on `backend`; all share the C++ schema's argument list."""
+    if backend == "torch":
+        return _REFERENCE_OPS[name]
+    if backend == "triton":
+        return getattr(_triton_module(), name)
+    return getattr(torch.ops.kacfast, name)
+
+
 def _triton_module():
     from kacfast.ops import triton as triton_ops
     return triton_ops
@@ -166,15 +203,10 @@ def kac_velocity(x: torch.Tensor, s, a: float, c: float, eps: float = 1e-4) -> t
                          f"{tuple(x.shape)}.") from None
     _check_range(s, "s", 0.0)
     backend = resolve_backend(x.device)
-    if backend == "torch":
-        return reference.kac_velocity(x, s, a, c, eps)
     s = s.reshape((1,) * (x.dim() - s.dim()) + tuple(s.shape))
-    if not _leading_block(s, x.shape):
-        s = s.expand(x.shape)  # general broadcast: materialized below (one extra tensor)
-    s = s.contiguous()
-    if backend == "triton":
-        return _triton_module().kac_velocity(x.contiguous(), s, float(a), float(c), float(eps))
-    return torch.ops.kacfast.kac_velocity(x.contiguous(), s, float(a), float(c), float(eps))
+    if backend != "torch" and not _leading_block(s, x.shape):
+        s = s.expand(x.shape)  # general broadcast: materialized (one extra tensor)
+    return _op("kac_velocity", backend)(x.contiguous(), s.contiguous(), float(a), float(c), float(eps))
 
 
 def kac_noise(s: torch.Tensor, a: float, c: float, *, seed: int, offset: int = 0,
@@ -199,11 +231,8 @@ def kac_noise(s: torch.Tensor, a: float, c: float, *, seed: int, offset: int = 0
         raise TypeError(f"dtype must be floating point, got {dtype}.")
     _check_range(s, "s", 0.0)
     backend = resolve_backend(s.device)
-    if backend == "torch":
-        return reference.kac_noise(s, a, c, seed, offset, dtype)
-    s32 = s.to(torch.float32).contiguous()
-    op = _triton_module().kac_noise if backend == "triton" else torch.ops.kacfast.kac_noise
-    return op(s32, float(a), float(c), seed, offset, dtype)
+    return _op("kac_noise", backend)(s.to(torch.float32).contiguous(), float(a), float(c), seed,
+                                     offset, dtype)
 
 
 def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: float = 1.0,
@@ -232,9 +261,6 @@ def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: f
     _check_same_device(t, x0, "t", "x0")
     _check_range(t, "t", 0.0, T)
     backend = resolve_backend(x0.device)
-    if backend == "torch":
-        return reference.kac_noise_target(x0, t, a, c, T, clock, eps, seed, offset)
-    op = (_triton_module().kac_noise_target if backend == "triton"
-          else torch.ops.kacfast.kac_noise_target)
-    return op(x0.contiguous(), t.to(torch.float32).contiguous(), float(a), float(c), float(T),
-              CLOCKS.index(clock), float(eps), seed, offset)
+    return _op("kac_noise_target", backend)(
+        x0.contiguous(), t.to(torch.float32).contiguous(), float(a), float(c), float(T),
+        CLOCKS.index(clock), float(eps), seed, offset)

@@ -89,6 +89,15 @@ def kac_noise(s: torch.Tensor, a: float, c: float, seed: int, offset: int = 0,
     Returns a tensor shaped like `s` in `dtype` (default s.dtype), values in [-c s, c s], with atoms
     of mass e^{-a s}/2 at +-c s. Deterministic in (seed, offset).
     """
+    return kac_noise_and_velocity(s, a, c, seed, offset, dtype)[0]
+
+
+def kac_noise_and_velocity(s: torch.Tensor, a: float, c: float, seed: int, offset: int = 0,
+                           dtype: torch.dtype | None = None):
+    """(X(s), V(s)) of the same Kac paths: V = sign c (-1)^n is the velocity after n switches.
+
+    The kernels only return X; V is here to test E[V | X] = v_K(s, X) by Monte Carlo.
+    """
     dtype = dtype or s.dtype
     flat = s.reshape(-1).to(torch.float32)
     n_el = flat.numel()
@@ -128,7 +137,9 @@ def kac_noise(s: torch.Tensor, a: float, c: float, seed: int, offset: int = 0,
         neg_log[i & 1] += torch.where(i <= n, e, 0.0)
     total = neg_log[0] + neg_log[1]
     frac = torch.where(total > 0, (neg_log[0] - neg_log[1]) / total.clamp(min=1e-300), 1.0)
-    return (sign.double() * reach.double() * frac).to(dtype).reshape(s.shape)
+    x = (sign.double() * reach.double() * frac).to(dtype).reshape(s.shape)
+    v = (sign * c * (1 - 2 * (n & 1)).to(torch.float32)).to(dtype).reshape(s.shape)
+    return x, v
 
 
 def kac_h(z: torch.Tensor) -> torch.Tensor:

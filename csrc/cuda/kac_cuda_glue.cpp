@@ -1,0 +1,94 @@
+// CUDA registrations of the kacfast operators: same checks and semantics as cpu/kac_cpu.cpp, then
+// one launch of the torch-free kernels (kac_kernels.cu) on the current stream of the data's device.
+// The stream comes from c10/cuda/CUDAStream.h (c10::cuda::getCurrentCUDAStream, which
+// at::cuda::getCurrentCUDAStream aliases), not ATen/cuda/CUDAContext.h: that header also pulls in
+// the cuBLAS/cuSPARSE/cuSOLVER headers, which minimal CUDA toolkits lack.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "../kac_math.h"  // kClock* only
+#include "../op_checks.h"
+#include "kac_kernels.h"
+
+namespace {
+
+kac_cuda::DType kernel_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return kac_cuda::DType::kF32;
+    case at::kDouble: return kac_cuda::DType::kF64;
+    case at::kHalf: return kac_cuda::DType::kF16;
+    case at::kBFloat16: return kac_cuda::DType::kBF16;
+    default: break;
+  }
+  TORCH_CHECK(false, "kacfast: the CUDA kernels take float16, bfloat16, float32 or float64, got ",
+              type, ".");
+}
+
+at::Tensor kac_velocity_cuda(const at::Tensor& x, const at::Tensor& s, double a, double c,
+                             double eps) {
+  kac::check_float_input(x, "x");
+  kac::check_times(s, x, "s");
+  kac::check_rate_speed(a, c);
+  kac::check_eps(eps);
+  const int64_t inner = kac::inner_size(x, s, "s");
+  const kac_cuda::DType dtype = kernel_dtype(x.scalar_type());
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  C10_CUDA_CHECK(kac_cuda::launch_velocity(dtype, x.data_ptr(), s.data_ptr<float>(),
+                                           out.data_ptr(), x.numel(), inner, (float)a, (float)c,
+                                           (float)eps, c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor kac_noise_cuda(const at::Tensor& s, double a, double c, int64_t seed, int64_t offset,
+                          at::ScalarType dtype) {
+  kac::check_times(s, s, "s");
+  kac::check_rate_speed(a, c);
+  kac::check_seed_offset(seed, offset);
+  TORCH_CHECK(at::isFloatingType(dtype), "kacfast: dtype must be floating point, got ", dtype, ".");
+  const kac_cuda::DType kdtype = kernel_dtype(dtype);
+  const c10::cuda::CUDAGuard guard(s.device());
+  at::Tensor out = at::empty(s.sizes(), s.options().dtype(dtype));
+  if (s.numel() == 0) return out;
+  C10_CUDA_CHECK(kac_cuda::launch_noise(kdtype, s.data_ptr<float>(), out.data_ptr(),
+                                        s.numel(), (float)a, (float)c, (uint64_t)seed,
+                                        (uint32_t)offset, c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> kac_noise_target_cuda(const at::Tensor& x0,
+                                                         const at::Tensor& t, double a, double c,
+                                                         double T, int64_t clock, double eps,
+                                                         int64_t seed, int64_t offset) {
+  kac::check_float_input(x0, "x0");
+  kac::check_times(t, x0, "t");
+  kac::check_rate_speed(a, c);
+  kac::check_eps(eps);
+  kac::check_seed_offset(seed, offset);
+  TORCH_CHECK(T > 0, "kacfast: the horizon T must be > 0, got ", T, ".");
+  TORCH_CHECK(clock == kac::kClockLinear || clock == kac::kClockQuadratic,
+              "kacfast: clock must be 0 (g=t) or 1 (g=T(t/T)^2), got ", clock, ".");
+  const int64_t inner = kac::inner_size(x0, t, "t");
+  const kac_cuda::DType dtype = kernel_dtype(x0.scalar_type());
+  const c10::cuda::CUDAGuard guard(x0.device());
+  at::Tensor x_t = at::empty_like(x0);
+  at::Tensor u = at::empty_like(x0);
+  if (x0.numel() == 0) return {x_t, u};
+  C10_CUDA_CHECK(kac_cuda::launch_noise_target(
+      dtype, x0.data_ptr(), t.data_ptr<float>(), x_t.data_ptr(), u.data_ptr(), x0.numel(), inner,
+      (float)a, (float)c, (float)T, (int)clock, (float)eps, (uint64_t)seed, (uint32_t)offset,
+      c10::cuda::getCurrentCUDAStream()));
+  return {x_t, u};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kacfast, CUDA, m) {
+  m.impl("kac_velocity", &kac_velocity_cuda);
+  m.impl("kac_noise", &kac_noise_cuda);
+  m.impl("kac_noise_target", &kac_noise_target_cuda);
+}
