@@ -23,12 +23,12 @@ def build_cuda() -> bool:
 def extension():
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No FMA contraction: CPU and CUDA must round identically (see csrc/kac_math.h).
-    cxx = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
     if not build_cuda():
         return CppExtension("kacfast._C", sources, extra_compile_args={"cxx": cxx},
                             extra_link_args=["-fopenmp"])
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_glue.cpp"))
-    nvcc = ["-O3", "-std=c++17", "--fmad=false", "-DKACFAST_WITH_CUDA"]
+    nvcc = ["-O3", "--fmad=false", "-DKACFAST_WITH_CUDA"]
     return CUDAExtension("kacfast._C", sources,
                          define_macros=[("KACFAST_WITH_CUDA", None)],
                          extra_compile_args={"cxx": cxx, "nvcc": nvcc},

@@ -303,4 +303,23 @@ KAC_HD void noise_target_lanes(uint64_t seed, uint32_t offset, uint64_t first_el
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Sampler step (time runs from T down to 0, step h > 0), one element:
+//   v  = v_u + w (v_c - v_u)               (velocity-space guidance; v = v_c when unguided)
+//   x' = x - h (alpha v + beta v_prev)     (Euler: 1, 0; AB-2: 1 + r/2, -r/2; Heun 2nd stage:
+//                                           1/2, 1/2; midpoint stages: Euler with h/2, h)
+// then optionally clamp x' to [-1, 1] (the last step).
+// ---------------------------------------------------------------------------------------------
+KAC_HD float guided_velocity(float v_cond, float v_uncond, float w) {
+  return v_uncond + w * (v_cond - v_uncond);
+}
+
+KAC_HD float step_position(float x, float v, float v_prev, float h, float alpha, float beta,
+                           bool clamp) {
+  const float x_new = x - h * (alpha * v + beta * v_prev);
+  if (!clamp) return x_new;
+  return fminf(fmaxf(x_new, -1.0f), 1.0f);
+}
+
 }  // namespace kac

@@ -45,4 +45,26 @@ inline int64_t inner_size(const at::Tensor& x, const at::Tensor& s, const char* 
   return n / m;
 }
 
+// The step op's tensors: v is x's shape, or twice its batch ([cond; uncond]); v_prev is x's shape.
+// Returns true when v carries the guidance pair.
+inline bool check_step_inputs(const at::Tensor& x, const at::Tensor& v,
+                              const c10::optional<at::Tensor>& v_prev) {
+  check_float_input(x, "x");
+  check_float_input(v, "v");
+  TORCH_CHECK(v.scalar_type() == x.scalar_type(), "kacfast: v has dtype ", v.scalar_type(),
+              " but x has ", x.scalar_type(), ".");
+  TORCH_CHECK(v.device() == x.device(), "kacfast: v is on ", v.device(), " but x is on ",
+              x.device(), ".");
+  const bool guided = v.numel() == 2 * x.numel() && x.numel() > 0;
+  TORCH_CHECK(guided || v.sizes() == x.sizes(), "kacfast: v must have x's shape ", x.sizes(),
+              " or twice its batch ([cond; uncond]), got ", v.sizes(), ".");
+  if (v_prev.has_value()) {
+    check_float_input(*v_prev, "v_prev");
+    TORCH_CHECK(v_prev->sizes() == x.sizes() && v_prev->scalar_type() == x.scalar_type() &&
+                    v_prev->device() == x.device(),
+                "kacfast: v_prev must match x in shape, dtype and device.");
+  }
+  return guided;
+}
+
 }  // namespace kac

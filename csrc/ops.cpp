@@ -13,6 +13,12 @@ TORCH_LIBRARY(kacfast, m) {
   m.def(
       "kac_noise_target(Tensor x0, Tensor t, float a, float c, float T, int clock, float eps, "
       "int seed, int offset) -> (Tensor, Tensor)");
+  // Guided sampler step: v is (B, ...) or (2B, ...) = [cond; uncond] (guided when twice x's size);
+  // x' = x - h (alpha v_mix + beta v_prev), clamped to [-1, 1] if `clamp`. Second output: v_mix when
+  // `return_v`, else an empty tensor.
+  m.def(
+      "kac_guided_step(Tensor x, Tensor v, Tensor? v_prev, float guidance, float h, float alpha, "
+      "float beta, bool clamp, bool return_v) -> (Tensor, Tensor)");
 }
 
 static bool built_with_cuda() {

@@ -35,6 +35,26 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
     assert proc.returncode == 0, f"{' '.join(cmd)}\nfailed with:\n{proc.stderr}"
 
 
+def test_cuda_glue_parses_against_torch_headers(tmp_path):
+    """The torch glue needs a CUDA build of torch to compile; on a CPU torch, check its syntax with
+    a stand-in for the one generated header such builds lack (c10/cuda/impl/cuda_cmake_macros.h)."""
+    from torch.utils.cpp_extension import include_paths
+    import sysconfig
+
+    cuda_include = "/usr/local/cuda/include"
+    if _find_nvcc() is None or not os.path.isdir(cuda_include) or shutil.which("g++") is None:
+        pytest.skip("needs g++ and a CUDA toolkit's headers")
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    cmd = (["g++", "-std=c++20", "-fsyntax-only", "-w", f"-I{tmp_path}", f"-I{cuda_include}",
+            f"-I{sysconfig.get_paths()['include']}", "-DTORCH_EXTENSION_NAME=_C"]
+           + [f"-I{p}" for p in include_paths()]
+           + [os.path.join(ROOT, "csrc", "cuda", "kac_cuda_glue.cpp")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU tests
 # ------------------------------------------------------------------------------------------------
@@ -226,3 +246,22 @@ def test_cuda_ops_reject_times_on_another_device():
     x = torch.zeros(4, device="cuda")
     with pytest.raises(RuntimeError, match="s is on cpu"):
         torch.ops.kacfast.kac_velocity(x, torch.zeros(4), A, C, EPS)
+
+
+@requires_cuda_backend
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("guided,with_prev,clamp,return_v",
+                         [(False, False, False, False), (True, True, True, True),
+                          (True, False, False, True), (False, True, True, False)])
+def test_cuda_guided_step_bitwise_equals_cpu(shape, dtype, guided, with_prev, clamp, return_v):
+    g = _gen(5)
+    x = torch.randn(shape, generator=g).to(dtype)
+    v = torch.randn(((2 * shape[0],) + shape[1:]) if guided else shape, generator=g).to(dtype)
+    v_prev = torch.randn(shape, generator=g).to(dtype) if with_prev else None
+    args = (1.7, 0.03, 1.25, -0.25, clamp, return_v)
+    cpu = torch.ops.kacfast.kac_guided_step(x, v, v_prev, *args)
+    gpu = torch.ops.kacfast.kac_guided_step(x.cuda(), v.cuda(), None if v_prev is None else v_prev.cuda(), *args)
+    _assert_bitwise(gpu[0], cpu[0], "guided_step x")
+    _assert_bitwise(gpu[1], cpu[1], "guided_step v_mix")
+

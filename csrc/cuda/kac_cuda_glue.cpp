@@ -87,7 +87,27 @@ std::tuple<at::Tensor, at::Tensor> kac_noise_target_cuda(const at::Tensor& x0,
 
 }  // namespace
 
+std::tuple<at::Tensor, at::Tensor> kac_guided_step_cuda(const at::Tensor& x, const at::Tensor& v,
+                                                        const c10::optional<at::Tensor>& v_prev,
+                                                        double guidance, double h, double alpha,
+                                                        double beta, bool clamp, bool return_v) {
+  const bool guided = kac::check_step_inputs(x, v, v_prev);
+  const kac_cuda::DType dtype = kernel_dtype(x.scalar_type());
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor x_new = at::empty_like(x);
+  at::Tensor v_mix = return_v ? at::empty_like(x) : at::empty({0}, x.options());
+  if (x.numel() == 0) return {x_new, v_mix};
+  const char* v_cond = static_cast<const char*>(v.data_ptr());
+  const void* v_uncond = guided ? v_cond + x.numel() * x.element_size() : nullptr;
+  C10_CUDA_CHECK(kac_cuda::launch_guided_step(
+      dtype, x.data_ptr(), v_cond, v_uncond, v_prev.has_value() ? v_prev->data_ptr() : nullptr,
+      x_new.data_ptr(), return_v ? v_mix.data_ptr() : nullptr, x.numel(), (float)guidance,
+      (float)h, (float)alpha, (float)beta, clamp, c10::cuda::getCurrentCUDAStream()));
+  return {x_new, v_mix};
+}
+
 TORCH_LIBRARY_IMPL(kacfast, CUDA, m) {
+  m.impl("kac_guided_step", &kac_guided_step_cuda);
   m.impl("kac_velocity", &kac_velocity_cuda);
   m.impl("kac_noise", &kac_noise_cuda);
   m.impl("kac_noise_target", &kac_noise_target_cuda);

@@ -74,6 +74,22 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
+// Branches on null pointers are uniform across the grid: no divergence.
+template <typename T>
+__global__ void __launch_bounds__(kBlock)
+    guided_step_kernel(const T* __restrict__ x, const T* __restrict__ v_cond,
+                       const T* __restrict__ v_uncond, const T* __restrict__ v_prev,
+                       T* __restrict__ x_new, T* __restrict__ v_mix, int64_t n, float w, float h,
+                       float alpha, float beta, bool clamp) {
+  for (int64_t i = first_index(); i < n; i += grid_stride()) {
+    const float vc = load(v_cond, i);
+    const float vm = v_uncond ? kac::guided_velocity(vc, load(v_uncond, i), w) : vc;
+    const float vp = v_prev ? load(v_prev, i) : 0.0f;
+    store(x_new, i, kac::step_position(load(x, i), vm, vp, h, alpha, beta, clamp));
+    if (v_mix) store(v_mix, i, vm);
+  }
+}
+
 unsigned grid_for(int64_t n) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   return (unsigned)(blocks < kMaxBlocks ? blocks : kMaxBlocks);
@@ -123,6 +139,20 @@ cudaError_t launch_noise_target(DType dtype, const void* x0, const float* t, voi
     noise_target_kernel<E><<<grid_for(n), kBlock, 0, stream>>>(
         static_cast<const E*>(x0), t, static_cast<E*>(x_t), static_cast<E*>(u), n, inner, a, c, T,
         clock, eps, seed, offset);
+  });
+}
+
+cudaError_t launch_guided_step(DType dtype, const void* x, const void* v_cond,
+                               const void* v_uncond, const void* v_prev, void* x_new, void* v_mix,
+                               int64_t n, float w, float h, float alpha, float beta, bool clamp,
+                               cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return dispatch(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    guided_step_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const T*>(v_cond), static_cast<const T*>(v_uncond),
+        static_cast<const T*>(v_prev), static_cast<T*>(x_new), static_cast<T*>(v_mix), n, w, h,
+        alpha, beta, clamp);
   });
 }
 

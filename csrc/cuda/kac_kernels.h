@@ -27,4 +27,12 @@ cudaError_t launch_noise_target(DType dtype, const void* x0, const float* t, voi
                                 int64_t n, int64_t inner, float a, float c, float T, int clock,
                                 float eps, uint64_t seed, uint32_t offset, cudaStream_t stream);
 
+// x_new[i] = x[i] - h (alpha v_mix + beta v_prev[i]), clamped to [-1, 1] if `clamp`, with
+// v_mix = v_uncond + w (v_cond - v_uncond) (v_cond alone when v_uncond is null). v_prev and v_mix
+// may be null (no history term / v_mix not stored).
+cudaError_t launch_guided_step(DType dtype, const void* x, const void* v_cond,
+                               const void* v_uncond, const void* v_prev, void* x_new, void* v_mix,
+                               int64_t n, float w, float h, float alpha, float beta, bool clamp,
+                               cudaStream_t stream);
+
 }  // namespace kac_cuda

@@ -19,7 +19,7 @@ import torch
 from kacfast.ops import _ext, _fake, reference
 from kacfast.ops.reference import CLOCKS
 
-__all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "use_backend", "resolve_backend",
+__all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "guided_step", "use_backend", "resolve_backend",
            "available_backends", "BACKENDS", "reference"]
 
 BACKENDS = ("torch", "cpu", "cuda", "triton")
@@ -27,7 +27,7 @@ _DEFAULT_BACKEND = os.environ.get("KACFAST_BACKEND", "auto")
 _forced: list[str] = []
 
 if _ext.available():
-    for _name in ("kac_velocity", "kac_noise", "kac_noise_target"):
+    for _name in ("kac_velocity", "kac_noise", "kac_noise_target", "kac_guided_step"):
         torch.library.register_fake(f"kacfast::{_name}")(getattr(_fake, _name))
 
 
@@ -52,11 +52,20 @@ def _reference_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: floa
     return reference.kac_noise_target(x0, t, a, c, T, CLOCKS[clock], eps, seed, offset)
 
 
+@torch.library.custom_op("kacfast::reference_kac_guided_step", mutates_args=())
+def _reference_guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None,
+                           guidance: float, h: float, alpha: float, beta: float, clamp: bool,
+                           return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return reference.guided_step(x, v, v_prev, guidance, h, alpha, beta, clamp, return_v)
+
+
 _reference_velocity.register_fake(_fake.kac_velocity)
 _reference_noise.register_fake(_fake.kac_noise)
 _reference_noise_target.register_fake(_fake.kac_noise_target)
+_reference_guided_step.register_fake(_fake.kac_guided_step)
 _REFERENCE_OPS = {"kac_velocity": _reference_velocity, "kac_noise": _reference_noise,
-                  "kac_noise_target": _reference_noise_target}
+                  "kac_noise_target": _reference_noise_target,
+                  "kac_guided_step": _reference_guided_step}
 
 
 def _op(name: str, backend: str):
@@ -264,3 +273,44 @@ def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: f
     return _op("kac_noise_target", backend)(
         x0.contiguous(), t.to(torch.float32).contiguous(), float(a), float(c), float(T),
         CLOCKS.index(clock), float(eps), seed, offset)
+
+
+def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None = None, *,
+                guidance: float = 1.0, h: float, alpha: float = 1.0, beta: float = 0.0,
+                clamp: bool = False, return_v: bool = False):
+    """Fused sampler step: velocity-space guidance mixed into the solver update, one pass.
+
+    Args:
+        x: current state (B, ...) at time t, float.
+        v: model velocity (B, ...), or (2B, ...) = cat([v_cond, v_uncond]) from one batched call
+            on cat([x, x]); then v_mix = v_uncond + guidance (v_cond - v_uncond).
+        v_prev: (B, ...) earlier velocity for two-term updates (AB-2, Heun), or None.
+        h: step size > 0 (time decreases from t to t - h).
+        alpha, beta: x' = x - h (alpha v_mix + beta v_prev). Euler: (1, 0); AB-2 with
+            r = h_n / h_{n-1}: (1 + r/2, -r/2); Heun's second stage: (1/2, 1/2).
+        clamp: clamp x' to [-1, 1] (the last step of image sampling).
+        return_v: also return v_mix (needed as next v_prev); else the second output is empty.
+    Returns:
+        (x', v_mix or an empty tensor), like x. v and v_prev must have x's dtype and device.
+    """
+    _check_float(x, "x")
+    _check_float(v, "v")
+    for name, other in (("v", v), ("v_prev", v_prev)):
+        if other is None:
+            continue
+        _check_float(other, name)
+        _check_same_device(other, x, name, "x")
+        if other.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {other.dtype} but x has {x.dtype}.")
+    guided = x.numel() > 0 and v.numel() == 2 * x.numel()
+    if not guided and v.shape != x.shape:
+        raise ValueError(f"v must have x's shape {tuple(x.shape)} or twice its batch "
+                         f"([cond; uncond]), got {tuple(v.shape)}.")
+    if v_prev is not None and v_prev.shape != x.shape:
+        raise ValueError(f"v_prev must have x's shape {tuple(x.shape)}, got {tuple(v_prev.shape)}.")
+    if not h > 0:
+        raise ValueError(f"the step size h must be > 0, got {h}.")
+    backend = resolve_backend(x.device)
+    return _op("kac_guided_step", backend)(
+        x.contiguous(), v.contiguous(), None if v_prev is None else v_prev.contiguous(),
+        float(guidance), float(h), float(alpha), float(beta), bool(clamp), bool(return_v))

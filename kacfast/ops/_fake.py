@@ -13,3 +13,7 @@ def kac_noise(s, a, c, seed, offset, dtype):
 
 def kac_noise_target(x0, t, a, c, T, clock, eps, seed, offset):
     return torch.empty_like(x0), torch.empty_like(x0)
+
+
+def kac_guided_step(x, v, v_prev, guidance, h, alpha, beta, clamp, return_v):
+    return torch.empty_like(x), (torch.empty_like(x) if return_v else x.new_empty(0))

@@ -186,3 +186,27 @@ def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: f
 def kac_variance(s: float, a: float, c: float) -> float:
     """Var X(s) = (c^2/a) [s - (1 - e^{-2as}) / (2a)]."""
     return c * c / a * (s - (1.0 - math.exp(-2.0 * a * s)) / (2.0 * a))
+
+
+def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None, guidance: float,
+                h: float, alpha: float = 1.0, beta: float = 0.0, clamp: bool = False,
+                return_v: bool = False):
+    """One sampler step from time t to t - h with velocity-space guidance.
+
+    x: (B, ...); v: (B, ...) or (2B, ...) = cat([v_cond, v_uncond]) (guided when twice x's batch);
+    v_prev: (B, ...) or None. v_mix = v_u + guidance (v_c - v_u);
+    x' = x - h (alpha v_mix + beta v_prev), clamped to [-1, 1] when `clamp`.
+    Returns (x', v_mix if return_v else an empty tensor). Math in float32.
+    """
+    xf, vf = x.float(), v.float()
+    if v.numel() == 2 * x.numel() and x.numel() > 0:
+        v_cond, v_uncond = vf.reshape((2,) + tuple(x.shape)).unbind(0)
+        v_mix = v_uncond + guidance * (v_cond - v_uncond)
+    else:
+        v_mix = vf
+    drift = alpha * v_mix if v_prev is None else alpha * v_mix + beta * v_prev.float()
+    x_new = xf - h * drift
+    if clamp:
+        x_new = x_new.clamp(-1.0, 1.0)
+    v_out = v_mix.to(x.dtype) if return_v else x.new_empty(0)
+    return x_new.to(x.dtype), v_out
