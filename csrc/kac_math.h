@@ -185,8 +185,11 @@ KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_elem
       }
     }
     for (int l = 0; l < W; ++l) {
-      remaining[l] = active[l] ? remaining[l] - mean[l] : remaining[l];
-      active[l] = active[l] & (int32_t)(remaining[l] > 0.0f);
+      const float left = remaining[l] - mean[l];
+      // `left < remaining` stops lanes whose mean no longer decreases (a s = inf or >= 2^29):
+      // garbage in, but never an endless loop on a GPU that skips the host-side value checks.
+      active[l] = active[l] & (int32_t)(left > 0.0f) & (int32_t)(left < remaining[l]);
+      remaining[l] = active[l] ? left : remaining[l];
     }
     if (!any_lane<W>(active)) break;
   }

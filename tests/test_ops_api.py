@@ -96,6 +96,7 @@ def test_bad_inputs_raise_clear_errors(backend):
             (lambda: ops.kac_noise(torch.rand(3), 9.0, 3.0, seed=0, offset=2**32), ValueError, "offset"),
             (lambda: ops.kac_noise(torch.rand(3), 9.0, 3.0, seed=0, dtype=torch.int32), TypeError, "dtype"),
             (lambda: ops.kac_noise(torch.tensor([0.1, float("nan")]), 9.0, 3.0, seed=0), ValueError, "s must lie"),
+            (lambda: ops.kac_noise(torch.tensor([float("inf")]), 9.0, 3.0, seed=0), ValueError, "s must lie"),
             (lambda: ops.kac_noise_target(x0, t * 2, 9.0, 3.0, 1.0, seed=0), ValueError, r"t must lie in \[0"),
             (lambda: ops.kac_noise_target(x0, t[:3], 9.0, 3.0, seed=0), ValueError, "shape"),
             (lambda: ops.kac_noise_target(x0, t, 9.0, 3.0, T=0.0, seed=0), ValueError, "horizon T"),

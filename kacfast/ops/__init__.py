@@ -169,7 +169,7 @@ def _values_checkable(t: torch.Tensor) -> bool:
 def _check_range(t: torch.Tensor, name: str, low: float, high: float | None = None) -> None:
     if not _values_checkable(t) or t.numel() == 0:
         return
-    bad = torch.isnan(t) | (t < low)
+    bad = ~torch.isfinite(t) | (t < low)
     if high is not None:
         bad |= t > high
     if bool(bad.any()):

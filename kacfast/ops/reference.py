@@ -126,8 +126,9 @@ def kac_noise_and_velocity(s: torch.Tensor, a: float, c: float, seed: int, offse
             cdf = torch.where(searching, cdf + p, cdf)
             n = n + searching.long()
             searching = searching & (u >= cdf) & (j < _POISSON_CAP)
-        remaining = torch.where(active, remaining - mean, remaining)
-        active = active & (remaining > 0)
+        left = remaining - mean
+        active = active & (left > 0) & (left < remaining)  # a s = inf: stop, as the kernels do
+        remaining = torch.where(active, left, remaining)
         chunk += 1
 
     # Sums of the n+1 Exp(1) spacings with even / odd index, as -log of products of uniforms.

@@ -26,4 +26,7 @@ def __getattr__(name):
     if name in ("kac_velocity", "kac_noise", "kac_noise_target"):
         from kacfast.ops.triton import kac
         return getattr(kac, name)
+    if name == "kac_guided_step":
+        from kacfast.ops.triton import step
+        return step.kac_guided_step
     raise AttributeError(name)

@@ -128,9 +128,12 @@ def _poisson_chunk(u, remaining, active, n):
         cdf = tl.where(searching, cdf_next, cdf)
         n += searching.to(tl.int32)
         searching = searching & (u >= cdf) & (j < 256)
-    remaining = tl.where(active, remaining - mean, remaining)
-    active = active & (remaining > 0.0)
-    return remaining, active, n
+    left = tl.where(active, remaining - mean, remaining)
+    # `left < remaining` holds whenever the header's loop terminates (remaining drops by mean > 0);
+    # it only stops lanes the header would loop on forever (s = inf, or a s >= 2^29 where
+    # remaining - 32 rounds back to remaining), so bad times cannot hang the GPU.
+    active = active & (left > 0.0) & (left < remaining)
+    return left, active, n
 
 
 @triton.jit
