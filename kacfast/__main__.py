@@ -1,0 +1,5 @@
+import sys
+
+from kacfast.cli import main
+
+sys.exit(main())
