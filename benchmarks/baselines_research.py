@@ -99,7 +99,7 @@ def table_variance_error(table: torch.Tensor, a: float, c: float, T: float,
                          times=(0.05, 0.25, 0.5, 1.0), n: int = 200_000, seed: int = 0) -> float:
     """Largest relative error of the sampled Var X(s) against (c^2/a)[s - (1 - e^{-2as})/(2a)].
 
-    n draws per time in `times` (each in (0, T]); a correct table gives about 0.01 for n = 2e5.
+    n draws per time in `times` (each in (0, T]); a correct table stays below 0.01 for n = 2e5.
     """
     gen = torch.Generator().manual_seed(seed)
     s = torch.tensor(times, dtype=torch.float64)
