@@ -1,7 +1,9 @@
-"""Markdown table of a pytest-benchmark JSON file (written with --benchmark-json=FILE).
+"""Markdown tables of a pytest-benchmark JSON file (written with --benchmark-json=FILE).
 
-Columns: group, row name, mean ms, elements/s (extra_info["elements_per_s"]) and the speed-up over
-the group's baseline, the row whose extra_info["baseline"] is true.
+One table per group, rows in file order: median and mean ms, then whichever of these extra_info
+fields the group's rows carry: elements/s, GB/s (bytes_per_s), NFE, images/s, the share of time
+outside the network; last, the speed-up of the median over the group's baseline row (the row whose
+extra_info["baseline"] is true).
 
     python benchmarks/report.py FILE.json
 """
@@ -10,24 +12,37 @@ from __future__ import annotations
 import argparse
 import json
 
+# extra_info key -> (column title, formatter)
+COLUMNS = {
+    "elements_per_s": ("elements/s", lambda v: f"{v:.3g}"),
+    "bytes_per_s": ("GB/s", lambda v: f"{v / 1e9:.1f}"),
+    "nfe": ("NFE", lambda v: f"{v}"),
+    "images_per_s": ("images/s", lambda v: f"{v:.3g}"),
+    "outside_network_share": ("outside network", lambda v: f"{100 * v:.1f}%"),
+}
 
-def markdown_table(report: dict) -> str:
-    """The rows of a pytest-benchmark report, grouped and in file order, as a Markdown table."""
+
+def markdown_tables(report: dict) -> str:
+    """Every group of a pytest-benchmark report as a Markdown table."""
     rows = report["benchmarks"]
-    baseline = {r["group"]: r["stats"]["mean"] for r in rows if r["extra_info"].get("baseline")}
-    lines = ["| group | row | mean ms | elements/s | speed-up vs baseline |",
-             "|---|---|---:|---:|---:|"]
+    out = []
     for group in dict.fromkeys(r["group"] for r in rows):
-        for row in rows:
-            if row["group"] != group:
-                continue
-            mean = row["stats"]["mean"]
-            rate = row["extra_info"].get("elements_per_s")
-            rate = f"{rate:.3g}" if rate is not None else "-"
-            speedup = f"{baseline[group] / mean:.2f}x" if group in baseline else "-"
-            label = group or "-"
-            lines.append(f"| {label} | {row['name']} | {mean * 1e3:.2f} | {rate} | {speedup} |")
-    return "\n".join(lines)
+        members = [r for r in rows if r["group"] == group]
+        keys = [k for k in COLUMNS if any(k in r["extra_info"] for r in members)]
+        if "images_per_s" in keys and "elements_per_s" in keys:
+            keys.remove("elements_per_s")
+        base = next((r["stats"]["median"] for r in members if r["extra_info"].get("baseline")), None)
+        head = ["row", "median ms", "mean ms"] + [COLUMNS[k][0] for k in keys] + ["speed-up"]
+        lines = [f"**{group or 'benchmarks'}**", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" + "---:|" * (len(head) - 1)]
+        for r in members:
+            median, mean = r["stats"]["median"], r["stats"]["mean"]
+            cells = [r["name"], f"{median * 1e3:.2f}", f"{mean * 1e3:.2f}"]
+            cells += [COLUMNS[k][1](r["extra_info"][k]) if k in r["extra_info"] else "-" for k in keys]
+            cells.append(f"{base / median:.2f}x" if base else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def main(argv=None) -> None:
@@ -35,7 +50,11 @@ def main(argv=None) -> None:
     parser.add_argument("file", help="pytest-benchmark JSON file")
     args = parser.parse_args(argv)
     with open(args.file) as f:
-        print(markdown_table(json.load(f)))
+        report = json.load(f)
+    machine = report.get("machine_info", {})
+    print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
+          f"{machine.get('cpu', {}).get('count', '?')} CPUs; torch threads as run\n")
+    print(markdown_tables(report))
 
 
 if __name__ == "__main__":
