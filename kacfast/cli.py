@@ -59,6 +59,133 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _model_for_data(preset: str, data: str, x: torch.Tensor, num_classes):
+    from kacfast.models import build_model
+    if preset == "mlp":
+        return build_model("mlp", dim=x.shape[1], num_classes=num_classes)
+    return build_model(preset, in_channels=x.shape[1], image_size=x.shape[-1],
+                       num_classes=num_classes)
+
+
+def cmd_train(args) -> int:
+    """Train a Kac teacher (or an EDM / DDPM baseline) on a dataset; resumable."""
+    from kacfast.data import load_dataset
+    from kacfast.process import KacProcess
+    from kacfast.training import TrainConfig, train
+    from kacfast.training.objectives import DDPMObjective, EDMObjective, KacObjective
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x, y = load_dataset(args.data, split="train", seed=args.seed)
+    num_classes = int(y.max()) + 1 if args.conditional else None
+    torch.manual_seed(args.seed)
+    model = _model_for_data(args.model, args.data, x, num_classes).to(args.device)
+    objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock)),
+                 "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         warmup=args.warmup, ema_decay=args.ema_decay,
+                         label_dropout=args.label_dropout if num_classes else 0.0,
+                         seed=args.seed, ckpt_every=args.ckpt_every)
+    start = time.perf_counter()
+    train(model, objective, (x, y if num_classes else None), config, args.out, resume=args.resume,
+          run_info={"data": args.data, "preset": args.model}, progress=not args.quiet)
+    print(f"trained to step {args.steps} in {time.perf_counter() - start:.1f} s -> {args.out}")
+    return 0
+
+
+def _generate(model, meta, args, labels, n):
+    """Samples from a trained Kac model, or from a baseline with its own sampler."""
+    import kacfast
+    from kacfast.baselines import EDMPrecond, ddim_sample, ddpm_sample, edm_sample
+
+    method = meta.get("objective", {}).get("method", "kac")
+    if method == "kac":
+        return kacfast.sample(model, args.steps, labels=labels, batch_size=None if labels is not None else n,
+                              guidance=args.guidance, solver=args.solver, seed=args.seed,
+                              progress=not args.quiet)
+    latents = torch.randn((n,) + tuple(model.sample_shape),
+                          generator=torch.Generator().manual_seed(args.seed))
+    if method == "edm":
+        out = edm_sample(EDMPrecond(model), latents, labels, num_steps=args.steps, guidance=args.guidance)
+    elif args.solver == "ddpm":
+        out = ddpm_sample(model, latents, labels, num_steps=args.steps, seed=args.seed, guidance=args.guidance)
+    else:
+        out = ddim_sample(model, latents, labels, num_steps=args.steps, guidance=args.guidance)
+    return out.float().clamp(-1, 1)
+
+
+def _labels(args, model, n):
+    if getattr(model, "num_classes", None) is None:
+        return None
+    if args.labels:
+        picked = torch.tensor(args.labels, dtype=torch.long)
+        return picked.repeat((n + len(picked) - 1) // len(picked))[:n]
+    return torch.arange(n) % model.num_classes
+
+
+def cmd_sample(args) -> int:
+    """Sample a trained checkpoint to a PNG grid or a .npy array (float32 in [-1, 1])."""
+    import numpy as np
+
+    from kacfast.images import make_grid, save_png
+    from kacfast.training.load import load_trained
+
+    model, meta = load_trained(args.ckpt)
+    labels = _labels(args, model, args.n)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = _generate(model, meta, args, labels, args.n)
+    elapsed = time.perf_counter() - start
+    if args.out.endswith(".npy"):
+        np.save(args.out, out.float().cpu().numpy())
+    elif args.out.endswith(".png"):
+        if out.dim() != 4:
+            raise SystemExit("PNG output needs image data; use a .npy file for 2-D samples.")
+        save_png(make_grid(out, nrow=args.nrow), args.out)
+    else:
+        raise SystemExit(f"--out must end in .png or .npy, got {args.out!r}.")
+    print(f"{args.n} samples, {args.steps} steps, {args.n / elapsed:.1f} samples/s -> {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Score a checkpoint's samples against held-out data (classifier FD/KID/accuracy or 2-D metrics)."""
+    import json
+
+    from kacfast import metrics
+    from kacfast.data import load_dataset
+    from kacfast.training.load import load_trained
+
+    model, meta = load_trained(args.ckpt)
+    data = meta.get("run", {}).get("data")
+    if data is None:
+        raise SystemExit("the checkpoint does not record its dataset (meta['run']['data']).")
+    labels = _labels(args, model, args.n)
+    with torch.no_grad():
+        out = _generate(model, meta, args, labels, args.n)
+    reference, _ = load_dataset(data, split="test", seed=args.seed + 1)
+    if out.dim() == 2:
+        result = metrics.point_metrics(out, reference, centers="gmm9" if data == "gmm9" else None)
+    else:
+        classifier = metrics.train_classifier(data, seed=0)
+        result = metrics.image_metrics(classifier, out, reference, labels)
+    result.update(data=data, steps=args.steps, solver=args.solver, guidance=args.guidance, n=args.n)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_sampling_args(p) -> None:
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint file")
+    p.add_argument("--steps", type=int, default=100, help="integration steps (default 100)")
+    p.add_argument("--solver", default="euler",
+                   help="kac: euler, ab2, heun, midpoint; ddpm runs: ddim (default) or ddpm")
+    p.add_argument("--guidance", type=float, default=1.0, help="guidance strength w (default 1)")
+    p.add_argument("--labels", type=int, nargs="*", help="classes to sample (cycled over --n)")
+    p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +195,40 @@ def main(argv=None) -> int:
     demo.add_argument("--n", type=int, default=200_000, help="noise samples per time (default 2e5)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("train", help=cmd_train.__doc__)
+    tr.add_argument("--data", required=True, help="gmm9, checkerboard, rings, digits, mnist5k, cifar10, folder:PATH")
+    tr.add_argument("--model", required=True, help="mlp, unet-tiny, unet-small, unet-cifar10")
+    tr.add_argument("--steps", type=int, required=True)
+    tr.add_argument("--out", required=True, help="run directory")
+    tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--method", choices=("kac", "edm", "ddpm"), default="kac")
+    tr.add_argument("--batch-size", type=int, default=128, help="global batch (default 128)")
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--warmup", type=int, default=200)
+    tr.add_argument("--ema-decay", type=float, default=0.999)
+    tr.add_argument("--label-dropout", type=float, default=0.1)
+    tr.add_argument("--unconditional", dest="conditional", action="store_false")
+    tr.add_argument("--ckpt-every", type=int, default=500)
+    tr.add_argument("--a", type=float, default=9.0, help="Kac rate (default 9)")
+    tr.add_argument("--c", type=float, default=3.0, help="Kac speed (default 3)")
+    tr.add_argument("--T", type=float, default=1.0, help="horizon (default 1)")
+    tr.add_argument("--clock", choices=("t", "t2"), default="t")
+    tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
+    sa = sub.add_parser("sample", help=cmd_sample.__doc__)
+    _add_sampling_args(sa)
+    sa.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy")
+    sa.add_argument("--nrow", type=int, default=10, help="images per grid row (default 10)")
+    sa.set_defaults(func=cmd_sample)
+
+    ev = sub.add_parser("eval", help=cmd_eval.__doc__)
+    _add_sampling_args(ev)
+    ev.set_defaults(func=cmd_eval)
     args = parser.parse_args(argv)
     return args.func(args)
 

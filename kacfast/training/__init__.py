@@ -1,0 +1,7 @@
+"""Training: one loop (kacfast.training.loop.train) for the Kac teacher and the EDM / DDPM baselines."""
+from kacfast.training.checkpoint import CheckpointError, read_checkpoint, restore, save_checkpoint
+from kacfast.training.loop import TrainConfig, train
+from kacfast.training.objectives import DDPMObjective, EDMObjective, KacObjective
+
+__all__ = ["TrainConfig", "train", "KacObjective", "EDMObjective", "DDPMObjective",
+           "save_checkpoint", "restore", "read_checkpoint", "CheckpointError"]

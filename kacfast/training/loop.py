@@ -1,0 +1,184 @@
+"""One training loop for every objective: AdamW, LR warm-up, grad clipping, EMA, bf16 autocast on
+GPU, tqdm progress, atomic checkpoints and exact resume, DDP under torchrun.
+
+Exact resume: every random draw of step k comes from generators seeded by (seed, rank, k) and the
+data order is a resumable BatchSampler, so a run killed at any point and resumed from its last
+checkpoint ends with weights bit-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from kacfast.data import BatchSampler
+from kacfast.training.checkpoint import CHECKPOINT_NAME, CheckpointError, restore, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run. batch_size is global (split across DDP ranks)."""
+
+    steps: int
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    seed: int = 0
+    ckpt_every: int = 500
+    log_every: int = 25
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}.")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}.")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}.")
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world_size); initializes the process group under torchrun (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _drop_labels(y, num_classes, p, generator):
+    if y is None or num_classes is None or p == 0:
+        return y
+    drop = torch.rand(y.shape, generator=generator, device=y.device) < p
+    return torch.where(drop, torch.full_like(y, num_classes), y)
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Drop log lines past `step` (written by a run that was killed after its last checkpoint)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Tensor | None],
+          config: TrainConfig, out_dir: str, *, resume: bool = False, run_info: dict | None = None,
+          progress: bool = True, on_checkpoint: Callable | None = None) -> torch.nn.Module:
+    """Train `model` on `data` = (x, y) with `objective`; returns the EMA model.
+
+    Args:
+        model: network `model(x, t, y)`; labels use `model.num_classes` as the null label.
+        objective: KacObjective / EDMObjective / DDPMObjective (kacfast.training.objectives).
+        data: x (N, ...) in [-1, 1] and labels (N,) or None; moved to the model's device per batch.
+        out_dir: holds checkpoint.safetensors (the last one), config.json and log.jsonl (the
+            loss, averaged over ranks, every log_every steps).
+        resume: continue from out_dir's checkpoint (must exist and match this model).
+        run_info: JSON-able facts stored with each checkpoint (data name, model preset, ...).
+        on_checkpoint: called as on_checkpoint(step, ema) on rank 0 after each checkpoint.
+    """
+    rank, world = _distributed()
+    device = next(model.parameters()).device
+    x_all, y_all = data
+    ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    sampler = BatchSampler(len(x_all), config.batch_size, seed=config.seed)
+    step = 0
+    if resume:
+        meta = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer)
+        if meta["objective"] != objective.describe():
+            raise CheckpointError(f"{ckpt_path} was trained with {meta['objective']}, not "
+                                  f"{objective.describe()}.")
+        step = meta["step"]
+        sampler.load_state_dict(meta["data_order"])
+    sampler = sampler.shard(rank, world)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    meta = {"config": asdict(config), "objective": objective.describe(),
+            "model": {"kind": getattr(model, "kind", None), "config": getattr(model, "config", None)},
+            "run": run_info or {}, "world_size": world}
+    log_path = os.path.join(out_dir, "log.jsonl")
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        _truncate_log(log_path, step)
+
+    def checkpoint():
+        if rank == 0:
+            save_checkpoint(ckpt_path, model=model, ema=ema, optimizer=optimizer,
+                            meta={**meta, "step": step, "data_order": sampler.state_dict()})
+            if on_checkpoint is not None:
+                on_checkpoint(step, ema)
+        if world > 1:
+            dist.barrier()
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config.steps, initial=step, desc=f"train {objective.method}", unit="step")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model.train()
+    while step < config.steps:
+        seed = _step_seed(config.seed, rank, step)
+        torch.manual_seed(seed)  # dropout layers draw from the global RNG
+        gen = torch.Generator(device=device).manual_seed(seed)
+        idx = next(sampler)
+        x0 = x_all[idx].to(device, non_blocking=True)
+        y = None if y_all is None else y_all[idx].to(device, non_blocking=True)
+        y = _drop_labels(y, getattr(model, "num_classes", None), config.label_dropout, gen)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+        with autocast:
+            loss = objective.loss(net, x0, y, gen, seed)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        _update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        if step % config.log_every == 0 or step == config.steps:
+            value = loss.detach().float()
+            if world > 1:
+                dist.all_reduce(value)
+                value /= world
+            if rank == 0:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step, "loss": value.item()}) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{value.item():.4f}")
+        if bar is not None:
+            bar.update(1)
+        if step % config.ckpt_every == 0 or step == config.steps:
+            checkpoint()
+    if bar is not None:
+        bar.close()
+    return ema

@@ -1,0 +1,68 @@
+"""Training objectives sharing one loop: Kac flow matching (the teacher), EDM and DDPM baselines.
+
+Each objective maps (network, x0, labels, generator, seed) to a scalar loss; `generator` and `seed`
+are fresh for every (run seed, rank, step), so a resumed run redraws exactly the same randomness.
+`describe()` is stored in checkpoints.
+"""
+from __future__ import annotations
+
+import torch
+
+from kacfast.baselines import EDMPrecond, ddpm_loss, edm_loss
+from kacfast.process import KacProcess
+
+
+class KacObjective:
+    """loss = mean((v_theta(x_t, t, y) - u)^2), t ~ U[0, T], (x_t, u) from the fused noise_target op.
+
+    The Kac noise comes from the op's counter-based stream keyed by the step's seed.
+    """
+
+    method = "kac"
+
+    def __init__(self, process: KacProcess | None = None):
+        self.process = process or KacProcess()
+
+    def loss(self, net, x0, y, generator: torch.Generator, seed: int) -> torch.Tensor:
+        t = torch.rand(x0.shape[0], generator=generator, device=x0.device) * self.process.T
+        x_t, u = self.process.noise_target(x0, t, seed=seed)
+        return (net(x_t, t, y).float() - u.float()).square().mean()
+
+    def describe(self) -> dict:
+        return {"method": self.method, "process": self.process.to_dict()}
+
+
+class EDMObjective:
+    """EDM (Karras et al. 2022) denoising loss through EDMPrecond; the same network is the raw F."""
+
+    method = "edm"
+
+    def loss(self, net, x0, y, generator, seed):
+        return edm_loss(EDMPrecond(net), x0, y, generator=generator)
+
+    def describe(self) -> dict:
+        return {"method": self.method}
+
+
+class DDPMObjective:
+    """DDPM eps-prediction loss on the linear 1000-step schedule."""
+
+    method = "ddpm"
+
+    def loss(self, net, x0, y, generator, seed):
+        return ddpm_loss(net, x0, y, generator=generator)
+
+    def describe(self) -> dict:
+        return {"method": self.method}
+
+
+def objective_from_description(desc: dict):
+    """Inverse of describe()."""
+    method = desc.get("method")
+    if method == "kac":
+        return KacObjective(KacProcess.from_dict(desc["process"]))
+    if method == "edm":
+        return EDMObjective()
+    if method == "ddpm":
+        return DDPMObjective()
+    raise ValueError(f"unknown training method {method!r}; expected 'kac', 'edm' or 'ddpm'.")
