@@ -59,12 +59,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _model_for_data(preset: str, data: str, x: torch.Tensor, num_classes):
+def _model_for_data(preset: str, x: torch.Tensor, num_classes, method: str):
     from kacfast.models import build_model
+    # Kac times lie in [0, T] and EDM's c_noise = log(sigma)/4 in about [-1.6, 1.1]: the default
+    # time_scale 1000 spreads them over the embedding; DDPM passes raw step indices 0..999.
+    extra = {"time_scale": 1.0} if method == "ddpm" else {}
     if preset == "mlp":
-        return build_model("mlp", dim=x.shape[1], num_classes=num_classes)
+        return build_model("mlp", dim=x.shape[1], num_classes=num_classes, **extra)
     return build_model(preset, in_channels=x.shape[1], image_size=x.shape[-1],
-                       num_classes=num_classes)
+                       num_classes=num_classes, **extra)
 
 
 def cmd_train(args) -> int:
@@ -79,7 +82,7 @@ def cmd_train(args) -> int:
     x, y = load_dataset(args.data, split="train", seed=args.seed)
     num_classes = int(y.max()) + 1 if args.conditional else None
     torch.manual_seed(args.seed)
-    model = _model_for_data(args.model, args.data, x, num_classes).to(args.device)
+    model = _model_for_data(args.model, x, num_classes, args.method).to(args.device)
     objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock)),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
