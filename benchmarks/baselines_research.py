@@ -57,7 +57,7 @@ def sample_table(table: torch.Tensor, s: torch.Tensor, n: int, c: float, T: floa
     M, K = table.shape[0] - 1, table.shape[1] - 1
     s = s.double()
     rows = table[torch.round(s / T * M).long().clamp(0, M)]  # (B, K + 1)
-    uniform = torch.rand(s.shape[0], n, dtype=torch.float64, generator=generator)
+    uniform = torch.rand(s.shape[0], n, dtype=torch.float64, generator=generator, device=s.device)
     hi = torch.searchsorted(rows, uniform, right=True).clamp(1, K)
     lo = hi - 1
     f_lo, f_hi = rows.gather(1, lo), rows.gather(1, hi)
