@@ -234,6 +234,19 @@ KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_elem
 // ---------------------------------------------------------------------------------------------
 KAC_HD int cf_depth(float z) { return 8 + (int)(4.0f * sqrtf(z)); }
 
+// c s - |x| for |x| near the cone: c s is rounded, and near the cone that rounding error would be
+// most of the gap. Dekker's exact product (Veltkamp split, no FMA) gives c s = hi + lo exactly;
+// hi - |x| is then exact (Sterbenz), so the gap keeps full relative precision.
+KAC_HD float gap_to_cone(float c, float s, float ax) {
+  const float hi = c * s;
+  float t = 4097.0f * c;
+  const float c_hi = t - (t - c), c_lo = c - c_hi;
+  t = 4097.0f * s;
+  const float s_hi = t - (t - s), s_lo = s - s_hi;
+  const float lo = ((c_hi * s_hi - hi) + c_hi * s_lo + c_lo * s_hi) + c_lo * s_lo;
+  return (hi - ax) + lo;
+}
+
 template <int W>
 KAC_HD void kac_velocity_lanes(const float* s, const float* x, float a, float c, float eps,
                                float* v_out) {
@@ -243,7 +256,7 @@ KAC_HD void kac_velocity_lanes(const float* s, const float* x, float a, float c,
   for (int l = 0; l < W; ++l) {
     const float reach = c * s[l];
     const float ax = fabsf(x[l]);
-    const float gap = (reach - ax) * (reach + ax);  // factored: no cancellation near the cone
+    const float gap = gap_to_cone(c, s[l], ax) * (reach + ax);  // (cs - |x|)(cs + |x|), factored
     const float r = sqrtf(fmaxf(gap, 0.0f));
     const float z = a * r / c;
     z2[l] = z * z;

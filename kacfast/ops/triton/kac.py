@@ -206,10 +206,24 @@ def _kac_sample(e, lam, reach, offset, k0, k1):
 # Conditional velocity (kac_math.h: kac_velocity_lanes)
 # ------------------------------------------------------------------------------------------------
 @triton.jit
+def _gap_to_cone(c, s, ax):
+    """c s - |x| with c s as an exact Dekker product (kac_math.h: gap_to_cone)."""
+    hi = c * s
+    t = 4097.0 * c
+    c_hi = t - (t - c)
+    c_lo = c - c_hi
+    t = 4097.0 * s
+    s_hi = t - (t - s)
+    s_lo = s - s_hi
+    lo = ((c_hi * s_hi - hi) + c_hi * s_lo + c_lo * s_hi) + c_lo * s_lo
+    return (hi - ax) + lo
+
+
+@triton.jit
 def _kac_velocity(s, x, a, c, eps):
     reach = c * s
     ax = tl.abs(x)
-    gap = (reach - ax) * (reach + ax)  # factored: no cancellation near the cone
+    gap = _gap_to_cone(c, s, ax) * (reach + ax)  # (cs - |x|)(cs + |x|), factored
     r = tl.sqrt_rn(tl.maximum(gap, 0.0))
     z = tl.div_rn(a * r, c)
     z2 = z * z
