@@ -36,8 +36,20 @@ KAC_CPU_CLONES void noise_target_block(uint64_t seed, uint32_t offset, uint64_t 
   kac::noise_target_lanes<kLanes>(seed, offset, first, x0, t, a, c, T, clock, eps, x_t, u);
 }
 
-// Runs `body(first, count, lanes...)` over [0, n) in blocks of kLanes; the tail block is padded
-// with zeros (valid inputs for every op) and only `count` lanes are stored.
+// Runs `body(first, count)` over [0, n) in blocks of kLanes; the tail block is padded with zeros
+// (valid inputs for every op) and only `count` lanes are stored.
+// times[(first + l) / inner] for the lanes of a block, without a division per element.
+inline void gather_times(const float* times, int64_t first, int64_t inner, int count, float* out) {
+  int64_t q = first / inner, r = first % inner;
+  for (int l = 0; l < count; ++l) {
+    out[l] = times[q];
+    if (++r == inner) {
+      r = 0;
+      ++q;
+    }
+  }
+}
+
 template <typename F>
 void for_each_block(int64_t n, const F& body) {
   at::parallel_for(0, (n + kLanes - 1) / kLanes, std::max<int64_t>(1, kGrain / kLanes),
@@ -63,10 +75,8 @@ at::Tensor kac_velocity_cpu(const at::Tensor& x, const at::Tensor& s, double a, 
     scalar_t* op = out.data_ptr<scalar_t>();
     for_each_block(x.numel(), [&](int64_t first, int count) {
       float sl[kLanes] = {}, xl[kLanes] = {}, vl[kLanes];
-      for (int l = 0; l < count; ++l) {
-        sl[l] = sp[(first + l) / inner];
-        xl[l] = (float)xp[first + l];
-      }
+      gather_times(sp, first, inner, count, sl);
+      for (int l = 0; l < count; ++l) xl[l] = (float)xp[first + l];
       velocity_block(sl, xl, (float)a, (float)c, (float)eps, vl);
       for (int l = 0; l < count; ++l) op[first + l] = (scalar_t)vl[l];
     });
@@ -119,10 +129,8 @@ std::tuple<at::Tensor, at::Tensor> kac_noise_target_cpu(const at::Tensor& x0, co
     scalar_t* up = u.data_ptr<scalar_t>();
     for_each_block(x0.numel(), [&](int64_t first, int count) {
       float xl[kLanes] = {}, tl[kLanes] = {}, xtl[kLanes], ul[kLanes];
-      for (int l = 0; l < count; ++l) {
-        xl[l] = (float)xp[first + l];
-        tl[l] = tp[(first + l) / inner];
-      }
+      gather_times(tp, first, inner, count, tl);
+      for (int l = 0; l < count; ++l) xl[l] = (float)xp[first + l];
       noise_target_block((uint64_t)seed, (uint32_t)offset, (uint64_t)first, xl, tl, (float)a,
                          (float)c, (float)T, (int)clock, (float)eps, xtl, ul);
       for (int l = 0; l < count; ++l) {
