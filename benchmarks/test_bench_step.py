@@ -15,7 +15,7 @@ from kacfast import ops
 SHAPE = (256, 3, 32, 32)
 W, H = 1.5, 0.01
 ALPHA, BETA = 1.25, -0.25
-ROUNDS = 30
+ROUNDS = 100
 
 
 def make_inputs():

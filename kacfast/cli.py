@@ -168,7 +168,11 @@ def cmd_eval(args) -> int:
         out = _generate(model, meta, args, labels, args.n)
     reference, _ = load_dataset(data, split="test", seed=args.seed + 1)
     if out.dim() == 2:
-        result = metrics.point_metrics(out, reference, centers="gmm9" if data == "gmm9" else None)
+        centers = "gmm9" if data == "gmm9" else None
+        result = metrics.point_metrics(out, reference, centers=centers)
+        # the same metrics between two independent draws of the data: the floor to compare with
+        fresh, _ = load_dataset(data, split="train", seed=args.seed + 2, n=args.n)
+        result["data_vs_data"] = metrics.point_metrics(fresh, reference, centers=centers)
     else:
         classifier = metrics.train_classifier(data, seed=0)
         result = metrics.image_metrics(classifier, out, reference, labels)
