@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU check, under 8 minutes on one H200: build the CUDA extension, run the CUDA and Triton
-# tests on the GPU, run the GPU benchmarks. Everything lands in $OUT (default ./gpu-results).
+# One GPU check, under 8 minutes on one H200: build the CUDA extension, run the CUDA tests on the
+# GPU (Triton runs on the GPU inside gpu_bench.py: bit-identity and speed), run the GPU benchmarks.
+# Everything lands in $OUT (default ./gpu-results).
 #   bash benchmarks/gpu_check.sh            (from the repository root, on the GPU machine)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}

@@ -98,7 +98,7 @@ KAC_HD float kac_log(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Lanes. Every algorithm below runs W elements in lock step: the CPU kernels use W = 16 so the
+// Lanes. Every algorithm below runs W elements in lock step: the CPU kernels use W = 32 so the
 // compiler vectorizes across elements, the CUDA kernels use W = 1 (one element per thread). A lane
 // that is done is masked, never changed, so each element sees the same float operations for any W:
 // that is what keeps CPU and CUDA bit-identical.
@@ -177,11 +177,15 @@ KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_elem
     for (int j = 1; j <= kPoissonCap && any_lane<W>(searching); ++j) {
       for (int l = 0; l < W; ++l) {
         const float p_next = p[l] * (mean[l] / (float)j);
-        const float cdf_next = cdf[l] + p_next;
+        const float cdf_prev = cdf[l];
+        const float cdf_next = cdf_prev + p_next;
         p[l] = searching[l] ? p_next : p[l];
         cdf[l] = searching[l] ? cdf_next : cdf[l];
         n[l] += searching[l];
-        searching[l] = searching[l] & (int32_t)(u[l] >= cdf[l]) & (int32_t)(j < kPoissonCap);
+        // Stop where the float CDF stops growing (it saturates just below 1): the tail beyond is
+        // below float resolution, and the top uniforms must not run on to the cap.
+        searching[l] = searching[l] & (int32_t)(u[l] >= cdf[l]) & (int32_t)(j < kPoissonCap) &
+                       (int32_t)(cdf_next > cdf_prev);
       }
     }
     for (int l = 0; l < W; ++l) {

@@ -4,6 +4,8 @@
 
 #include <torch/extension.h>
 
+#include "kac_math.h"
+
 namespace kac {
 
 inline void check_float_input(const at::Tensor& t, const char* name) {
@@ -45,6 +47,39 @@ inline int64_t inner_size(const at::Tensor& x, const at::Tensor& s, const char* 
   return n / m;
 }
 
+// Whole-op checks shared by the CPU and CUDA glue. The *_args functions return `inner` (elements
+// of the data per entry of the times tensor).
+inline int64_t check_velocity_args(const at::Tensor& x, const at::Tensor& s, double a, double c,
+                                   double eps) {
+  check_float_input(x, "x");
+  check_times(s, x, "s");
+  check_rate_speed(a, c);
+  check_eps(eps);
+  return inner_size(x, s, "s");
+}
+
+inline void check_noise_args(const at::Tensor& s, double a, double c, int64_t seed,
+                             int64_t offset, at::ScalarType dtype) {
+  check_times(s, s, "s");
+  check_rate_speed(a, c);
+  check_seed_offset(seed, offset);
+  TORCH_CHECK(at::isFloatingType(dtype), "kacfast: dtype must be floating point, got ", dtype, ".");
+}
+
+inline int64_t check_noise_target_args(const at::Tensor& x0, const at::Tensor& t, double a,
+                                       double c, double T, int64_t clock, double eps,
+                                       int64_t seed, int64_t offset) {
+  check_float_input(x0, "x0");
+  check_times(t, x0, "t");
+  check_rate_speed(a, c);
+  check_eps(eps);
+  check_seed_offset(seed, offset);
+  TORCH_CHECK(T > 0, "kacfast: the horizon T must be > 0, got ", T, ".");
+  TORCH_CHECK(clock == kClockLinear || clock == kClockQuadratic,
+              "kacfast: clock must be 0 (g=t) or 1 (g=T(t/T)^2), got ", clock, ".");
+  return inner_size(x0, t, "t");
+}
+
 // The step op's tensors: v is x's shape, or twice its batch ([cond; uncond]); v_prev is x's shape.
 // Returns true when v carries the guidance pair.
 inline bool check_step_inputs(const at::Tensor& x, const at::Tensor& v,
@@ -55,7 +90,8 @@ inline bool check_step_inputs(const at::Tensor& x, const at::Tensor& v,
               " but x has ", x.scalar_type(), ".");
   TORCH_CHECK(v.device() == x.device(), "kacfast: v is on ", v.device(), " but x is on ",
               x.device(), ".");
-  const bool guided = v.numel() == 2 * x.numel() && x.numel() > 0;
+  bool guided = x.dim() > 0 && v.dim() == x.dim() && v.size(0) == 2 * x.size(0);
+  for (int64_t d = 1; guided && d < x.dim(); ++d) guided = v.size(d) == x.size(d);
   TORCH_CHECK(guided || v.sizes() == x.sizes(), "kacfast: v must have x's shape ", x.sizes(),
               " or twice its batch ([cond; uncond]), got ", v.sizes(), ".");
   if (v_prev.has_value()) {

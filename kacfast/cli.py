@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -59,11 +60,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _model_for_data(preset: str, x: torch.Tensor, num_classes, method: str):
+def _model_for_data(preset: str, x: torch.Tensor, num_classes, method: str, horizon: float):
     from kacfast.models import build_model
-    # Kac times lie in [0, T] and EDM's c_noise = log(sigma)/4 in about [-1.6, 1.1]: the default
-    # time_scale 1000 spreads them over the embedding; DDPM passes raw step indices 0..999.
-    extra = {"time_scale": 1.0} if method == "ddpm" else {}
+    # The embedding is sized for inputs of order 1 times 1000: Kac times lie in [0, T] (scale
+    # 1000 / T), EDM's c_noise = log(sigma)/4 in about [-1.6, 1.1]; DDPM passes steps 0..999.
+    extra = {"kac": {"time_scale": 1000.0 / horizon}, "ddpm": {"time_scale": 1.0}}.get(method, {})
     if preset == "mlp":
         return build_model("mlp", dim=x.shape[1], num_classes=num_classes, **extra)
     return build_model(preset, in_channels=x.shape[1], image_size=x.shape[-1],
@@ -79,10 +80,13 @@ def cmd_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
+        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(args.device)
     x, y = load_dataset(args.data, split="train", seed=args.seed)
     num_classes = int(y.max()) + 1 if args.conditional else None
     torch.manual_seed(args.seed)
-    model = _model_for_data(args.model, x, num_classes, args.method).to(args.device)
+    model = _model_for_data(args.model, x, num_classes, args.method, args.T).to(args.device)
     objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock)),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -102,6 +106,7 @@ def _generate(model, meta, args, labels, n):
     from kacfast.baselines import EDMPrecond, ddim_sample, ddpm_sample, edm_sample
 
     method = meta.get("objective", {}).get("method", "kac")
+    args.solver = _solver_for(method, args.solver)
     if method == "kac":
         return kacfast.sample(model, args.steps, labels=labels, batch_size=None if labels is not None else n,
                               guidance=args.guidance, solver=args.solver, seed=args.seed,
@@ -115,6 +120,21 @@ def _generate(model, meta, args, labels, n):
     else:
         out = ddim_sample(model, latents, labels, num_steps=args.steps, guidance=args.guidance)
     return out.float().clamp(-1, 1)
+
+
+SOLVERS_BY_METHOD = {"kac": ("euler", "ab2", "heun", "midpoint"), "edm": ("heun",),
+                     "ddpm": ("ddim", "ddpm")}
+
+
+def _solver_for(method: str, solver: str | None) -> str:
+    """The solver to use for a checkpoint's method (its first listed solver by default)."""
+    choices = SOLVERS_BY_METHOD[method]
+    if solver is None:
+        return choices[0]
+    if solver not in choices:
+        raise SystemExit(f"--solver {solver!r} does not apply to a {method} checkpoint; "
+                         f"choose one of {choices}.")
+    return solver
 
 
 def _labels(args, model, n):
@@ -184,8 +204,8 @@ def cmd_eval(args) -> int:
 def _add_sampling_args(p) -> None:
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint file")
     p.add_argument("--steps", type=int, default=100, help="integration steps (default 100)")
-    p.add_argument("--solver", default="euler",
-                   help="kac: euler, ab2, heun, midpoint; ddpm runs: ddim (default) or ddpm")
+    p.add_argument("--solver", default=None,
+                   help="kac: euler (default), ab2, heun, midpoint; edm: heun; ddpm: ddim (default), ddpm")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance strength w (default 1)")
     p.add_argument("--labels", type=int, nargs="*", help="classes to sample (cycled over --n)")
     p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")

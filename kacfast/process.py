@@ -1,6 +1,7 @@
 """KacProcess: the forward process of a Kac flow (rate a, speed c, horizon T, clock g)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,7 +31,7 @@ class KacProcess:
     def __post_init__(self):
         for name in ("a", "c", "T"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
+            if not isinstance(value, numbers.Real) or not value > 0:
                 raise ValueError(f"KacProcess: {name} must be a number > 0, got {value!r}.")
         if self.clock not in CLOCKS:
             raise ValueError(f"KacProcess: clock must be one of {CLOCKS}, got {self.clock!r}.")
@@ -47,11 +48,6 @@ class KacProcess:
     def schedule(self, t: torch.Tensor):
         """(f, f', g, g') at times t, each shaped like t."""
         return schedule(t, self.T, self.clock)
-
-    @property
-    def prior_reach(self) -> float:
-        """Half-width c g(T) of the prior's support."""
-        return self.c * self.T
 
     def noise_target(self, x0: torch.Tensor, t: torch.Tensor, seed: int, offset: int = 0):
         """Flow-matching pair (x_t, u) for data x0 (B, ...) at times t (B,) in [0, T] (one fused pass)."""

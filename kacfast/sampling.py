@@ -7,6 +7,7 @@ update (+ AB-2 history / Heun stage / final clamp) in a single pass.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -166,6 +167,9 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
         _check_steps(steps)
         student_grid = getattr(model, "kac_grid", None)
         use_student = student_grid is not None and len(student_grid) == steps + 1
+        if student_grid is not None and not use_student:
+            warnings.warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
+                          f"grid; sampling {steps} uniform step(s) instead.", stacklevel=2)
         grid = list(student_grid) if use_student else uniform_grid(steps, process.T)
     grid = _as_grid(grid)
     if abs(grid[0] - process.T) > 1e-9:

@@ -74,6 +74,8 @@ def test_guided_step_bad_inputs():
     x = torch.randn(3, 4)
     with pytest.raises(ValueError, match="twice its batch"):
         ops.guided_step(x, torch.randn(4, 4), h=0.1)
+    with pytest.raises(ValueError, match="twice its batch"):  # right size, wrong shape
+        ops.guided_step(x, torch.randn(3, 8), h=0.1)
     with pytest.raises(TypeError, match="dtype"):
         ops.guided_step(x, torch.randn(3, 4).double(), h=0.1)
     with pytest.raises(ValueError, match="step size h"):

@@ -116,9 +116,17 @@ def test_resume_refuses_a_different_objective(tmp_path):
     x, y = toy_data()
     cfg = TrainConfig(steps=3, batch_size=32, ckpt_every=3)
     train(small_mlp(), KacObjective(), (x, y), cfg, str(tmp_path), progress=False)
-    with pytest.raises(CheckpointError, match="was trained with"):
-        train(small_mlp(), EDMObjective(), (x, y), TrainConfig(steps=6, batch_size=32), str(tmp_path),
+    model = small_mlp()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(CheckpointError, match="was trained with objective"):
+        train(model, EDMObjective(), (x, y), TrainConfig(steps=6, batch_size=32), str(tmp_path),
               resume=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing loaded
+    with pytest.raises(CheckpointError, match="batch_size=32"):
+        train(small_mlp(), KacObjective(), (x, y), TrainConfig(steps=6, batch_size=64),
+              str(tmp_path), resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(small_mlp(), KacObjective(), (x, y), cfg, str(tmp_path), progress=False)
 
 
 # ----------------------------------------------------------------------------------------------

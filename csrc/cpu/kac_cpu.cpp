@@ -63,11 +63,7 @@ void for_each_block(int64_t n, const F& body) {
 
 at::Tensor kac_velocity_cpu(const at::Tensor& x, const at::Tensor& s, double a, double c,
                             double eps) {
-  kac::check_float_input(x, "x");
-  kac::check_times(s, x, "s");
-  kac::check_rate_speed(a, c);
-  kac::check_eps(eps);
-  const int64_t inner = kac::inner_size(x, s, "s");
+  const int64_t inner = kac::check_velocity_args(x, s, a, c, eps);
   at::Tensor out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kac_velocity", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -86,10 +82,7 @@ at::Tensor kac_velocity_cpu(const at::Tensor& x, const at::Tensor& s, double a, 
 
 at::Tensor kac_noise_cpu(const at::Tensor& s, double a, double c, int64_t seed, int64_t offset,
                          at::ScalarType dtype) {
-  kac::check_times(s, s, "s");
-  kac::check_rate_speed(a, c);
-  kac::check_seed_offset(seed, offset);
-  TORCH_CHECK(at::isFloatingType(dtype), "kacfast: dtype must be floating point, got ", dtype, ".");
+  kac::check_noise_args(s, a, c, seed, offset, dtype);
   at::Tensor out = at::empty(s.sizes(), s.options().dtype(dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "kac_noise", [&] {
     const float* sp = s.data_ptr<float>();
@@ -111,15 +104,7 @@ std::tuple<at::Tensor, at::Tensor> kac_noise_target_cpu(const at::Tensor& x0, co
                                                         double a, double c, double T,
                                                         int64_t clock, double eps, int64_t seed,
                                                         int64_t offset) {
-  kac::check_float_input(x0, "x0");
-  kac::check_times(t, x0, "t");
-  kac::check_rate_speed(a, c);
-  kac::check_eps(eps);
-  kac::check_seed_offset(seed, offset);
-  TORCH_CHECK(T > 0, "kacfast: the horizon T must be > 0, got ", T, ".");
-  TORCH_CHECK(clock == kac::kClockLinear || clock == kac::kClockQuadratic,
-              "kacfast: clock must be 0 (g=t) or 1 (g=T(t/T)^2), got ", clock, ".");
-  const int64_t inner = kac::inner_size(x0, t, "t");
+  const int64_t inner = kac::check_noise_target_args(x0, t, a, c, T, clock, eps, seed, offset);
   at::Tensor x_t = at::empty_like(x0);
   at::Tensor u = at::empty_like(x0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "kac_noise_target", [&] {

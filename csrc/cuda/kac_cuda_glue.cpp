@@ -9,7 +9,6 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "../kac_math.h"  // kClock* only
 #include "../op_checks.h"
 #include "kac_kernels.h"
 
@@ -29,11 +28,7 @@ kac_cuda::DType kernel_dtype(at::ScalarType type) {
 
 at::Tensor kac_velocity_cuda(const at::Tensor& x, const at::Tensor& s, double a, double c,
                              double eps) {
-  kac::check_float_input(x, "x");
-  kac::check_times(s, x, "s");
-  kac::check_rate_speed(a, c);
-  kac::check_eps(eps);
-  const int64_t inner = kac::inner_size(x, s, "s");
+  const int64_t inner = kac::check_velocity_args(x, s, a, c, eps);
   const kac_cuda::DType dtype = kernel_dtype(x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty_like(x);
@@ -46,10 +41,7 @@ at::Tensor kac_velocity_cuda(const at::Tensor& x, const at::Tensor& s, double a,
 
 at::Tensor kac_noise_cuda(const at::Tensor& s, double a, double c, int64_t seed, int64_t offset,
                           at::ScalarType dtype) {
-  kac::check_times(s, s, "s");
-  kac::check_rate_speed(a, c);
-  kac::check_seed_offset(seed, offset);
-  TORCH_CHECK(at::isFloatingType(dtype), "kacfast: dtype must be floating point, got ", dtype, ".");
+  kac::check_noise_args(s, a, c, seed, offset, dtype);
   const kac_cuda::DType kdtype = kernel_dtype(dtype);
   const c10::cuda::CUDAGuard guard(s.device());
   at::Tensor out = at::empty(s.sizes(), s.options().dtype(dtype));
@@ -64,15 +56,7 @@ std::tuple<at::Tensor, at::Tensor> kac_noise_target_cuda(const at::Tensor& x0,
                                                          const at::Tensor& t, double a, double c,
                                                          double T, int64_t clock, double eps,
                                                          int64_t seed, int64_t offset) {
-  kac::check_float_input(x0, "x0");
-  kac::check_times(t, x0, "t");
-  kac::check_rate_speed(a, c);
-  kac::check_eps(eps);
-  kac::check_seed_offset(seed, offset);
-  TORCH_CHECK(T > 0, "kacfast: the horizon T must be > 0, got ", T, ".");
-  TORCH_CHECK(clock == kac::kClockLinear || clock == kac::kClockQuadratic,
-              "kacfast: clock must be 0 (g=t) or 1 (g=T(t/T)^2), got ", clock, ".");
-  const int64_t inner = kac::inner_size(x0, t, "t");
+  const int64_t inner = kac::check_noise_target_args(x0, t, a, c, T, clock, eps, seed, offset);
   const kac_cuda::DType dtype = kernel_dtype(x0.scalar_type());
   const c10::cuda::CUDAGuard guard(x0.device());
   at::Tensor x_t = at::empty_like(x0);

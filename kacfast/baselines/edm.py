@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from kacfast.ops.reference import guidance_mix
+
 __all__ = ["edm_sigmas", "edm_sample", "edm_nfe", "EDMPrecond", "edm_loss"]
 
 
@@ -79,7 +81,7 @@ def _guided_call(model: Callable, x: torch.Tensor, t: torch.Tensor, labels: torc
     null = torch.full_like(labels, model.num_classes)
     out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
     cond, uncond = out.chunk(2)
-    return uncond + guidance * (cond - uncond)
+    return guidance_mix(cond, uncond, guidance)
 
 
 def _time_dtype(latents: torch.Tensor) -> torch.dtype:

@@ -19,8 +19,8 @@ import torch
 from kacfast.ops import _ext, _fake, reference
 from kacfast.ops.reference import CLOCKS
 
-__all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "guided_step", "use_backend", "resolve_backend",
-           "available_backends", "BACKENDS", "reference"]
+__all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "guided_step", "use_backend",
+           "resolve_backend", "available_backends", "BACKENDS", "reference"]
 
 BACKENDS = ("torch", "cpu", "cuda", "triton")
 _DEFAULT_BACKEND = os.environ.get("KACFAST_BACKEND", "auto")
@@ -302,7 +302,7 @@ def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None = 
         _check_same_device(other, x, name, "x")
         if other.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {other.dtype} but x has {x.dtype}.")
-    guided = x.numel() > 0 and v.numel() == 2 * x.numel()
+    guided = x.dim() > 0 and v.shape == (2 * x.shape[0],) + tuple(x.shape[1:])
     if not guided and v.shape != x.shape:
         raise ValueError(f"v must have x's shape {tuple(x.shape)} or twice its batch "
                          f"([cond; uncond]), got {tuple(v.shape)}.")

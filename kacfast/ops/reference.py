@@ -123,9 +123,11 @@ def kac_noise_and_velocity(s: torch.Tensor, a: float, c: float, seed: int, offse
         while bool(searching.any()):
             j += 1
             p = torch.where(searching, p * (mean / float(j)), p)
+            cdf_prev = cdf
             cdf = torch.where(searching, cdf + p, cdf)
             n = n + searching.long()
-            searching = searching & (u >= cdf) & (j < _POISSON_CAP)
+            # stop where the float32 CDF saturates (as the kernels do)
+            searching = searching & (u >= cdf) & (j < _POISSON_CAP) & (cdf > cdf_prev)
         left = remaining - mean
         active = active & (left > 0) & (left < remaining)  # a s = inf: stop, as the kernels do
         remaining = torch.where(active, left, remaining)
@@ -189,6 +191,11 @@ def kac_variance(s: float, a: float, c: float) -> float:
     return c * c / a * (s - (1.0 - math.exp(-2.0 * a * s)) / (2.0 * a))
 
 
+def guidance_mix(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance u + w (c - u) (w = 1: the conditional output)."""
+    return uncond + w * (cond - uncond)
+
+
 def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None, guidance: float,
                 h: float, alpha: float = 1.0, beta: float = 0.0, clamp: bool = False,
                 return_v: bool = False):
@@ -200,9 +207,9 @@ def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None, g
     Returns (x', v_mix if return_v else an empty tensor). Math in float32.
     """
     xf, vf = x.float(), v.float()
-    if v.numel() == 2 * x.numel() and x.numel() > 0:
+    if x.dim() > 0 and v.shape == (2 * x.shape[0],) + tuple(x.shape[1:]):
         v_cond, v_uncond = vf.reshape((2,) + tuple(x.shape)).unbind(0)
-        v_mix = v_uncond + guidance * (v_cond - v_uncond)
+        v_mix = guidance_mix(v_cond, v_uncond, guidance)
     else:
         v_mix = vf
     drift = alpha * v_mix if v_prev is None else alpha * v_mix + beta * v_prev.float()

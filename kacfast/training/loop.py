@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from kacfast.data import BatchSampler
-from kacfast.training.checkpoint import CHECKPOINT_NAME, CheckpointError, restore, save_checkpoint
+from kacfast.training.checkpoint import (CHECKPOINT_NAME, CheckpointError, read_checkpoint, restore,
+                                        save_checkpoint)
 
 
 @dataclass
@@ -109,12 +110,21 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     sampler = BatchSampler(len(x_all), config.batch_size, seed=config.seed)
     step = 0
     if resume:
-        meta = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer)
-        if meta["objective"] != objective.describe():
-            raise CheckpointError(f"{ckpt_path} was trained with {meta['objective']}, not "
-                                  f"{objective.describe()}.")
-        step = meta["step"]
-        sampler.load_state_dict(meta["data_order"])
+        # Check the run's identity before any module changes: resuming is all or nothing.
+        saved = read_checkpoint(ckpt_path)[0]
+        expected = {"objective": objective.describe(), "seed": config.seed,
+                    "batch_size": config.batch_size, "world_size": world}
+        found = {"objective": saved["objective"], "seed": saved["config"]["seed"],
+                 "batch_size": saved["config"]["batch_size"], "world_size": saved["world_size"]}
+        for key in expected:
+            if expected[key] != found[key]:
+                raise CheckpointError(f"{ckpt_path} was trained with {key}={found[key]!r}, not "
+                                      f"{expected[key]!r}: exact resume needs the same run.")
+        step = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer)["step"]
+        sampler.load_state_dict(saved["data_order"])
+    elif os.path.exists(ckpt_path):
+        raise CheckpointError(f"{out_dir} already holds a run: pass resume=True (--resume) to "
+                              "continue it, or choose another output directory.")
     sampler = sampler.shard(rank, world)
     net = model
     if world > 1:

@@ -123,11 +123,13 @@ def _poisson_chunk(u, remaining, active, n):
     while tl.max(searching.to(tl.int32), axis=0) > 0:
         j += 1
         p_next = p * tl.div_rn(mean, j.to(tl.float32))
-        cdf_next = cdf + p_next
+        cdf_prev = cdf
+        cdf_next = cdf_prev + p_next
         p = tl.where(searching, p_next, p)
         cdf = tl.where(searching, cdf_next, cdf)
         n += searching.to(tl.int32)
-        searching = searching & (u >= cdf) & (j < 256)
+        # stop where the float CDF saturates (kac_math.h: poisson loop)
+        searching = searching & (u >= cdf) & (j < 256) & (cdf_next > cdf_prev)
     left = tl.where(active, remaining - mean, remaining)
     # `left < remaining` holds whenever the header's loop terminates (remaining drops by mean > 0);
     # it only stops lanes the header would loop on forever (s = inf, or a s >= 2^29 where

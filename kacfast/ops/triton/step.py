@@ -7,10 +7,9 @@ import triton
 import triton.language as tl
 
 from kacfast.ops import _fake
+from kacfast.ops.triton.kac import _launch  # device guard, block size, no FMA fusion
 
 __all__ = ["kac_guided_step"]
-
-_BLOCK = 1024
 
 
 @triton.jit
@@ -40,16 +39,16 @@ def kac_guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | Non
                     return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as torch.ops.kacfast.kac_guided_step (contiguous inputs, checked by caller)."""
     n = x.numel()
-    guided = n > 0 and v.numel() == 2 * n
+    guided = x.dim() > 0 and v.shape == (2 * x.shape[0],) + tuple(x.shape[1:])
     x_new = torch.empty_like(x)
     v_mix = torch.empty_like(x) if return_v else x.new_empty(0)
     if n == 0:
         return x_new, v_mix
     v_flat = v.reshape(-1)
-    _guided_step_kernel[(triton.cdiv(n, _BLOCK),)](
-        x, v_flat, v_flat[n:] if guided else v_flat, v_prev if v_prev is not None else x, x_new,
-        v_mix if return_v else x_new, n, guidance, h, alpha, beta, GUIDED=guided,
-        HAS_PREV=v_prev is not None, CLAMP=clamp, WRITE_V=return_v, BLOCK=_BLOCK)
+    _launch(_guided_step_kernel, x.device, n, x, v_flat, v_flat[n:] if guided else v_flat,
+            v_prev if v_prev is not None else x, x_new, v_mix if return_v else x_new, n, guidance,
+            h, alpha, beta, GUIDED=guided, HAS_PREV=v_prev is not None, CLAMP=clamp,
+            WRITE_V=return_v)
     return x_new, v_mix
 
 
