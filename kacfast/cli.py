@@ -100,6 +100,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    """Endpoint-only multi-stage distillation of a trained Kac teacher (DistillKac)."""
+    from kacfast.data import load_dataset
+    from kacfast.training.distill import DistillConfig, distill
+    from kacfast.training.load import load_trained
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher, meta = load_trained(args.teacher)
+    process = getattr(teacher, "kac_process", None)
+    if process is None:
+        raise SystemExit(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
+    data = meta.get("run", {}).get("data")
+    x, y = load_dataset(data, split="train", seed=args.seed)
+    config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=args.steps_per_stage,
+                           batch_size=args.batch_size, lr=args.lr, guidance=args.guidance,
+                           start=args.start, seed=args.seed, ckpt_every=args.ckpt_every)
+    start = time.perf_counter()
+    distill(teacher, process, (x, y if teacher.num_classes is not None else None), config, args.out,
+            resume=args.resume, progress=not args.quiet,
+            run_info={"data": data, "teacher": os.path.abspath(args.teacher)})
+    last = os.path.join(args.out, f"stage-{len(args.schedule) - 1}-{args.schedule[-1]}")
+    print(f"distilled {' -> '.join(map(str, args.schedule))} in {time.perf_counter() - start:.1f} s; "
+          f"student: {last}")
+    return 0
+
+
 def _generate(model, meta, args, labels, n):
     """Samples from a trained Kac model, or from a baseline with its own sampler."""
     import kacfast
@@ -107,7 +134,7 @@ def _generate(model, meta, args, labels, n):
 
     method = meta.get("objective", {}).get("method", "kac")
     args.solver = _solver_for(method, args.solver)
-    if method == "kac":
+    if method in ("kac", "distill"):
         return kacfast.sample(model, args.steps, labels=labels, batch_size=None if labels is not None else n,
                               guidance=args.guidance, solver=args.solver, seed=args.seed,
                               progress=not args.quiet)
@@ -123,7 +150,7 @@ def _generate(model, meta, args, labels, n):
 
 
 SOLVERS_BY_METHOD = {"kac": ("euler", "ab2", "heun", "midpoint"), "edm": ("heun",),
-                     "ddpm": ("ddim", "ddpm")}
+                     "ddpm": ("ddim", "ddpm"), "distill": ("euler", "ab2", "heun", "midpoint")}
 
 
 def _solver_for(method: str, solver: str | None) -> str:
@@ -246,6 +273,24 @@ def main(argv=None) -> int:
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    di = sub.add_parser("distill", help=cmd_distill.__doc__)
+    di.add_argument("--teacher", required=True, help="run directory of a trained Kac teacher")
+    di.add_argument("--out", required=True, help="output directory (one subdirectory per stage)")
+    di.add_argument("--schedule", type=int, nargs="+", default=[100, 20, 4, 2, 1],
+                    help="step counts, each dividing the previous (default 100 20 4 2 1)")
+    di.add_argument("--steps-per-stage", type=int, default=1000)
+    di.add_argument("--batch-size", type=int, default=128)
+    di.add_argument("--lr", type=float, default=1e-4)
+    di.add_argument("--guidance", type=float, default=1.0, help="teacher guidance in stage 1")
+    di.add_argument("--start", choices=("noise", "rollout"), default="noise",
+                    help="interval start points: forward-noised data or teacher roll-outs")
+    di.add_argument("--ckpt-every", type=int, default=500)
+    di.add_argument("--resume", action="store_true")
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--threads", type=int, default=0)
+    di.add_argument("--quiet", action="store_true")
+    di.set_defaults(func=cmd_distill)
 
     sa = sub.add_parser("sample", help=cmd_sample.__doc__)
     _add_sampling_args(sa)

@@ -6,8 +6,8 @@ import os
 import torch
 
 from kacfast.models import model_from_config
+from kacfast.process import KacProcess
 from kacfast.training.checkpoint import CHECKPOINT_NAME, CheckpointError, read_checkpoint
-from kacfast.training.objectives import KacObjective, objective_from_description
 
 
 def load_trained(path: str, *, ema: bool = True, device=None) -> tuple[torch.nn.Module, dict]:
@@ -28,9 +28,9 @@ def load_trained(path: str, *, ema: bool = True, device=None) -> tuple[torch.nn.
     if missing or unexpected:
         raise CheckpointError(f"{file}: weights do not match the recorded architecture "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
-    objective = objective_from_description(meta.get("objective", {}))
-    if isinstance(objective, KacObjective):
-        model.kac_process = objective.process
-    if meta.get("kac_grid") is not None:
-        model.kac_grid = list(meta["kac_grid"])
+    objective = meta.get("objective", {})
+    if "process" in objective:  # a Kac teacher or a distilled student
+        model.kac_process = KacProcess.from_dict(objective["process"])
+    if "grid" in objective:  # a distilled student: the step grid it was trained for
+        model.kac_grid = list(objective["grid"])
     return model.to(device or "cpu").eval().requires_grad_(False), meta

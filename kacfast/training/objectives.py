@@ -54,15 +54,3 @@ class DDPMObjective:
 
     def describe(self) -> dict:
         return {"method": self.method}
-
-
-def objective_from_description(desc: dict):
-    """Inverse of describe()."""
-    method = desc.get("method")
-    if method == "kac":
-        return KacObjective(KacProcess.from_dict(desc["process"]))
-    if method == "edm":
-        return EDMObjective()
-    if method == "ddpm":
-        return DDPMObjective()
-    raise ValueError(f"unknown training method {method!r}; expected 'kac', 'edm' or 'ddpm'.")

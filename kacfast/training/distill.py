@@ -1,0 +1,137 @@
+"""DistillKac: endpoint-only, multi-stage distillation of a Kac-flow teacher (kac-math.md section 8).
+
+Each stage trains a student (a copy of the current teacher) to take one Euler step over each interval
+of a coarser uniform grid, x_S = x_t - D v_phi(x_t, t, y), against the frozen teacher integrated over
+the same interval with N substeps (fused guided steps, no grad); only the endpoints are compared.
+Stages run through the ordinary training loop (EMA, checkpoints, exact resume, DDP, progress), and
+each stage's student is the next stage's teacher. The first teacher may be guided; the student
+absorbs the guidance, so it needs one network call per step.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+import torch
+
+from kacfast import ops
+from kacfast.process import KacProcess
+from kacfast.sampling import uniform_grid
+from kacfast.training.loop import TrainConfig, train
+
+STARTS = ("noise", "rollout")
+
+
+def _pair_velocity(model, x, t, y, guidance):
+    """Teacher velocity at per-sample times t (B,): (B, ...) or the guided (2B, ...) pair."""
+    if guidance == 1.0 or y is None:
+        return model(x, t, y)
+    null = torch.full_like(y, model.num_classes)
+    return model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+
+
+@torch.no_grad()
+def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance: float):
+    """Euler roll-out of the teacher from per-sample times t_start (B,) over `substeps` steps of h."""
+    for j in range(substeps):
+        t = t_start - j * h
+        x, _ = ops.guided_step(x, _pair_velocity(teacher, x, t, y, guidance).to(x.dtype),
+                               guidance=guidance, h=h)
+    return x
+
+
+class DistillObjective:
+    """Endpoint loss of one stage: student grid uniform_grid(student_steps, T), N substeps per interval."""
+
+    method = "distill"
+
+    def __init__(self, teacher, process: KacProcess, teacher_steps: int, student_steps: int,
+                 guidance: float = 1.0, start: str = "noise"):
+        if teacher_steps % student_steps:
+            raise ValueError(f"student steps ({student_steps}) must divide teacher steps "
+                             f"({teacher_steps}).")
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {start!r}.")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.process = process
+        self.teacher_steps, self.student_steps = teacher_steps, student_steps
+        self.substeps = teacher_steps // student_steps
+        self.grid = uniform_grid(student_steps, process.T)
+        self.interval = process.T / student_steps
+        self.guidance, self.start = guidance, start
+
+    def _start_points(self, x0, y, idx, generator, seed):
+        t_start = torch.tensor(self.grid, device=x0.device)[idx]
+        if self.start == "noise":
+            return self.process.noise_target(x0, t_start, seed=seed)[0], t_start
+        # teacher roll-out from the prior, read off at the student's grid points
+        x = self.process.prior(x0.shape, seed=seed, device=x0.device, dtype=x0.dtype)
+        states = [x]
+        h = self.interval / self.substeps
+        for i in range(self.student_steps - 1):
+            t = torch.full((x0.shape[0],), self.grid[i], device=x0.device)
+            x = teacher_integrate(self.teacher, x, t, y, h, self.substeps, self.guidance)
+            states.append(x)
+        picked = torch.stack(states)[idx, torch.arange(x0.shape[0], device=x0.device)]
+        return picked, t_start
+
+    def loss(self, net, x0, y, generator, seed):
+        idx = torch.randint(0, self.student_steps, (x0.shape[0],), generator=generator,
+                            device=x0.device)
+        x, t = self._start_points(x0, y, idx, generator, seed)
+        target = teacher_integrate(self.teacher, x, t, y, self.interval / self.substeps,
+                                   self.substeps, self.guidance)
+        pred = x - self.interval * net(x, t, y)
+        return (pred.float() - target.float()).square().mean()
+
+    def describe(self) -> dict:
+        return {"method": self.method, "process": self.process.to_dict(), "grid": self.grid,
+                "teacher_steps": self.teacher_steps, "student_steps": self.student_steps,
+                "guidance": self.guidance, "start": self.start}
+
+
+@dataclass
+class DistillConfig:
+    """Multi-stage schedule and per-stage training settings (batch_size is global)."""
+
+    schedule: tuple = (100, 20, 4, 2, 1)
+    steps_per_stage: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-4
+    guidance: float = 1.0
+    start: str = "noise"
+    ema_decay: float = 0.999
+    seed: int = 0
+    ckpt_every: int = 500
+
+    def __post_init__(self):
+        if len(self.schedule) < 2 or any(a % b for a, b in zip(self.schedule, self.schedule[1:])):
+            raise ValueError(f"schedule needs >= 2 step counts, each dividing the previous one; "
+                             f"got {self.schedule}.")
+
+
+def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: str, *,
+            resume: bool = False, progress: bool = True, run_info: dict | None = None):
+    """Run every stage of config.schedule; returns the last student (EMA weights, `kac_grid` set).
+
+    Stage k writes out_dir/stage-{k}-{steps}/; with resume=True finished stages are read back and
+    an interrupted stage continues from its last checkpoint.
+    """
+    current = teacher
+    for k, (t_steps, s_steps) in enumerate(zip(config.schedule, config.schedule[1:]), start=1):
+        stage_dir = os.path.join(out_dir, f"stage-{k}-{s_steps}")
+        objective = DistillObjective(current, process, t_steps, s_steps,
+                                     guidance=config.guidance if k == 1 else 1.0,
+                                     start=config.start)
+        student = copy.deepcopy(current).train().requires_grad_(True)
+        train_config = TrainConfig(steps=config.steps_per_stage, batch_size=config.batch_size,
+                                   lr=config.lr, warmup=min(100, config.steps_per_stage),
+                                   ema_decay=config.ema_decay, label_dropout=0.0, seed=config.seed + k,
+                                   ckpt_every=config.ckpt_every)
+        stage_resume = resume and os.path.exists(os.path.join(stage_dir, "checkpoint.safetensors"))
+        current = train(student, objective, data, train_config, stage_dir, resume=stage_resume,
+                        progress=progress, run_info={**(run_info or {}), "stage": k})
+        current.kac_process = process
+        current.kac_grid = objective.grid
+    return current

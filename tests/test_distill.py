@@ -1,0 +1,75 @@
+"""DistillKac: endpoint-only multi-stage distillation."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kacfast
+from kacfast.models import build_model
+from kacfast.training import KacObjective, TrainConfig, train
+from kacfast.training.distill import DistillConfig, DistillObjective, distill
+from kacfast.training.load import load_trained
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (1024,), generator=gen)
+    x = torch.randn(1024, 2, generator=gen) * 0.1 + (y.float()[:, None] * 2 - 1) * 0.5
+    torch.manual_seed(0)
+    model = build_model("mlp", width=64, depth=2, num_classes=None)
+    out = tmp_path_factory.mktemp("teacher")
+    ema = train(model, KacObjective(), (x, None), TrainConfig(steps=300, batch_size=256, lr=2e-3,
+                warmup=20, ckpt_every=300), str(out), progress=False)
+    ema.kac_process = kacfast.KacProcess()
+    return ema, (x, None), out
+
+
+def test_schedule_and_objective_validation(teacher):
+    with pytest.raises(ValueError, match="dividing the previous"):
+        DistillConfig(schedule=(10, 4))
+    with pytest.raises(ValueError, match="start must be"):
+        DistillObjective(teacher[0], kacfast.KacProcess(), 4, 2, start="middle")
+
+
+@pytest.mark.parametrize("start", ["noise", "rollout"])
+def test_one_step_student_tracks_the_teacher(tmp_path, teacher, start):
+    model, data, _ = teacher
+    proc = kacfast.KacProcess()
+    config = DistillConfig(schedule=(8, 4, 2, 1), steps_per_stage=150, batch_size=256, lr=2e-3,
+                           start=start, ckpt_every=150)
+    student = distill(model, proc, data, config, str(tmp_path), progress=False)
+    assert student.kac_grid == [1.0, 0.0]
+    with torch.no_grad():
+        reference = kacfast.sample(model, 8, batch_size=2000, seed=5, process=proc, clamp=False)
+        one_step_teacher = kacfast.sample(model, 1, batch_size=2000, seed=5, process=proc, clamp=False)
+        one_step_student = kacfast.sample(student, 1, batch_size=2000, seed=5, clamp=False)
+    err_teacher = (one_step_teacher - reference).norm(dim=1).mean()
+    err_student = (one_step_student - reference).norm(dim=1).mean()
+    # same prior points: the student's single step lands near the teacher's 8-step endpoint
+    assert err_student < 0.5 * err_teacher, (err_student, err_teacher)
+    # each stage is a resumable run: a second call with resume=True trains nothing
+    again = distill(model, proc, data, config, str(tmp_path), resume=True, progress=False)
+    for a, b in zip(student.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_cli_distill_then_sample_the_student(tmp_path):
+    cli = [sys.executable, "-m", "kacfast"]
+    run = tmp_path / "teacher"
+    subprocess.run(cli + ["train", "--data", "gmm9", "--model", "mlp", "--steps", "30", "--out", str(run),
+                          "--batch-size", "64", "--threads", "1", "--quiet"], check=True, timeout=600)
+    out = subprocess.run(cli + ["distill", "--teacher", str(run), "--out", str(tmp_path / "student"),
+                                "--schedule", "4", "2", "1", "--steps-per-stage", "10",
+                                "--batch-size", "64", "--guidance", "1.5", "--threads", "1", "--quiet"],
+                         check=True, timeout=600, capture_output=True, text=True)
+    assert "student:" in out.stdout
+    student, meta = load_trained(str(tmp_path / "student" / "stage-2-1"))
+    assert student.kac_grid == [1.0, 0.0] and meta["objective"]["method"] == "distill"
+    assert meta["objective"]["guidance"] == 1.0  # only stage 1 uses the guided teacher
+    first = load_trained(str(tmp_path / "student" / "stage-1-2"))[1]
+    assert first["objective"]["guidance"] == 1.5
+    npy = tmp_path / "s.npy"
+    subprocess.run(cli + ["sample", "--ckpt", str(tmp_path / "student" / "stage-2-1"), "--steps", "1",
+                          "--n", "16", "--out", str(npy), "--quiet"], check=True, timeout=600)
