@@ -59,18 +59,20 @@ def _as_grid(grid) -> list[float]:
 
 def guided_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: float,
                        null_label: int | None) -> Callable:
-    """v(x, t) -> model velocity at float time t: (B, ...) or, when guided, (2B, ...) =
-    cat([v_cond, v_uncond]) from one batched call on cat([x, x]) with cat([labels, null])."""
+    """v(x, t) -> model velocity at time t (a float, or per-sample times (B,)): (B, ...) or, when
+    guided, (2B, ...) = cat([v_cond, v_uncond]) from one batched call on cat([x, x]) with
+    cat([labels, null])."""
     guided = guidance != 1.0
     if guided and (labels is None or null_label is None):
         raise ValueError("guidance != 1 needs labels and a model with `num_classes` (the null label).")
     pair_labels = torch.cat([labels, torch.full_like(labels, null_label)]) if guided else labels
 
-    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        batch = 2 * x.shape[0] if guided else x.shape[0]
-        times = torch.full((batch,), t, dtype=torch.float32, device=x.device)
-        inputs = torch.cat([x, x]) if guided else x
-        return model(inputs, times, pair_labels).to(x.dtype)
+    def velocity(x: torch.Tensor, t) -> torch.Tensor:
+        times = t if isinstance(t, torch.Tensor) else torch.full(
+            (x.shape[0],), t, dtype=torch.float32, device=x.device)
+        if guided:
+            return model(torch.cat([x, x]), torch.cat([times, times]), pair_labels).to(x.dtype)
+        return model(x, times, pair_labels).to(x.dtype)
 
     return velocity
 

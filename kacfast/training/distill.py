@@ -17,27 +17,20 @@ import torch
 
 from kacfast import ops
 from kacfast.process import KacProcess
-from kacfast.sampling import uniform_grid
+from kacfast.sampling import guided_velocity_fn, uniform_grid
 from kacfast.training.loop import TrainConfig, train
 
 STARTS = ("noise", "rollout")
 
 
-def _pair_velocity(model, x, t, y, guidance):
-    """Teacher velocity at per-sample times t (B,): (B, ...) or the guided (2B, ...) pair."""
-    if guidance == 1.0 or y is None:
-        return model(x, t, y)
-    null = torch.full_like(y, model.num_classes)
-    return model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-
-
 @torch.no_grad()
 def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance: float):
-    """Euler roll-out of the teacher from per-sample times t_start (B,) over `substeps` steps of h."""
+    """Euler roll-out of the teacher from per-sample times t_start (B,) over `substeps` steps of h
+    (guided only when there are labels)."""
+    w = guidance if y is not None else 1.0
+    velocity = guided_velocity_fn(teacher, y, w, getattr(teacher, "num_classes", None))
     for j in range(substeps):
-        t = t_start - j * h
-        x, _ = ops.guided_step(x, _pair_velocity(teacher, x, t, y, guidance).to(x.dtype),
-                               guidance=guidance, h=h)
+        x, _ = ops.guided_step(x, velocity(x, t_start - j * h), guidance=w, h=h)
     return x
 
 
