@@ -3,6 +3,16 @@ from kacfast import ops
 from kacfast.process import KacProcess
 from kacfast.sampling import integrate, nfe, quadratic_grid, sample, uniform_grid
 
+from kacfast.pretrained import list_pretrained, load_pretrained
+
 __version__ = "0.1.0"
 __all__ = ["KacProcess", "sample", "integrate", "uniform_grid", "quadratic_grid", "nfe", "ops",
-           "__version__"]
+           "distill", "list_pretrained", "load_pretrained", "__version__"]
+
+
+def __getattr__(name):
+    # the training stack (safetensors, the loop) loads only when distillation is asked for
+    if name == "distill":
+        from kacfast.training.distill import distill
+        return distill
+    raise AttributeError(f"module 'kacfast' has no attribute {name!r}")

@@ -19,6 +19,36 @@ def _time(fn, repeats: int = 5) -> float:
 
 
 def cmd_demo(args) -> int:
+    """The shipped MNIST models: a labelled grid from the 1-step student and the 100-step teacher."""
+    import numpy as np
+
+    import kacfast
+    from kacfast.images import make_grid, save_png
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    labels = torch.arange(10 * args.rows) % 10
+    grids = []
+    print(f"kacfast {kacfast.__version__}: class-conditional MNIST (16x16), labels 0-9 per row, "
+          f"{len(labels)} images per model, {torch.get_num_threads()} CPU thread(s)")
+    for name in ("mnist16-distillkac-1step", "mnist16-kac-teacher"):
+        model = kacfast.load_pretrained(name)
+        steps, guidance = model.pretrained["steps"], model.pretrained["guidance"]
+        kacfast.sample(model, steps, labels=labels[:2], guidance=guidance, seed=args.seed)  # warm-up
+        start = time.perf_counter()
+        images = kacfast.sample(model, steps, labels=labels, guidance=guidance, seed=args.seed)
+        seconds = time.perf_counter() - start
+        grids.append(make_grid(images, nrow=10))
+        print(f"  {name:26s} {steps:>3} step(s), NFE {kacfast.nfe('euler', steps):>3}, guidance "
+              f"{guidance:g}{' (absorbed)' if steps == 1 else ''}: {seconds:6.2f} s, "
+              f"{len(labels) / seconds:8.1f} images/s")
+    gap = np.full((6,) + grids[0].shape[1:], 128, dtype=np.uint8)
+    save_png(np.concatenate([grids[0], gap, grids[1]]), args.out)
+    print(f"grid -> {args.out} (top: 1-step student; below the grey bar: 100-step teacher)")
+    return 0
+
+
+def cmd_noise_demo(args) -> int:
     """Kac noise and velocity at a glance: exactness, finite speed, and fused-op speed."""
     import kacfast
     from kacfast import ops
@@ -92,7 +122,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup=args.warmup, ema_decay=args.ema_decay,
                          label_dropout=args.label_dropout if num_classes else 0.0,
-                         seed=args.seed, ckpt_every=args.ckpt_every)
+                         seed=args.seed, ckpt_every=args.ckpt_every, sample_every=args.sample_every)
     start = time.perf_counter()
     train(model, objective, (x, y if num_classes else None), config, args.out, resume=args.resume,
           run_info={"data": args.data, "preset": args.model}, progress=not args.quiet)
@@ -114,9 +144,11 @@ def cmd_distill(args) -> int:
         raise SystemExit(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
     data = meta.get("run", {}).get("data")
     x, y = load_dataset(data, split="train", seed=args.seed)
-    config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=args.steps_per_stage,
+    per_stage = args.steps_per_stage[0] if len(args.steps_per_stage) == 1 else tuple(args.steps_per_stage)
+    config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
                            batch_size=args.batch_size, lr=args.lr, guidance=args.guidance,
-                           start=args.start, seed=args.seed, ckpt_every=args.ckpt_every)
+                           start=args.start, teacher_solver=args.teacher_solver, seed=args.seed,
+                           ckpt_every=args.ckpt_every)
     start = time.perf_counter()
     distill(teacher, process, (x, y if teacher.num_classes is not None else None), config, args.out,
             resume=args.resume, progress=not args.quiet,
@@ -128,40 +160,16 @@ def cmd_distill(args) -> int:
 
 
 def _generate(model, meta, args, labels, n):
-    """Samples from a trained Kac model, or from a baseline with its own sampler."""
-    import kacfast
-    from kacfast.baselines import EDMPrecond, ddim_sample, ddpm_sample, edm_sample
+    """Samples from a checkpoint with the sampler its training method calls for."""
+    from kacfast.generate import generate, solver_for
 
     method = meta.get("objective", {}).get("method", "kac")
-    args.solver = _solver_for(method, args.solver)
-    if method in ("kac", "distill"):
-        return kacfast.sample(model, args.steps, labels=labels, batch_size=None if labels is not None else n,
-                              guidance=args.guidance, solver=args.solver, seed=args.seed,
-                              progress=not args.quiet)
-    latents = torch.randn((n,) + tuple(model.sample_shape),
-                          generator=torch.Generator().manual_seed(args.seed))
-    if method == "edm":
-        out = edm_sample(EDMPrecond(model), latents, labels, num_steps=args.steps, guidance=args.guidance)
-    elif args.solver == "ddpm":
-        out = ddpm_sample(model, latents, labels, num_steps=args.steps, seed=args.seed, guidance=args.guidance)
-    else:
-        out = ddim_sample(model, latents, labels, num_steps=args.steps, guidance=args.guidance)
-    return out.float().clamp(-1, 1)
-
-
-SOLVERS_BY_METHOD = {"kac": ("euler", "ab2", "heun", "midpoint"), "edm": ("heun",),
-                     "ddpm": ("ddim", "ddpm"), "distill": ("euler", "ab2", "heun", "midpoint")}
-
-
-def _solver_for(method: str, solver: str | None) -> str:
-    """The solver to use for a checkpoint's method (its first listed solver by default)."""
-    choices = SOLVERS_BY_METHOD[method]
-    if solver is None:
-        return choices[0]
-    if solver not in choices:
-        raise SystemExit(f"--solver {solver!r} does not apply to a {method} checkpoint; "
-                         f"choose one of {choices}.")
-    return solver
+    try:
+        args.solver = solver_for(method, args.solver)
+    except ValueError as e:
+        raise SystemExit(f"--{e}") from None
+    return generate(model, method, args.steps, solver=args.solver, labels=labels, n=n,
+                    guidance=args.guidance, seed=args.seed, progress=not args.quiet)
 
 
 def _labels(args, model, n):
@@ -171,6 +179,15 @@ def _labels(args, model, n):
         picked = torch.tensor(args.labels, dtype=torch.long)
         return picked.repeat((n + len(picked) - 1) // len(picked))[:n]
     return torch.arange(n) % model.num_classes
+
+
+def cmd_export(args) -> int:
+    """Write a sampling-only copy of a run (EMA weights + metadata, no optimizer state)."""
+    from kacfast.training import export_weights
+    meta = export_weights(args.ckpt, args.out, ema=not args.raw)
+    size = os.path.getsize(args.out) / 2**20
+    print(f"{args.ckpt} (step {meta['exported']['from_step']}) -> {args.out} ({size:.2f} MiB)")
+    return 0
 
 
 def cmd_sample(args) -> int:
@@ -244,14 +261,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help=cmd_demo.__doc__)
-    demo.add_argument("--a", type=float, default=9.0, help="switching rate (default 9)")
-    demo.add_argument("--c", type=float, default=3.0, help="speed (default 3)")
-    demo.add_argument("--n", type=int, default=200_000, help="noise samples per time (default 2e5)")
+    demo.add_argument("--out", default="kacfast_demo.png", help="PNG grid (default kacfast_demo.png)")
+    demo.add_argument("--rows", type=int, default=2, help="rows of 10 labelled images per model (default 2)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     demo.set_defaults(func=cmd_demo)
+    noise = sub.add_parser("noise-demo", help=cmd_noise_demo.__doc__)
+    noise.add_argument("--a", type=float, default=9.0, help="switching rate (default 9)")
+    noise.add_argument("--c", type=float, default=3.0, help="speed (default 3)")
+    noise.add_argument("--n", type=int, default=200_000, help="noise samples per time (default 2e5)")
+    noise.add_argument("--seed", type=int, default=0)
+    noise.set_defaults(func=cmd_noise_demo)
+    ex = sub.add_parser("export", help=cmd_export.__doc__)
+    ex.add_argument("--ckpt", required=True, help="run directory or checkpoint file")
+    ex.add_argument("--out", required=True, help="output .safetensors")
+    ex.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    ex.set_defaults(func=cmd_export)
 
     tr = sub.add_parser("train", help=cmd_train.__doc__)
-    tr.add_argument("--data", required=True, help="gmm9, checkerboard, rings, digits, mnist5k, cifar10, folder:PATH")
+    tr.add_argument("--data", required=True, help="gmm9, checkerboard, rings, digits, mnist5k, mnist5k16, cifar10, folder:PATH")
     tr.add_argument("--model", required=True, help="mlp, unet-tiny, unet-small, unet-cifar10")
     tr.add_argument("--steps", type=int, required=True)
     tr.add_argument("--out", required=True, help="run directory")
@@ -265,6 +293,8 @@ def main(argv=None) -> int:
     tr.add_argument("--label-dropout", type=float, default=0.1)
     tr.add_argument("--unconditional", dest="conditional", action="store_false")
     tr.add_argument("--ckpt-every", type=int, default=500)
+    tr.add_argument("--sample-every", type=int, default=1000,
+                    help="write OUT/samples/step-N.png every N steps (images; 0 = never; default 1000)")
     tr.add_argument("--a", type=float, default=9.0, help="Kac rate (default 9)")
     tr.add_argument("--c", type=float, default=3.0, help="Kac speed (default 3)")
     tr.add_argument("--T", type=float, default=1.0, help="horizon (default 1)")
@@ -279,12 +309,15 @@ def main(argv=None) -> int:
     di.add_argument("--out", required=True, help="output directory (one subdirectory per stage)")
     di.add_argument("--schedule", type=int, nargs="+", default=[100, 20, 4, 2, 1],
                     help="step counts, each dividing the previous (default 100 20 4 2 1)")
-    di.add_argument("--steps-per-stage", type=int, default=1000)
+    di.add_argument("--steps-per-stage", type=int, nargs="+", default=[1000],
+                    help="optimisation steps of every stage, or one count per stage (default 1000)")
     di.add_argument("--batch-size", type=int, default=128)
     di.add_argument("--lr", type=float, default=1e-4)
     di.add_argument("--guidance", type=float, default=1.0, help="teacher guidance in stage 1")
     di.add_argument("--start", choices=("noise", "rollout"), default="noise",
                     help="interval start points: forward-noised data or teacher roll-outs")
+    di.add_argument("--teacher-solver", choices=("euler", "ab2"), default="euler",
+                    help="how the teacher is integrated over each interval (default euler)")
     di.add_argument("--ckpt-every", type=int, default=500)
     di.add_argument("--resume", action="store_true")
     di.add_argument("--seed", type=int, default=0)

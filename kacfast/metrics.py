@@ -48,7 +48,7 @@ __all__ = [
 # classifier
 # ----------------------------------------------------------------------------------------------
 #: default training steps (batch 64) per dataset; other datasets use 3000.
-DEFAULT_CLASSIFIER_STEPS = {"digits": 600, "mnist5k": 1000, "cifar10": 8000}
+DEFAULT_CLASSIFIER_STEPS = {"digits": 600, "mnist5k": 1000, "mnist5k16": 1000, "cifar10": 8000}
 _ARCH_VERSION = 1
 
 

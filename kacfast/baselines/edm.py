@@ -114,11 +114,18 @@ def _progress(iterable, progress: bool, desc: str):
 # grid and sampler
 # --------------------------------------------------------------------------------------------
 
-def edm_nfe(num_steps: int) -> int:
-    """Network evaluations of `edm_sample` with `num_steps` steps: 2 num_steps - 1 (Heun on all but
-    the last step). Guidance does not change it (one batched call per evaluation)."""
+def edm_nfe(num_steps: int, solver: str = "heun") -> int:
+    """Network evaluations of `edm_sample` with `num_steps` steps: 2 num_steps - 1 for "heun" (Heun
+    on all but the last step), num_steps for "euler". Guidance does not change it (one batched call
+    per evaluation)."""
     _check_int("edm_nfe", "num_steps", num_steps, 1)
-    return 2 * num_steps - 1
+    _check_solver("edm_nfe", solver)
+    return 2 * num_steps - 1 if solver == "heun" else num_steps
+
+
+def _check_solver(fn: str, solver) -> None:
+    if solver not in ("heun", "euler"):
+        raise ValueError(f"{fn}: solver must be 'heun' or 'euler', got {solver!r}.")
 
 
 def edm_sigmas(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
@@ -153,7 +160,7 @@ def edm_sigmas(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float =
 def edm_sample(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
                num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                guidance: float = 1.0, progress: bool = False,
-               callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+               callback: Callable[[dict], None] | None = None, solver: str = "heun") -> torch.Tensor:
     """Deterministic EDM Heun sampler (NVlabs/edm `edm_sampler` with S_churn = 0).
 
     x_0 = latents * sigma_0; for i = 0..N-1: d = (x - D(x; sigma_i)) / sigma_i,
@@ -174,11 +181,14 @@ def edm_sample(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor 
         progress: tqdm bar over steps.
         callback: called before each step's update with {'x': state at sigma_i (float64),
             'i': step index, 'sigma': sigma_i (float), 'denoised': D(x; sigma_i) (float64)}.
+        solver: "heun" (default) or "euler" (no correction: NFE = num_steps, for budgets of an
+            even number of evaluations).
     Returns:
         (B, ...) samples in latents.dtype.
     """
     fn = "edm_sample"
     _check_latents(fn, latents)
+    _check_solver(fn, solver)
     sigmas = edm_sigmas(num_steps, sigma_min, sigma_max, rho, device=latents.device)
     labels = _check_labels(fn, net, latents, class_labels, guidance)
     batch, in_dtype, t_dtype = latents.shape[0], latents.dtype, _time_dtype(latents)
@@ -198,7 +208,7 @@ def edm_sample(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor 
                 callback({"x": x_cur, "i": i, "sigma": t_cur, "denoised": denoised})
             d_cur = (x_cur - denoised) / t_cur
             x_next = x_cur + (t_next - t_cur) * d_cur
-            if i < num_steps - 1:
+            if solver == "heun" and i < num_steps - 1:
                 d_prime = (x_next - denoise(x_next, t_next)) / t_next
                 x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next.to(in_dtype)

@@ -1,7 +1,8 @@
 """Training: one loop (kacfast.training.loop.train) for the Kac teacher and the EDM / DDPM baselines."""
-from kacfast.training.checkpoint import CheckpointError, read_checkpoint, restore, save_checkpoint
+from kacfast.training.checkpoint import (CheckpointError, export_weights, read_checkpoint, restore,
+                                         save_checkpoint)
 from kacfast.training.loop import TrainConfig, train
 from kacfast.training.objectives import DDPMObjective, EDMObjective, KacObjective
 
 __all__ = ["TrainConfig", "train", "KacObjective", "EDMObjective", "DDPMObjective",
-           "save_checkpoint", "restore", "read_checkpoint", "CheckpointError"]
+           "save_checkpoint", "restore", "read_checkpoint", "CheckpointError", "export_weights"]

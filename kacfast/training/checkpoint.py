@@ -124,3 +124,15 @@ def restore(path: str, *, model, ema=None, optimizer=None) -> dict:
     if optimizer is not None:
         _restore_optimizer(optimizer, meta["optimizer"], tensors)
     return meta
+
+
+def export_weights(path: str, out: str, *, ema: bool = True) -> dict:
+    """Write a sampling-only copy of a run's checkpoint: the EMA (or raw) weights as the model and
+    the run's metadata without optimizer or data-order state. The result loads with load_trained
+    (and load_pretrained) like the run itself; returns its meta."""
+    from kacfast.training.load import load_trained
+    model, meta = load_trained(path, ema=ema)
+    kept = {k: v for k, v in meta.items() if k not in ("optimizer", "data_order")}
+    kept["exported"] = {"from_step": meta.get("step"), "weights": "ema" if ema else "model"}
+    save_checkpoint(out, model=model, ema=None, optimizer=None, meta=kept)
+    return kept

@@ -23,14 +23,24 @@ from kacfast.training.loop import TrainConfig, train
 STARTS = ("noise", "rollout")
 
 
+TEACHER_SOLVERS = ("euler", "ab2")
+
+
 @torch.no_grad()
-def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance: float):
-    """Euler roll-out of the teacher from per-sample times t_start (B,) over `substeps` steps of h
-    (guided only when there are labels)."""
+def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance: float,
+                      solver: str = "euler"):
+    """Roll the teacher out from per-sample times t_start (B,) over `substeps` steps of h with
+    fused guided steps: "euler", or "ab2" (Adams-Bashforth 2, its first step Euler). Guided only
+    when there are labels."""
     w = guidance if y is not None else 1.0
     velocity = guided_velocity_fn(teacher, y, w, getattr(teacher, "num_classes", None))
+    v_prev = None
     for j in range(substeps):
-        x, _ = ops.guided_step(x, velocity(x, t_start - j * h), guidance=w, h=h)
+        v = velocity(x, t_start - j * h)
+        if solver == "ab2" and v_prev is not None:
+            x, v_prev = ops.guided_step(x, v, v_prev, guidance=w, h=h, alpha=1.5, beta=-0.5, return_v=True)
+        else:
+            x, v_prev = ops.guided_step(x, v, guidance=w, h=h, return_v=solver == "ab2")
     return x
 
 
@@ -40,12 +50,15 @@ class DistillObjective:
     method = "distill"
 
     def __init__(self, teacher, process: KacProcess, teacher_steps: int, student_steps: int,
-                 guidance: float = 1.0, start: str = "noise"):
+                 guidance: float = 1.0, start: str = "noise", teacher_solver: str = "euler"):
         if teacher_steps % student_steps:
             raise ValueError(f"student steps ({student_steps}) must divide teacher steps "
                              f"({teacher_steps}).")
         if start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {start!r}.")
+        if teacher_solver not in TEACHER_SOLVERS:
+            raise ValueError(f"teacher_solver must be one of {TEACHER_SOLVERS}, got {teacher_solver!r}.")
+        self.teacher_solver = teacher_solver
         self.teacher = teacher.eval().requires_grad_(False)
         self.process = process
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
@@ -53,6 +66,7 @@ class DistillObjective:
         self.grid = uniform_grid(student_steps, process.T)
         self.interval = process.T / student_steps
         self.guidance, self.start = guidance, start
+        self.preview_sampler = (student_steps, "euler")  # the student's own grid is uniform
 
     def _start_points(self, x0, y, idx, generator, seed):
         t_start = torch.tensor(self.grid, device=x0.device)[idx]
@@ -64,7 +78,8 @@ class DistillObjective:
         h = self.interval / self.substeps
         for i in range(self.student_steps - 1):
             t = torch.full((x0.shape[0],), self.grid[i], device=x0.device)
-            x = teacher_integrate(self.teacher, x, t, y, h, self.substeps, self.guidance)
+            x = teacher_integrate(self.teacher, x, t, y, h, self.substeps, self.guidance,
+                                  self.teacher_solver)
             states.append(x)
         picked = torch.stack(states)[idx, torch.arange(x0.shape[0], device=x0.device)]
         return picked, t_start
@@ -74,26 +89,31 @@ class DistillObjective:
                             device=x0.device)
         x, t = self._start_points(x0, y, idx, generator, seed)
         target = teacher_integrate(self.teacher, x, t, y, self.interval / self.substeps,
-                                   self.substeps, self.guidance)
+                                   self.substeps, self.guidance, self.teacher_solver)
         pred = x - self.interval * net(x, t, y)
         return (pred.float() - target.float()).square().mean()
 
     def describe(self) -> dict:
         return {"method": self.method, "process": self.process.to_dict(), "grid": self.grid,
                 "teacher_steps": self.teacher_steps, "student_steps": self.student_steps,
-                "guidance": self.guidance, "start": self.start}
+                "guidance": self.guidance, "start": self.start, "teacher_solver": self.teacher_solver}
 
 
 @dataclass
 class DistillConfig:
-    """Multi-stage schedule and per-stage training settings (batch_size is global)."""
+    """Multi-stage schedule and per-stage training settings (batch_size is global).
+
+    steps_per_stage: optimisation steps of every stage (an int) or of each stage (one per stage,
+    len(schedule) - 1 of them: the late, cheap stages usually deserve more).
+    """
 
     schedule: tuple = (100, 20, 4, 2, 1)
-    steps_per_stage: int = 1000
+    steps_per_stage: int | tuple = 1000
     batch_size: int = 128
     lr: float = 1e-4
     guidance: float = 1.0
     start: str = "noise"
+    teacher_solver: str = "euler"
     ema_decay: float = 0.999
     seed: int = 0
     ckpt_every: int = 500
@@ -102,6 +122,13 @@ class DistillConfig:
         if len(self.schedule) < 2 or any(a % b for a, b in zip(self.schedule, self.schedule[1:])):
             raise ValueError(f"schedule needs >= 2 step counts, each dividing the previous one; "
                              f"got {self.schedule}.")
+        stages = len(self.schedule) - 1
+        if isinstance(self.steps_per_stage, int):
+            self.steps_per_stage = (self.steps_per_stage,) * stages
+        self.steps_per_stage = tuple(int(n) for n in self.steps_per_stage)
+        if len(self.steps_per_stage) != stages or min(self.steps_per_stage) < 1:
+            raise ValueError(f"steps_per_stage needs one count >= 1 per stage ({stages}), or one "
+                             f"for all; got {self.steps_per_stage}.")
 
 
 def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: str, *,
@@ -116,15 +143,16 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
         stage_dir = os.path.join(out_dir, f"stage-{k}-{s_steps}")
         objective = DistillObjective(current, process, t_steps, s_steps,
                                      guidance=config.guidance if k == 1 else 1.0,
-                                     start=config.start)
+                                     start=config.start, teacher_solver=config.teacher_solver)
         student = copy.deepcopy(current).train().requires_grad_(True)
-        train_config = TrainConfig(steps=config.steps_per_stage, batch_size=config.batch_size,
-                                   lr=config.lr, warmup=min(100, config.steps_per_stage),
+        student.kac_grid = objective.grid  # the grid it learns (not its teacher's)
+        stage_steps = config.steps_per_stage[k - 1]
+        train_config = TrainConfig(steps=stage_steps, batch_size=config.batch_size,
+                                   lr=config.lr, warmup=min(100, stage_steps),
                                    ema_decay=config.ema_decay, label_dropout=0.0, seed=config.seed + k,
                                    ckpt_every=config.ckpt_every)
         stage_resume = resume and os.path.exists(os.path.join(stage_dir, "checkpoint.safetensors"))
         current = train(student, objective, data, train_config, stage_dir, resume=stage_resume,
                         progress=progress, run_info={**(run_info or {}), "stage": k})
         current.kac_process = process
-        current.kac_grid = objective.grid
     return current

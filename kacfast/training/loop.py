@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 500
     log_every: int = 25
+    sample_every: int = 1000  # preview grid of the EMA model (image data only); 0 = never
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -85,6 +86,24 @@ def _truncate_log(path: str, step: int) -> None:
         f.writelines(kept)
 
 
+def preview_grid(model: torch.nn.Module, objective, path: str, per_class: int = 2) -> None:
+    """Write a grid of `model`'s samples to `path` with `objective.preview_sampler` (steps, solver):
+    one column per class (`per_class` rows), or 20 unconditional samples; fixed seed, so grids of
+    successive steps are comparable. Touches no training RNG state."""
+    from kacfast.generate import generate
+    from kacfast.images import make_grid, save_png
+
+    num_classes = getattr(model, "num_classes", None)
+    labels = None if num_classes is None else torch.arange(per_class * num_classes) % num_classes
+    steps, solver = objective.preview_sampler
+    device = next(model.parameters()).device
+    images = generate(model, objective.method, steps, solver=solver,
+                      labels=None if labels is None else labels.to(device), n=20, seed=0,
+                      process=getattr(objective, "process", None))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_png(make_grid(images.cpu(), nrow=num_classes or 10), path)
+
+
 def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Tensor | None],
           config: TrainConfig, out_dir: str, *, resume: bool = False, run_info: dict | None = None,
           progress: bool = True, on_checkpoint: Callable | None = None) -> torch.nn.Module:
@@ -94,8 +113,9 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         model: network `model(x, t, y)`; labels use `model.num_classes` as the null label.
         objective: KacObjective / EDMObjective / DDPMObjective (kacfast.training.objectives).
         data: x (N, ...) in [-1, 1] and labels (N,) or None; moved to the model's device per batch.
-        out_dir: holds checkpoint.safetensors (the last one), config.json and log.jsonl (the
-            loss, averaged over ranks, every log_every steps).
+        out_dir: holds checkpoint.safetensors (the last one), config.json, log.jsonl (the
+            loss, averaged over ranks, every log_every steps) and, for images, samples/
+            step-NNNNNNN.png preview grids every sample_every steps (see `preview_grid`).
         resume: continue from out_dir's checkpoint (must exist and match this model).
         run_info: JSON-able facts stored with each checkpoint (data name, model preset, ...).
         on_checkpoint: called as on_checkpoint(step, ema) on rank 0 after each checkpoint.
@@ -189,6 +209,9 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
             bar.update(1)
         if step % config.ckpt_every == 0 or step == config.steps:
             checkpoint()
+        if rank == 0 and x_all.dim() == 4 and config.sample_every and (
+                step % config.sample_every == 0 or step == config.steps):
+            preview_grid(ema, objective, os.path.join(out_dir, "samples", f"step-{step:07d}.png"))
     if bar is not None:
         bar.close()
     return ema

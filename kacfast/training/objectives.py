@@ -2,7 +2,8 @@
 
 Each objective maps (network, x0, labels, generator, seed) to a scalar loss; `generator` and `seed`
 are fresh for every (run seed, rank, step), so a resumed run redraws exactly the same randomness.
-`describe()` is stored in checkpoints.
+`describe()` is stored in checkpoints; `preview_sampler` = (steps, solver) draws the training loop's
+preview grids (cheap enough to run every sample_every steps).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class KacObjective:
     """
 
     method = "kac"
+    preview_sampler = (50, "euler")
 
     def __init__(self, process: KacProcess | None = None):
         self.process = process or KacProcess()
@@ -36,6 +38,7 @@ class EDMObjective:
     """EDM (Karras et al. 2022) denoising loss through EDMPrecond; the same network is the raw F."""
 
     method = "edm"
+    preview_sampler = (18, "heun")
 
     def loss(self, net, x0, y, generator, seed):
         return edm_loss(EDMPrecond(net), x0, y, generator=generator)
@@ -48,6 +51,7 @@ class DDPMObjective:
     """DDPM eps-prediction loss on the linear 1000-step schedule."""
 
     method = "ddpm"
+    preview_sampler = (50, "ddim")
 
     def loss(self, net, x0, y, generator, seed):
         return ddpm_loss(net, x0, y, generator=generator)

@@ -1,0 +1,84 @@
+"""One entry point that samples any trained kacfast model with the sampler its method calls for.
+
+Kac teachers and DistillKac students integrate their velocity (kacfast.sample); EDM models use the
+Heun sampler; DDPM models use DDIM (deterministic) or ancestral DDPM. The CLI, the training loop's
+preview grids and the benchmarks all go through `generate`, so a row of a results table and a
+`kacfast sample` call run the same code.
+"""
+from __future__ import annotations
+
+import torch
+
+from kacfast.process import KacProcess
+
+__all__ = ["generate", "SOLVERS_BY_METHOD", "solver_for", "generation_nfe"]
+
+#: solvers that apply to each training method; the first is the default.
+SOLVERS_BY_METHOD = {"kac": ("euler", "ab2", "heun", "midpoint"), "edm": ("heun", "euler"),
+                     "ddpm": ("ddim", "ddpm"), "distill": ("euler", "ab2", "heun", "midpoint")}
+
+
+def solver_for(method: str, solver: str | None = None) -> str:
+    """The solver to use for a model trained with `method` (its first listed solver by default)."""
+    if method not in SOLVERS_BY_METHOD:
+        raise ValueError(f"method must be one of {tuple(SOLVERS_BY_METHOD)}, got {method!r}.")
+    choices = SOLVERS_BY_METHOD[method]
+    if solver is None:
+        return choices[0]
+    if solver not in choices:
+        raise ValueError(f"solver {solver!r} does not apply to a {method} model; choose one of {choices}.")
+    return solver
+
+
+def generation_nfe(method: str, steps: int, solver: str | None = None) -> int:
+    """Network evaluations per sample (a guided pair counts once: it is one batched call).
+    EDM's Heun takes 2 per step except the last (`steps` = 18 -> 35 NFE)."""
+    from kacfast.baselines import edm_nfe
+    from kacfast.sampling import nfe
+    solver = solver_for(method, solver)
+    if method == "edm":
+        return edm_nfe(steps, solver)
+    if method == "ddpm":
+        return steps
+    return nfe(solver, steps)
+
+
+@torch.no_grad()
+def generate(model, method: str, steps: int, *, solver: str | None = None,
+             labels: torch.Tensor | None = None, n: int | None = None, guidance: float = 1.0,
+             seed: int = 0, process: KacProcess | None = None, progress: bool = False) -> torch.Tensor:
+    """Samples from `model`, trained with `method` ("kac", "distill", "edm" or "ddpm").
+
+    Args:
+        steps: integration steps (EDM: Heun steps, NFE = 2 steps - 1; DDPM: timesteps).
+        solver: see SOLVERS_BY_METHOD (default: the method's first).
+        labels: (n,) class labels for a conditional model, else None (then `n` samples).
+        guidance: w (1 = none; otherwise one batched call on the (cond, null) pair per NFE).
+        seed: seeds the prior / latents (and DDPM's per-step noise): same seed, same samples.
+        process: the Kac process (default: model.kac_process).
+    Returns:
+        (n, *model.sample_shape) float32 in [-1, 1].
+    """
+    import kacfast
+    from kacfast.baselines import EDMPrecond, ddim_sample, ddpm_sample, edm_sample
+
+    solver = solver_for(method, solver)
+    if labels is None and n is None:
+        raise ValueError("give labels (conditional) or n (unconditional).")
+    n = len(labels) if labels is not None else n
+    if method in ("kac", "distill"):
+        return kacfast.sample(model, steps, labels=labels, batch_size=None if labels is not None else n,
+                              guidance=guidance, solver=solver, seed=seed, process=process,
+                              progress=progress)
+    device = next(model.parameters()).device
+    latents = torch.randn((n,) + tuple(model.sample_shape),
+                          generator=torch.Generator().manual_seed(seed)).to(device)
+    if method == "edm":
+        out = edm_sample(EDMPrecond(model), latents, labels, num_steps=steps, guidance=guidance,
+                         progress=progress, solver=solver)
+    elif solver == "ddpm":
+        out = ddpm_sample(model, latents, labels, num_steps=steps, seed=seed, guidance=guidance,
+                          progress=progress)
+    else:
+        out = ddim_sample(model, latents, labels, num_steps=steps, guidance=guidance, progress=progress)
+    return out.float().clamp(-1, 1)

@@ -1,0 +1,65 @@
+"""Models shipped with kacfast (safetensors in this folder; no download).
+
+`list_pretrained()` names them, `load_pretrained(name)` returns a model that `kacfast.sample` takes
+as is (it carries its Kac process, and a student its step grid). Each entry records the commands
+that reproduce its file (benchmarks/mnist_pipeline.sh runs them all).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["PRETRAINED", "list_pretrained", "load_pretrained", "pretrained_path"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TRAIN = ("kacfast train --data mnist5k16 --model unet-tiny --method kac --steps 3600 --batch-size 64 "
+          "--lr 5e-4 --threads 1 --out runs/kac")
+_DISTILL = ("kacfast distill --teacher runs/kac --out runs/distill --schedule 100 20 4 2 1 "
+            "--steps-per-stage 200 300 500 600 --batch-size 64 --lr 2e-4 --guidance 1.5 --threads 1")
+
+#: name -> file, description, the commands that made it, and how to sample it.
+PRETRAINED = {
+    "mnist16-kac-teacher": {
+        "file": "mnist16-kac-teacher.safetensors",
+        "description": "Kac flow-matching teacher, class-conditional unet-tiny (0.70M parameters) on "
+                       "MNIST-5k at 16x16 (a=9, c=3, T=1); sample with 100 Euler or AB-2 steps at "
+                       "guidance 1.5.",
+        "commands": [_TRAIN, "kacfast export --ckpt runs/kac --out mnist16-kac-teacher.safetensors"],
+        "steps": 100, "guidance": 1.5,
+    },
+    "mnist16-distillkac-1step": {
+        "file": "mnist16-distillkac-1step.safetensors",
+        "description": "DistillKac 1-step student of mnist16-kac-teacher (100 -> 20 -> 4 -> 2 -> 1, "
+                       "guidance 1.5 absorbed): one network call per image.",
+        "commands": [_TRAIN, _DISTILL, "kacfast export --ckpt runs/distill/stage-4-1 "
+                     "--out mnist16-distillkac-1step.safetensors"],
+        "steps": 1, "guidance": 1.0,
+    },
+}
+
+
+def list_pretrained() -> list[str]:
+    """Names of the shipped models (those whose file is present in this installation)."""
+    return [name for name, entry in PRETRAINED.items()
+            if os.path.isfile(os.path.join(_HERE, entry["file"]))]
+
+
+def pretrained_path(name: str) -> str:
+    """Path of a shipped model's safetensors file."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose one of {sorted(PRETRAINED)}.")
+    path = os.path.join(_HERE, PRETRAINED[name]["file"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing from this installation; reproduce it with: "
+                                + " && ".join(PRETRAINED[name]["commands"]))
+    return path
+
+
+def load_pretrained(name: str, device: str | torch.device | None = None) -> torch.nn.Module:
+    """A shipped model in eval mode, ready for `kacfast.sample(model, steps, labels=...)`; its
+    `pretrained` attribute holds the entry of PRETRAINED (recommended steps and guidance)."""
+    from kacfast.training.load import load_trained
+    model, _ = load_trained(pretrained_path(name), device=device)
+    model.pretrained = dict(PRETRAINED[name], name=name)
+    return model

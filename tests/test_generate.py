@@ -1,0 +1,153 @@
+"""generate() per method, EDM's Euler option, DDIM's callback, training preview grids, exported
+weights and the shipped pretrained models."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kacfast
+from kacfast.baselines import DDPMSchedule, EDMPrecond, ddim_sample, edm_nfe, edm_sample
+from kacfast.generate import SOLVERS_BY_METHOD, generate, generation_nfe, solver_for
+from kacfast.models import build_model
+from kacfast.training import EDMObjective, KacObjective, TrainConfig, export_weights, train
+from kacfast.training.load import load_trained
+
+CLI = [sys.executable, "-m", "kacfast"]
+
+
+class Counting(torch.nn.Module):
+    """A tiny conditional image network that counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = build_model("unet-tiny", image_size=8, model_channels=8, num_classes=10)
+        self.num_classes, self.sample_shape, self.calls = 10, (1, 8, 8), 0
+
+    def forward(self, x, t, y=None):
+        self.calls += 1
+        return self.net(x, t, y)
+
+
+@pytest.mark.parametrize("method,solver,steps,expected_nfe", [
+    ("kac", "euler", 3, 3), ("kac", "heun", 3, 6), ("edm", "heun", 3, 5), ("edm", "euler", 3, 3),
+    ("ddpm", "ddim", 3, 3), ("ddpm", "ddpm", 3, 3)])
+def test_generate_calls_the_network_nfe_times(method, solver, steps, expected_nfe):
+    torch.manual_seed(0)
+    model = Counting().eval()
+    labels = torch.arange(5)
+    a = generate(model, method, steps, solver=solver, labels=labels, guidance=1.5, seed=3)
+    assert model.calls == expected_nfe == generation_nfe(method, steps, solver)
+    assert a.shape == (5, 1, 8, 8) and a.dtype == torch.float32 and a.abs().max() <= 1
+    b = generate(model, method, steps, solver=solver, labels=labels, guidance=1.5, seed=3)
+    assert torch.equal(a, b)  # seeded
+
+
+def test_solver_for_defaults_and_errors():
+    assert {m: solver_for(m) for m in SOLVERS_BY_METHOD} == {
+        "kac": "euler", "edm": "heun", "ddpm": "ddim", "distill": "euler"}
+    with pytest.raises(ValueError, match="does not apply to a edm model"):
+        solver_for("edm", "ab2")
+    with pytest.raises(ValueError, match="method must be one of"):
+        solver_for("flow")
+    with pytest.raises(ValueError, match="give labels"):
+        generate(Counting(), "kac", 1)
+
+
+def test_edm_euler_is_heun_without_the_correction():
+    torch.manual_seed(0)
+    model = Counting().eval()
+    z = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    seen = []
+    out = edm_sample(EDMPrecond(model), z, num_steps=1, solver="euler", callback=seen.append)
+    assert edm_nfe(4, "euler") == 4 and len(seen) == 1
+    d = seen[0]
+    # one Euler step from sigma_max to 0 lands on the denoised estimate
+    torch.testing.assert_close(out, d["denoised"].to(out.dtype))
+    torch.testing.assert_close(edm_sample(EDMPrecond(model), z, num_steps=1, solver="heun"), out)
+    with pytest.raises(ValueError, match="solver must be 'heun' or 'euler'"):
+        edm_sample(EDMPrecond(model), z, solver="rk4")
+
+
+def test_ddim_callback_sees_every_step():
+    torch.manual_seed(0)
+    model = Counting().eval()
+    z = torch.randn(2, 1, 8, 8)
+    seen = []
+    ddim_sample(model, z, num_steps=4, callback=seen.append)
+    assert [s["i"] for s in seen] == [0, 1, 2, 3]
+    assert [s["t"] for s in seen] == DDPMSchedule().timesteps(4, "leading").tolist()
+    assert all(s["eps"].shape == z.shape and s["eps"].dtype == torch.float64 for s in seen)
+
+
+@pytest.mark.parametrize("objective", [KacObjective(), EDMObjective()], ids=["kac", "edm"])
+def test_training_writes_preview_grids_without_touching_the_run(tmp_path, objective):
+    torch.set_num_threads(1)
+    x = torch.rand(64, 1, 8, 8) * 2 - 1
+    y = torch.arange(64) % 10
+
+    def run(out, sample_every):
+        torch.manual_seed(0)
+        model = build_model("unet-tiny", image_size=8, model_channels=8, num_classes=10)
+        return train(model, objective, (x, y), TrainConfig(steps=4, batch_size=16, sample_every=sample_every),
+                     str(out), progress=False)
+    with_grids = run(tmp_path / "a", 2)
+    assert sorted(os.listdir(tmp_path / "a" / "samples")) == ["step-0000002.png", "step-0000004.png"]
+    assert open(tmp_path / "a" / "samples" / "step-0000004.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    without = run(tmp_path / "b", 0)
+    assert not (tmp_path / "b" / "samples").exists()
+    for p, q in zip(with_grids.parameters(), without.parameters()):
+        assert torch.equal(p, q)  # previews draw no training randomness
+
+
+def test_export_keeps_the_ema_model_and_drops_optimizer_state(tmp_path):
+    torch.set_num_threads(1)
+    x, y = torch.rand(32, 1, 8, 8) * 2 - 1, torch.arange(32) % 10
+    torch.manual_seed(0)
+    model = build_model("unet-tiny", image_size=8, model_channels=8, num_classes=10)
+    train(model, KacObjective(), (x, y), TrainConfig(steps=3, batch_size=8, sample_every=0),
+          str(tmp_path / "run"), progress=False)
+    meta = export_weights(str(tmp_path / "run"), str(tmp_path / "w.safetensors"))
+    assert "optimizer" not in meta and "data_order" not in meta and meta["exported"]["from_step"] == 3
+    run_model, _ = load_trained(str(tmp_path / "run"))
+    exported, emeta = load_trained(str(tmp_path / "w.safetensors"))
+    for p, q in zip(run_model.parameters(), exported.parameters()):
+        assert torch.equal(p, q)
+    assert exported.kac_process == run_model.kac_process and emeta["step"] == 3
+    assert os.path.getsize(tmp_path / "w.safetensors") < os.path.getsize(tmp_path / "run" / "checkpoint.safetensors")
+
+
+def test_load_pretrained_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown pretrained model"):
+        kacfast.load_pretrained("imagenet-1step")
+
+
+SHIPPED = kacfast.list_pretrained()
+
+
+@pytest.mark.skipif(len(SHIPPED) < 2, reason="the shipped model files are not in this checkout")
+def test_shipped_models_sample_as_is():
+    assert SHIPPED == ["mnist16-kac-teacher", "mnist16-distillkac-1step"]
+    total = sum(os.path.getsize(kacfast.pretrained.pretrained_path(n)) for n in SHIPPED)
+    assert total <= 10 * 2**20
+    student = kacfast.load_pretrained("mnist16-distillkac-1step")
+    assert student.kac_grid == [1.0, 0.0] and student.sample_shape == (1, 16, 16)
+    images = kacfast.sample(student, steps=1, labels=list(range(10)), seed=0)
+    assert images.shape == (10, 1, 16, 16) and images.abs().max() <= 1
+    teacher = kacfast.load_pretrained("mnist16-kac-teacher")
+    assert teacher.kac_process == student.kac_process and teacher.num_classes == 10
+
+
+@pytest.mark.skipif(len(SHIPPED) < 2, reason="the shipped model files are not in this checkout")
+def test_demo_writes_a_grid_and_reports_speed(tmp_path):
+    out = subprocess.run(CLI + ["demo", "--rows", "1", "--out", str(tmp_path / "demo.png"), "--threads", "1"],
+                         check=True, capture_output=True, text=True, timeout=600)
+    assert "images/s" in out.stdout and "NFE   1" in out.stdout and "NFE 100" in out.stdout
+    assert open(tmp_path / "demo.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_noise_demo_runs():
+    out = subprocess.run(CLI + ["noise-demo", "--n", "20000"], check=True, capture_output=True, text=True,
+                         timeout=600)
+    assert "Exact Kac noise" in out.stdout and "steps: mean distance" in out.stdout
