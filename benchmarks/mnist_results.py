@@ -2,11 +2,12 @@
 
     python benchmarks/mnist_results.py run --runs RUNS --out RESULTS.jsonl [--rows NAME ...]
     python benchmarks/mnist_results.py report --results RESULTS.jsonl --plot docs/quality_vs_nfe.png
+    python benchmarks/mnist_results.py speed --runs RUNS [--rows distillkac-1 edm-heun-35]
 
 RUNS holds the run directories of benchmarks/mnist_pipeline.sh: kac/, edm/, ddpm/ (teachers and
 baselines trained with the same network, data and budget), distill/stage-K-STEPS/ (DistillKac
 100 -> 20 -> 4 -> 2 -> 1), single/stage-1-1/ (one stage 100 -> 1) and rollout/ (stages
-20 -> 4 -> 2 -> 1 from teacher roll-out start points). Each row draws --n
+4 -> 2 -> 1 from the 4-step student with teacher roll-out start points). Each row draws --n
 class-balanced samples (labels 0..9 cycled) at guidance --guidance with one seed, times them
 (images/s with --threads CPU threads), and scores them against the dataset's held-out split:
 classifier FD and KID (features of the project's classifier, not Inception) and the classifier's
@@ -32,9 +33,8 @@ ROWS = {
     "distillkac-2": ("distill/stage-3-2", "distill", 2, "euler"),
     "distillkac-1": ("distill/stage-4-1", "distill", 1, "euler"),
     "single-stage-1": ("single/stage-1-1", "distill", 1, "euler"),
-    "rollout-4": ("rollout/stage-1-4", "distill", 4, "euler"),
-    "rollout-2": ("rollout/stage-2-2", "distill", 2, "euler"),
-    "rollout-1": ("rollout/stage-3-1", "distill", 1, "euler"),
+    "rollout-2": ("rollout/stage-1-2", "distill", 2, "euler"),
+    "rollout-1": ("rollout/stage-2-1", "distill", 1, "euler"),
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
     "edm-heun-35": ("edm", "edm", 18, "heun"),
@@ -109,8 +109,8 @@ LABELS = {
     "distillkac-20": "DistillKac student", "distillkac-4": "DistillKac student",
     "distillkac-2": "DistillKac student", "distillkac-1": "DistillKac student",
     "single-stage-1": "single-stage 100 -> 1 student",
-    "rollout-4": "DistillKac student, roll-out starts", "rollout-2": "DistillKac student, roll-out starts",
-    "rollout-1": "DistillKac student, roll-out starts",
+    "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
+    "rollout-1": "DistillKac student, roll-out starts in 4 -> 2",
     "edm-heun-35": "EDM, Heun", "edm-euler-4": "EDM, Euler", "edm-euler-2": "EDM, Euler",
     "edm-euler-1": "EDM, Euler", "ddim-100": "DDIM", "ddim-20": "DDIM", "ddim-4": "DDIM",
     "ddpm-1000": "DDPM, ancestral",
@@ -137,7 +137,7 @@ def cmd_report(args) -> None:
                     "EDM (Euler; Heun at 35)": ["edm-euler-1", "edm-euler-2", "edm-euler-4", "edm-heun-35"],
                     "DDIM": ["ddim-4", "ddim-20", "ddim-100"], "DDPM ancestral": ["ddpm-1000"],
                     "single-stage 100 -> 1": ["single-stage-1"],
-                    "DistillKac, roll-out starts": ["rollout-1", "rollout-2", "rollout-4"],
+                    "DistillKac, roll-out starts in 4 -> 2": ["rollout-1", "rollout-2"],
                     "Kac teacher (AB-2)": ["kac-teacher-ab2-100"]}
         curves = {name: [(results[r]["nfe"], results[r]["classifier_fd"]) for r in rows if r in results]
                   for name, rows in families.items()}
@@ -146,6 +146,33 @@ def cmd_report(args) -> None:
                   ylabel="classifier FD (lower is better)", xscale="log", hline=floor, marker="o",
                   title=f"MNIST-5k 16x16, guidance {next(iter(results.values()))['guidance']}")
         print(f"\nplot -> {args.plot}")
+
+
+def cmd_speed(args) -> None:
+    """Images/s of several rows side by side in one process (interleaved repeats, median)."""
+    import statistics
+
+    from kacfast.generate import generate, generation_nfe
+    from kacfast.training.load import load_trained
+
+    torch.set_num_threads(args.threads)
+    labels = torch.arange(args.n) % 10
+    models = {row: load_trained(os.path.join(args.runs, ROWS[row][0]))[0] for row in args.rows}
+    times = {row: [] for row in args.rows}
+    for _ in range(args.repeats):
+        for row in args.rows:
+            _, method, steps, solver = ROWS[row]
+            start = time.perf_counter()
+            generate(models[row], method, steps, solver=solver, labels=labels,
+                     guidance=args.guidance if method != "distill" else 1.0, seed=args.seed)
+            times[row].append(time.perf_counter() - start)
+    base = statistics.median(times[args.rows[-1]])
+    print(f"batch {args.n}, {args.threads} thread(s), median of {args.repeats}; ratio vs {args.rows[-1]}")
+    print("| sampler | NFE | images/s | vs last row |\n|---|---:|---:|---:|")
+    for row in args.rows:
+        _, method, steps, solver = ROWS[row]
+        med = statistics.median(times[row])
+        print(f"| {row} | {generation_nfe(method, steps, solver)} | {args.n / med:.1f} | {base / med:.1f}x |")
 
 
 def main() -> None:
@@ -164,8 +191,16 @@ def main() -> None:
     rep = sub.add_parser("report")
     rep.add_argument("--results", required=True)
     rep.add_argument("--plot", help="write the quality-vs-NFE plot here (needs matplotlib)")
+    speed = sub.add_parser("speed", help="images/s of --rows side by side (the last row is the unit)")
+    speed.add_argument("--runs", required=True)
+    speed.add_argument("--rows", nargs="+", default=["distillkac-1", "distillkac-4", "edm-heun-35"])
+    speed.add_argument("--n", type=int, default=500)
+    speed.add_argument("--repeats", type=int, default=3)
+    speed.add_argument("--guidance", type=float, default=1.5)
+    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    {"run": cmd_run, "report": cmd_report}[args.cmd](args)
+    {"run": cmd_run, "report": cmd_report, "speed": cmd_speed}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,15 @@ def _model_for_data(preset: str, x: torch.Tensor, num_classes, method: str, hori
                        num_classes=num_classes, **extra)
 
 
+def _setup_worker(args) -> None:
+    """Threads, and under torchrun one GPU per rank (LOCAL_RANK)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(args.device)
+
+
 def cmd_train(args) -> int:
     """Train a Kac teacher (or an EDM / DDPM baseline) on a dataset; resumable."""
     from kacfast.data import load_dataset
@@ -108,11 +117,7 @@ def cmd_train(args) -> int:
     from kacfast.training import TrainConfig, train
     from kacfast.training.objectives import DDPMObjective, EDMObjective, KacObjective
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
-        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(args.device)
+    _setup_worker(args)
     x, y = load_dataset(args.data, split="train", seed=args.seed)
     num_classes = int(y.max()) + 1 if args.conditional else None
     torch.manual_seed(args.seed)
@@ -136,9 +141,8 @@ def cmd_distill(args) -> int:
     from kacfast.training.distill import DistillConfig, distill
     from kacfast.training.load import load_trained
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    teacher, meta = load_trained(args.teacher)
+    _setup_worker(args)
+    teacher, meta = load_trained(args.teacher, device=args.device)
     process = getattr(teacher, "kac_process", None)
     if process is None:
         raise SystemExit(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
@@ -146,8 +150,8 @@ def cmd_distill(args) -> int:
     x, y = load_dataset(data, split="train", seed=args.seed)
     per_stage = args.steps_per_stage[0] if len(args.steps_per_stage) == 1 else tuple(args.steps_per_stage)
     config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
-                           batch_size=args.batch_size, lr=args.lr, guidance=args.guidance,
-                           start=args.start, teacher_solver=args.teacher_solver, seed=args.seed,
+                           batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                           guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver, seed=args.seed,
                            ckpt_every=args.ckpt_every)
     start = time.perf_counter()
     distill(teacher, process, (x, y if teacher.num_classes is not None else None), config, args.out,
@@ -160,7 +164,8 @@ def cmd_distill(args) -> int:
 
 
 def _generate(model, meta, args, labels, n):
-    """Samples from a checkpoint with the sampler its training method calls for."""
+    """Samples from a checkpoint with the sampler its training method calls for, in batches of
+    --batch-size (batch k is seeded with --seed + k)."""
     from kacfast.generate import generate, solver_for
 
     method = meta.get("objective", {}).get("method", "kac")
@@ -168,8 +173,14 @@ def _generate(model, meta, args, labels, n):
         args.solver = solver_for(method, args.solver)
     except ValueError as e:
         raise SystemExit(f"--{e}") from None
-    return generate(model, method, args.steps, solver=args.solver, labels=labels, n=n,
-                    guidance=args.guidance, seed=args.seed, progress=not args.quiet)
+    chunks = []
+    for k, first in enumerate(range(0, n, args.batch_size)):
+        size = min(args.batch_size, n - first)
+        part = None if labels is None else labels[first:first + size].to(args.device)
+        chunks.append(generate(model, method, args.steps, solver=args.solver, labels=part, n=size,
+                               guidance=args.guidance, seed=args.seed + k,
+                               progress=not args.quiet).cpu())
+    return torch.cat(chunks)
 
 
 def _labels(args, model, n):
@@ -197,7 +208,7 @@ def cmd_sample(args) -> int:
     from kacfast.images import make_grid, save_png
     from kacfast.training.load import load_trained
 
-    model, meta = load_trained(args.ckpt)
+    model, meta = load_trained(args.ckpt, device=args.device)
     labels = _labels(args, model, args.n)
     start = time.perf_counter()
     with torch.no_grad():
@@ -223,14 +234,14 @@ def cmd_eval(args) -> int:
     from kacfast.data import load_dataset
     from kacfast.training.load import load_trained
 
-    model, meta = load_trained(args.ckpt)
+    model, meta = load_trained(args.ckpt, device=args.device)
     data = meta.get("run", {}).get("data")
     if data is None:
         raise SystemExit("the checkpoint does not record its dataset (meta['run']['data']).")
     labels = _labels(args, model, args.n)
     with torch.no_grad():
         out = _generate(model, meta, args, labels, args.n)
-    reference, _ = load_dataset(data, split="test", seed=args.seed + 1)
+    reference, _ = load_dataset(data, split=args.reference, seed=args.seed + 1)
     if out.dim() == 2:
         centers = "gmm9" if data == "gmm9" else None
         result = metrics.point_metrics(out, reference, centers=centers)
@@ -238,9 +249,13 @@ def cmd_eval(args) -> int:
         fresh, _ = load_dataset(data, split="train", seed=args.seed + 2, n=args.n)
         result["data_vs_data"] = metrics.point_metrics(fresh, reference, centers=centers)
     else:
-        classifier = metrics.train_classifier(data, seed=0)
+        classifier = metrics.train_classifier(data, steps=args.classifier_steps, seed=0)
         result = metrics.image_metrics(classifier, out, reference, labels)
-    result.update(data=data, steps=args.steps, solver=args.solver, guidance=args.guidance, n=args.n)
+        if args.inception_weights:
+            result["inception_fid"] = metrics.inception_fid(out, reference, args.inception_weights,
+                                                            device=args.device)
+    result.update(data=data, steps=args.steps, solver=args.solver, guidance=args.guidance, n=args.n,
+                  reference=args.reference)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
@@ -254,6 +269,8 @@ def _add_sampling_args(p) -> None:
     p.add_argument("--labels", type=int, nargs="*", help="classes to sample (cycled over --n)")
     p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -313,6 +330,7 @@ def main(argv=None) -> int:
                     help="optimisation steps of every stage, or one count per stage (default 1000)")
     di.add_argument("--batch-size", type=int, default=128)
     di.add_argument("--lr", type=float, default=1e-4)
+    di.add_argument("--warmup", type=int, default=100, help="LR warm-up steps per stage (default 100)")
     di.add_argument("--guidance", type=float, default=1.0, help="teacher guidance in stage 1")
     di.add_argument("--start", choices=("noise", "rollout"), default="noise",
                     help="interval start points: forward-noised data or teacher roll-outs")
@@ -322,6 +340,7 @@ def main(argv=None) -> int:
     di.add_argument("--resume", action="store_true")
     di.add_argument("--seed", type=int, default=0)
     di.add_argument("--threads", type=int, default=0)
+    di.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     di.add_argument("--quiet", action="store_true")
     di.set_defaults(func=cmd_distill)
 
@@ -333,6 +352,12 @@ def main(argv=None) -> int:
 
     ev = sub.add_parser("eval", help=cmd_eval.__doc__)
     _add_sampling_args(ev)
+    ev.add_argument("--reference", choices=("test", "train"), default="test",
+                    help="data split the samples are compared with (default test)")
+    ev.add_argument("--classifier-steps", type=int, default=None,
+                    help="training steps of the metric classifier (default: the dataset's)")
+    ev.add_argument("--inception-weights", default=None,
+                    help="local Inception weights file: adds the real FID (needs kacfast[fid])")
     ev.set_defaults(func=cmd_eval)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -8,6 +8,7 @@ import torch
 
 from kacfast import data
 from kacfast.data import BatchSampler, dataset_info, gmm9_centers, load_dataset
+from fake_data import fake_cifar
 
 
 def _rows(x: torch.Tensor) -> set:
@@ -186,22 +187,8 @@ def test_folder_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # CIFAR-10 (read from the python batches; a fake layout in tmp_path)
 # ----------------------------------------------------------------------------------------------
-def _fake_cifar(root, per_batch=4):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for k, name in enumerate(names):
-        batch = {"batch_label": name, "labels": [(k + j) % 10 for j in range(per_batch)],
-                 "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 "filenames": [f"{name}_{j}.png" for j in range(per_batch)]}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(batch, fh, protocol=2)
-    return folder
-
-
 def test_cifar10_from_files(tmp_path):
-    _fake_cifar(tmp_path)
+    fake_cifar(tmp_path)
     x, y = load_dataset("cifar10", root=tmp_path)
     assert x.shape == (20, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert x.min() >= -1 and x.max() <= 1

@@ -111,6 +111,7 @@ class DistillConfig:
     steps_per_stage: int | tuple = 1000
     batch_size: int = 128
     lr: float = 1e-4
+    warmup: int = 100  # per stage, capped at the stage's step count
     guidance: float = 1.0
     start: str = "noise"
     teacher_solver: str = "euler"
@@ -148,7 +149,7 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
         student.kac_grid = objective.grid  # the grid it learns (not its teacher's)
         stage_steps = config.steps_per_stage[k - 1]
         train_config = TrainConfig(steps=stage_steps, batch_size=config.batch_size,
-                                   lr=config.lr, warmup=min(100, stage_steps),
+                                   lr=config.lr, warmup=min(config.warmup, stage_steps),
                                    ema_decay=config.ema_decay, label_dropout=0.0, seed=config.seed + k,
                                    ckpt_every=config.ckpt_every)
         stage_resume = resume and os.path.exists(os.path.join(stage_dir, "checkpoint.safetensors"))

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The paper's CIFAR-10 recipe (DistillKac, kac-math.md sections 5 and 8) on GPUs under torchrun:
+#   teacher  unet-cifar10 (35.75M parameters), a=9, c=3, T=1, batch 128, Adam 2e-4, grad clip 1,
+#            EMA 0.9999, label dropout 0.1, 400k steps
+#   distill  100 -> 20 -> 4 -> 2 -> 1, guided AB-2 teacher (guidance 1.2), forward-noised starts
+#   score    Inception FID of 50k samples against the training set, with a local weights file
+#            (pip install 'kacfast[fid]'; no download): the teacher at 100 AB-2 steps, each student
+#
+#   KACFAST_DATA=/data NPROC=8 INCEPTION_WEIGHTS=/w/pt_inception-2015-12-05.pth \
+#       bash benchmarks/cifar10_paper.sh RUNS
+# CIFAR-10 must be at $KACFAST_DATA/cifar-10-batches-py (python -c "from kacfast.data import
+# load_dataset; load_dataset('cifar10', download=True)" fetches it, with torchvision and a network).
+# Every size below can be overridden from the environment; tests/test_cifar10_preset.py runs this
+# script at a tiny size on one CPU process (gloo) as a smoke test. Re-running with RESUME=1 continues
+# interrupted runs from their checkpoints.
+set -euo pipefail
+RUNS=${1:?usage: cifar10_paper.sh RUNS_DIR}
+NPROC=${NPROC:-8}
+TEACHER_STEPS=${TEACHER_STEPS:-400000}
+STAGE_STEPS=${STAGE_STEPS:-"20000 20000 20000 20000"}
+BATCH=${BATCH:-128}
+N_EVAL=${N_EVAL:-50000}
+GUIDANCE=${GUIDANCE:-1.2}
+EVAL_STEPS=${EVAL_STEPS:-100}  # the teacher's AB-2 steps when scored
+THREADS=${THREADS:-0}
+RESUME=${RESUME:+--resume}
+KAC="torchrun --standalone --nproc_per_node=$NPROC -m kacfast"
+
+$KAC train --data cifar10 --model unet-cifar10 --method kac --a 9 --c 3 --T 1 \
+    --steps "$TEACHER_STEPS" --batch-size "$BATCH" --lr 2e-4 --ema-decay 0.9999 --label-dropout 0.1 \
+    --threads "$THREADS" --out "$RUNS/teacher" --quiet $RESUME
+# shellcheck disable=SC2086  # STAGE_STEPS is a list
+$KAC distill --teacher "$RUNS/teacher" --out "$RUNS/distill" --schedule 100 20 4 2 1 \
+    --steps-per-stage $STAGE_STEPS --batch-size "$BATCH" --lr 1e-4 --guidance "$GUIDANCE" \
+    --teacher-solver ab2 --threads "$THREADS" --quiet $RESUME
+
+EXTRA=(--classifier-steps "${CLASSIFIER_STEPS:-8000}")
+if [ -n "${INCEPTION_WEIGHTS:-}" ]; then EXTRA+=(--inception-weights "$INCEPTION_WEIGHTS"); fi
+eval_run() {  # checkpoint, steps, solver, guidance
+    kacfast eval --ckpt "$1" --steps "$2" --solver "$3" --guidance "$4" --n "$N_EVAL" --quiet \
+        --reference train "${EXTRA[@]}" > "$1/eval-$2-$3.json"
+}
+eval_run "$RUNS/teacher" "$EVAL_STEPS" ab2 "$GUIDANCE"
+for stage in stage-1-20 stage-2-4 stage-3-2 stage-4-1; do
+    eval_run "$RUNS/distill/$stage" "${stage##*-}" euler 1
+done
+cat "$RUNS"/teacher/eval-*.json "$RUNS"/distill/*/eval-*.json

@@ -1,0 +1,38 @@
+"""The paper's CIFAR-10 recipe (benchmarks/cifar10_paper.sh), run end to end at a tiny size: one
+torchrun process (gloo) on the CPU, the full unet-cifar10 network, a fake CIFAR-10, a few steps."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fake_data import fake_cifar
+from kacfast.training.load import load_trained
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar10_paper.sh"
+
+
+@pytest.mark.slow
+def test_cifar10_recipe_runs_at_tiny_size(tmp_path):
+    fake_cifar(tmp_path / "data", per_batch=4)
+    env = dict(os.environ, KACFAST_DATA=str(tmp_path / "data"), NPROC="1", TEACHER_STEPS="2",
+               STAGE_STEPS="1 1 1 1", BATCH="2", N_EVAL="4", EVAL_STEPS="2", CLASSIFIER_STEPS="2",
+               THREADS="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    runs = tmp_path / "runs"
+    subprocess.run(["bash", str(SCRIPT), str(runs)], check=True, env=env, timeout=1200,
+                   capture_output=True, text=True)
+    teacher, meta = load_trained(str(runs / "teacher"))
+    assert meta["run"]["preset"] == "unet-cifar10" and meta["model"]["config"]["model_channels"] == 128
+    assert sum(p.numel() for p in teacher.parameters()) > 35e6
+    assert meta["step"] == 2 and meta["config"]["ema_decay"] == 0.9999
+    student, smeta = load_trained(str(runs / "distill" / "stage-4-1"))
+    assert student.kac_grid == [1.0, 0.0]
+    assert smeta["objective"]["teacher_solver"] == "ab2"
+    first = load_trained(str(runs / "distill" / "stage-1-20"))[1]["objective"]
+    assert first["guidance"] == 1.2 and first["teacher_steps"] == 100
+    scores = [json.loads((runs / "teacher" / "eval-2-ab2.json").read_text())] + [
+        json.loads(next((runs / "distill" / stage).glob("eval-*.json")).read_text())
+        for stage in ("stage-1-20", "stage-2-4", "stage-3-2", "stage-4-1")]
+    assert all("classifier_fd" in s and s["reference"] == "train" and s["n"] == 4 for s in scores)
