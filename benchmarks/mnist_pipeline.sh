@@ -12,7 +12,11 @@ DISTILL="kacfast distill --batch-size 64 --lr 2e-4 --threads 1 --quiet"
 EVAL="python $HERE/benchmarks/mnist_results.py run --runs $RUNS --out $RUNS/results.jsonl --grids $RUNS/grids"
 
 # 1. the Kac teacher and the EDM / DDPM baselines: same network, data, batch, steps, optimizer
-$TRAIN --method kac --out "$RUNS/kac" & $TRAIN --method edm --out "$RUNS/edm"; wait
+rm -f "$RUNS/distill.done"
+python -c "from kacfast.metrics import train_classifier; train_classifier('mnist5k16')"  # cached once
+$TRAIN --method kac --out "$RUNS/kac" & KAC=$!
+$TRAIN --method edm --out "$RUNS/edm"
+wait $KAC
 # 2. core A: DistillKac 100 -> 20 -> 4 -> 2 -> 1 (forward-noised start points); one stage
 #    100 -> 1 on about the same wall-clock budget; the start-point comparison: stages 4 -> 2 -> 1
 #    again from the 4-step student with teacher roll-out starts (the one stage where the two differ
@@ -27,13 +31,17 @@ $TRAIN --method kac --out "$RUNS/kac" & $TRAIN --method edm --out "$RUNS/edm"; w
       --steps-per-stage 500 600 --start rollout
   $EVAL --rows single-stage-1 rollout-2 rollout-1
 ) &
+CORE_A=$!
 # 3. core B: the DDPM baseline, the teacher's and baselines' rows, then the students' rows
 $TRAIN --method ddpm --out "$RUNS/ddpm"
 $EVAL --rows data kac-teacher-euler-100 kac-teacher-ab2-100 kac-teacher-euler-4 kac-teacher-euler-1 \
     edm-heun-35 edm-euler-4 edm-euler-2 edm-euler-1 ddim-100 ddim-20 ddim-4 ddpm-1000
-while [ ! -f "$RUNS/distill.done" ]; do sleep 10; done
+while [ ! -f "$RUNS/distill.done" ]; do
+    kill -0 $CORE_A 2>/dev/null || { echo "distillation failed: see above" >&2; exit 1; }
+    sleep 10
+done
 $EVAL --rows distillkac-20 distillkac-4 distillkac-2 distillkac-1
-wait
+wait $CORE_A
 python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
 python "$HERE/benchmarks/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"

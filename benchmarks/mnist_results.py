@@ -83,16 +83,17 @@ def cmd_run(args) -> None:
         else:
             run, method, steps, solver = ROWS[row]
             model, _ = load_trained(os.path.join(args.runs, run))
+            guidance = args.guidance if method != "distill" else 1.0  # students absorbed theirs
             start = time.perf_counter()
-            images = generate(model, method, steps, solver=solver, labels=labels,
-                              guidance=args.guidance if method != "distill" else 1.0, seed=args.seed)
+            images = generate(model, method, steps, solver=solver, labels=labels, guidance=guidance,
+                              seed=args.seed)
             elapsed = time.perf_counter() - start
             used = labels
             result = {"nfe": generation_nfe(method, steps, solver), "seconds": elapsed,
                       "images_per_s": args.n / elapsed, "method": method, "steps": steps,
-                      "solver": solver, "run": run}
+                      "solver": solver, "run": run, "sampling_guidance": guidance}
         result.update(metrics.image_metrics(classifier, images, reference, used))
-        result.update(row=row, guidance=args.guidance, n=len(images), threads=args.threads,
+        result.update(row=row, guidance=args.guidance, n=len(images), threads=args.threads,  # target w
                       seed=args.seed, data=args.data)
         save_png(make_grid(images[:100], nrow=10), os.path.join(args.grids, f"{row}.png"))  # a column per class
         with open(args.out, "a") as f:

@@ -11,8 +11,8 @@ horizon (the scale at which "few steps" are taken):
     Karras rho = 7 grid, which puts most steps where this is large).
   * DDPM (VP probability-flow ODE): tau = t / 1000, dx/dtau = -beta(tau) (x - eps / sigma_tau) / 2
     with beta(tau) = 1000 beta_t and sigma_tau = sqrt(1 - alpha_bar_t) (DDIM's 100 steps).
-The Kac target velocity is bounded per pixel by max|x0| / T + c = 1 + c (finite speed); the
-figure draws that bound.
+The Kac target velocity is bounded per pixel by max|x0| / T + c (= 1/T + c for data in [-1, 1]:
+finite speed); the figure draws that bound.
 """
 from __future__ import annotations
 

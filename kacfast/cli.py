@@ -152,7 +152,7 @@ def cmd_distill(args) -> int:
     config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver, seed=args.seed,
-                           ckpt_every=args.ckpt_every)
+                           ckpt_every=args.ckpt_every, sample_every=args.sample_every)
     start = time.perf_counter()
     distill(teacher, process, (x, y if teacher.num_classes is not None else None), config, args.out,
             resume=args.resume, progress=not args.quiet,
@@ -165,20 +165,21 @@ def cmd_distill(args) -> int:
 
 def _generate(model, meta, args, labels, n):
     """Samples from a checkpoint with the sampler its training method calls for, in batches of
-    --batch-size (batch k is seeded with --seed + k)."""
-    from kacfast.generate import generate, solver_for
+    --batch-size."""
+    from kacfast.generate import SOLVERS_BY_METHOD, generate, solver_for
 
     method = meta.get("objective", {}).get("method", "kac")
-    try:
-        args.solver = solver_for(method, args.solver)
-    except ValueError as e:
-        raise SystemExit(f"--{e}") from None
+    if args.solver is not None and method in SOLVERS_BY_METHOD and args.solver not in SOLVERS_BY_METHOD[method]:
+        raise SystemExit(f"--solver {args.solver!r} does not apply to a {method} checkpoint; "
+                         f"choose one of {SOLVERS_BY_METHOD[method]}.")
+    args.solver = solver_for(method, args.solver)
     chunks = []
+    # batch k draws from seed + k * 1_000_003, so nearby --seed values share no batch
     for k, first in enumerate(range(0, n, args.batch_size)):
         size = min(args.batch_size, n - first)
         part = None if labels is None else labels[first:first + size].to(args.device)
         chunks.append(generate(model, method, args.steps, solver=args.solver, labels=part, n=size,
-                               guidance=args.guidance, seed=args.seed + k,
+                               guidance=args.guidance, seed=args.seed + k * 1_000_003,
                                progress=not args.quiet).cpu())
     return torch.cat(chunks)
 
@@ -337,6 +338,8 @@ def main(argv=None) -> int:
     di.add_argument("--teacher-solver", choices=("euler", "ab2"), default="euler",
                     help="how the teacher is integrated over each interval (default euler)")
     di.add_argument("--ckpt-every", type=int, default=500)
+    di.add_argument("--sample-every", type=int, default=1000,
+                    help="preview grid every N steps of each stage (images; 0 = never; default 1000)")
     di.add_argument("--resume", action="store_true")
     di.add_argument("--seed", type=int, default=0)
     di.add_argument("--threads", type=int, default=0)

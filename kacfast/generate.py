@@ -1,7 +1,7 @@
 """One entry point that samples any trained kacfast model with the sampler its method calls for.
 
 Kac teachers and DistillKac students integrate their velocity (kacfast.sample); EDM models use the
-Heun sampler; DDPM models use DDIM (deterministic) or ancestral DDPM. The CLI, the training loop's
+Heun (or Euler) sampler; DDPM models use DDIM (deterministic) or ancestral DDPM. The CLI, the training loop's
 preview grids and the benchmarks all go through `generate`, so a row of a results table and a
 `kacfast sample` call run the same code.
 """
@@ -32,7 +32,7 @@ def solver_for(method: str, solver: str | None = None) -> str:
 
 def generation_nfe(method: str, steps: int, solver: str | None = None) -> int:
     """Network evaluations per sample (a guided pair counts once: it is one batched call).
-    EDM's Heun takes 2 per step except the last (`steps` = 18 -> 35 NFE)."""
+    EDM's Heun takes 2 per step except the last (`steps` = 18 -> 35 NFE), its Euler 1."""
     from kacfast.baselines import edm_nfe
     from kacfast.sampling import nfe
     solver = solver_for(method, solver)
@@ -50,7 +50,7 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
     """Samples from `model`, trained with `method` ("kac", "distill", "edm" or "ddpm").
 
     Args:
-        steps: integration steps (EDM: Heun steps, NFE = 2 steps - 1; DDPM: timesteps).
+        steps: integration steps (EDM Heun: NFE = 2 steps - 1; DDPM: timesteps); see generation_nfe.
         solver: see SOLVERS_BY_METHOD (default: the method's first).
         labels: (n,) class labels for a conditional model, else None (then `n` samples).
         guidance: w (1 = none; otherwise one batched call on the (cond, null) pair per NFE).

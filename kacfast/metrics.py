@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import re
 import time
 from pathlib import Path
@@ -111,8 +112,9 @@ class Classifier(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(tensors, str(tmp))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+        os.close(fd)  # a unique temporary name: concurrent writers never clobber each other's file
+        save_file(tensors, tmp)
         os.replace(tmp, path)
         path.with_suffix(".json").write_text(json.dumps({**self.config, **extra}, indent=2))
 

@@ -60,12 +60,14 @@ def test_edm_euler_is_heun_without_the_correction():
     model = Counting().eval()
     z = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     seen = []
-    out = edm_sample(EDMPrecond(model), z, num_steps=1, solver="euler", callback=seen.append)
-    assert edm_nfe(4, "euler") == 4 and len(seen) == 1
-    d = seen[0]
-    # one Euler step from sigma_max to 0 lands on the denoised estimate
-    torch.testing.assert_close(out, d["denoised"].to(out.dtype))
-    torch.testing.assert_close(edm_sample(EDMPrecond(model), z, num_steps=1, solver="heun"), out)
+    euler = edm_sample(EDMPrecond(model), z, num_steps=3, solver="euler", callback=seen.append)
+    assert model.calls == edm_nfe(3, "euler") == 3 and len(seen) == 3
+    # the last Euler step (sigma_min -> 0) lands on the denoised estimate
+    torch.testing.assert_close(euler, seen[-1]["denoised"].to(euler.dtype))
+    model.calls = 0
+    heun = edm_sample(EDMPrecond(model), z, num_steps=3, solver="heun")
+    assert model.calls == edm_nfe(3) == 5
+    assert (heun - euler).abs().max() > 1e-6
     with pytest.raises(ValueError, match="solver must be 'heun' or 'euler'"):
         edm_sample(EDMPrecond(model), z, solver="rk4")
 

@@ -133,6 +133,8 @@ def export_weights(path: str, out: str, *, ema: bool = True) -> dict:
     from kacfast.training.load import load_trained
     model, meta = load_trained(path, ema=ema)
     kept = {k: v for k, v in meta.items() if k not in ("optimizer", "data_order")}
+    # a shipped file should not carry the exporting machine's paths
+    kept["run"] = {k: (os.path.basename(v) if k == "teacher" else v) for k, v in kept.get("run", {}).items()}
     kept["exported"] = {"from_step": meta.get("step"), "weights": "ema" if ema else "model"}
     save_checkpoint(out, model=model, ema=None, optimizer=None, meta=kept)
     return kept

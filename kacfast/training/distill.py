@@ -118,6 +118,7 @@ class DistillConfig:
     ema_decay: float = 0.999
     seed: int = 0
     ckpt_every: int = 500
+    sample_every: int = 1000
 
     def __post_init__(self):
         if len(self.schedule) < 2 or any(a % b for a, b in zip(self.schedule, self.schedule[1:])):
@@ -144,14 +145,16 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
         stage_dir = os.path.join(out_dir, f"stage-{k}-{s_steps}")
         objective = DistillObjective(current, process, t_steps, s_steps,
                                      guidance=config.guidance if k == 1 else 1.0,
-                                     start=config.start, teacher_solver=config.teacher_solver)
+                                     start=config.start,
+                                     # later teachers are students trained for Euler steps
+                                     teacher_solver=config.teacher_solver if k == 1 else "euler")
         student = copy.deepcopy(current).train().requires_grad_(True)
         student.kac_grid = objective.grid  # the grid it learns (not its teacher's)
         stage_steps = config.steps_per_stage[k - 1]
         train_config = TrainConfig(steps=stage_steps, batch_size=config.batch_size,
                                    lr=config.lr, warmup=min(config.warmup, stage_steps),
                                    ema_decay=config.ema_decay, label_dropout=0.0, seed=config.seed + k,
-                                   ckpt_every=config.ckpt_every)
+                                   ckpt_every=config.ckpt_every, sample_every=config.sample_every)
         stage_resume = resume and os.path.exists(os.path.join(stage_dir, "checkpoint.safetensors"))
         current = train(student, objective, data, train_config, stage_dir, resume=stage_resume,
                         progress=progress, run_info={**(run_info or {}), "stage": k})
