@@ -39,9 +39,10 @@ def cmd_demo(args) -> int:
         images = kacfast.sample(model, steps, labels=labels, guidance=guidance, seed=args.seed)
         seconds = time.perf_counter() - start
         grids.append(make_grid(images, nrow=10))
-        print(f"  {name:26s} {steps:>3} step(s), NFE {kacfast.nfe('euler', steps):>3}, guidance "
-              f"{guidance:g}{' (absorbed)' if steps == 1 else ''}: {seconds:6.2f} s, "
-              f"{len(labels) / seconds:8.1f} images/s")
+        absorbed = model.pretrained.get("absorbed_guidance")
+        how = f"guidance {absorbed:g} absorbed" if absorbed else f"guidance {guidance:g}"
+        print(f"  {name:26s} {steps:>3} step(s), NFE {kacfast.nfe('euler', steps):>3}, {how + ':':23s} "
+              f"{seconds:6.2f} s, {len(labels) / seconds:8.1f} images/s")
     gap = np.full((6,) + grids[0].shape[1:], 128, dtype=np.uint8)
     save_png(np.concatenate([grids[0], gap, grids[1]]), args.out)
     print(f"grid -> {args.out} (top: 1-step student; below the grey bar: 100-step teacher)")

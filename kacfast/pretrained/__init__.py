@@ -34,7 +34,7 @@ PRETRAINED = {
                        "guidance 1.5 absorbed): one network call per image.",
         "commands": [_TRAIN, _DISTILL, "kacfast export --ckpt runs/distill/stage-4-1 "
                      "--out mnist16-distillkac-1step.safetensors"],
-        "steps": 1, "guidance": 1.0,
+        "steps": 1, "guidance": 1.0, "absorbed_guidance": 1.5,
     },
 }
 
