@@ -35,7 +35,10 @@ CORE_A=$!
 # 3. core B: the DDPM baseline, the teacher's and baselines' rows, then the students' rows
 $TRAIN --method ddpm --out "$RUNS/ddpm"
 $EVAL --rows data kac-teacher-euler-100 kac-teacher-ab2-100 kac-teacher-euler-4 kac-teacher-euler-1 \
-    edm-heun-35 edm-euler-4 edm-euler-2 edm-euler-1 ddim-100 ddim-20 ddim-4 ddpm-1000
+    edm-heun-35 edm-euler-4 edm-euler-2 edm-euler-1 ddim-100 ddim-20 ddim-4
+# DDPM's 1,000 steps on 250 samples, with the teacher and the data at the same size
+python "$HERE/benchmarks/mnist_results.py" run --runs "$RUNS" --out "$RUNS/results_n250.jsonl" \
+    --grids "$RUNS/grids250" --n 250 --rows data ddpm-1000 kac-teacher-euler-100
 while [ ! -f "$RUNS/distill.done" ]; do
     kill -0 $CORE_A 2>/dev/null || { echo "distillation failed: see above" >&2; exit 1; }
     sleep 10
@@ -43,6 +46,9 @@ done
 $EVAL --rows distillkac-20 distillkac-4 distillkac-2 distillkac-1
 wait $CORE_A
 python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
+python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
+python "$HERE/benchmarks/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
+    --rows distillkac-1 distillkac-2 distillkac-4 edm-euler-4 ddim-4 edm-heun-35
 python "$HERE/benchmarks/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
 kacfast export --ckpt "$RUNS/distill/stage-4-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
