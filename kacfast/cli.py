@@ -167,13 +167,13 @@ def cmd_distill(args) -> int:
 def _generate(model, meta, args, labels, n):
     """Samples from a checkpoint with the sampler its training method calls for, in batches of
     --batch-size."""
-    from kacfast.generate import SOLVERS_BY_METHOD, generate, solver_for
+    from kacfast.generate import generate, solver_for
 
     method = meta.get("objective", {}).get("method", "kac")
-    if args.solver is not None and method in SOLVERS_BY_METHOD and args.solver not in SOLVERS_BY_METHOD[method]:
-        raise SystemExit(f"--solver {args.solver!r} does not apply to a {method} checkpoint; "
-                         f"choose one of {SOLVERS_BY_METHOD[method]}.")
-    args.solver = solver_for(method, args.solver)
+    try:
+        args.solver = solver_for(method, args.solver)
+    except ValueError as e:
+        raise SystemExit(f"--solver: {e}") from None
     chunks = []
     # batch k draws from seed + k * 1_000_003, so nearby --seed values share no batch
     for k, first in enumerate(range(0, n, args.batch_size)):

@@ -26,7 +26,7 @@ def solver_for(method: str, solver: str | None = None) -> str:
     if solver is None:
         return choices[0]
     if solver not in choices:
-        raise ValueError(f"solver {solver!r} does not apply to a {method} model; choose one of {choices}.")
+        raise ValueError(f"solver {solver!r} does not apply to {method} models; choose one of {choices}.")
     return solver
 
 

@@ -47,7 +47,7 @@ def test_generate_calls_the_network_nfe_times(method, solver, steps, expected_nf
 def test_solver_for_defaults_and_errors():
     assert {m: solver_for(m) for m in SOLVERS_BY_METHOD} == {
         "kac": "euler", "edm": "heun", "ddpm": "ddim", "distill": "euler"}
-    with pytest.raises(ValueError, match="does not apply to a edm model"):
+    with pytest.raises(ValueError, match="does not apply to edm models"):
         solver_for("edm", "ab2")
     with pytest.raises(ValueError, match="method must be one of"):
         solver_for("flow")
