@@ -49,6 +49,9 @@ python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results.jsonl
 python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
 python "$HERE/benchmarks/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
     --rows distillkac-1 distillkac-2 distillkac-4 edm-euler-4 ddim-4 edm-heun-35
+python "$HERE/benchmarks/mnist_results.py" speed --runs "$RUNS" --n 100 --repeats 1 --threads 2 \
+    --rows distillkac-1 distillkac-20 edm-euler-2 edm-euler-1 kac-teacher-euler-100 kac-teacher-ab2-100 \
+    ddim-100 ddim-20 ddpm-1000 edm-heun-35
 python "$HERE/benchmarks/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
 kacfast export --ckpt "$RUNS/distill/stage-4-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
