@@ -48,6 +48,17 @@ ROWS = {
 }
 
 
+def _sample_row(model, row: str, labels: torch.Tensor, args) -> tuple[torch.Tensor, float, float]:
+    """(images, seconds, guidance used) of one table row: the row's sampler at --guidance, except
+    for distilled students, which absorbed their guidance (sampled at 1)."""
+    from kacfast.generate import generate
+    _, method, steps, solver = ROWS[row]
+    guidance = args.guidance if method != "distill" else 1.0
+    start = time.perf_counter()
+    images = generate(model, method, steps, solver=solver, labels=labels, guidance=guidance, seed=args.seed)
+    return images, time.perf_counter() - start, guidance
+
+
 def _done(path: str) -> set[str]:
     if not os.path.exists(path):
         return set()
@@ -58,7 +69,7 @@ def _done(path: str) -> set[str]:
 def cmd_run(args) -> None:
     from kacfast import metrics
     from kacfast.data import load_dataset
-    from kacfast.generate import generate, generation_nfe
+    from kacfast.generate import generation_nfe
     from kacfast.images import make_grid, save_png
     from kacfast.training.load import load_trained
 
@@ -83,11 +94,7 @@ def cmd_run(args) -> None:
         else:
             run, method, steps, solver = ROWS[row]
             model, _ = load_trained(os.path.join(args.runs, run))
-            guidance = args.guidance if method != "distill" else 1.0  # students absorbed theirs
-            start = time.perf_counter()
-            images = generate(model, method, steps, solver=solver, labels=labels, guidance=guidance,
-                              seed=args.seed)
-            elapsed = time.perf_counter() - start
+            images, elapsed, guidance = _sample_row(model, row, labels, args)
             used = labels
             result = {"nfe": generation_nfe(method, steps, solver), "seconds": elapsed,
                       "images_per_s": args.n / elapsed, "method": method, "steps": steps,
@@ -153,7 +160,7 @@ def cmd_speed(args) -> None:
     """Images/s of several rows side by side in one process (interleaved repeats, median)."""
     import statistics
 
-    from kacfast.generate import generate, generation_nfe
+    from kacfast.generate import generation_nfe
     from kacfast.training.load import load_trained
 
     torch.set_num_threads(args.threads)
@@ -162,11 +169,7 @@ def cmd_speed(args) -> None:
     times = {row: [] for row in args.rows}
     for _ in range(args.repeats):
         for row in args.rows:
-            _, method, steps, solver = ROWS[row]
-            start = time.perf_counter()
-            generate(models[row], method, steps, solver=solver, labels=labels,
-                     guidance=args.guidance if method != "distill" else 1.0, seed=args.seed)
-            times[row].append(time.perf_counter() - start)
+            times[row].append(_sample_row(models[row], row, labels, args)[1])
     base = statistics.median(times[args.rows[-1]])
     print(f"batch {args.n}, {args.threads} thread(s), median of {args.repeats}; ratio vs {args.rows[-1]}")
     print("| sampler | NFE | images/s | vs last row |\n|---|---:|---:|---:|")
