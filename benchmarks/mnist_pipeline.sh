@@ -55,3 +55,4 @@ python "$HERE/benchmarks/mnist_results.py" speed --runs "$RUNS" --n 100 --repeat
 python "$HERE/benchmarks/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
 kacfast export --ckpt "$RUNS/distill/stage-4-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
+python "$HERE/benchmarks/student_loss_share.py" --runs "$RUNS"
