@@ -10,10 +10,13 @@ import os
 
 import torch
 
+# Looked up once at import: torch.compile cannot trace importlib (torch 2.11 refuses find_spec).
+_INSTALLED = importlib.util.find_spec("triton") is not None
+
 
 def available(device: torch.device | str = "cuda") -> bool:
     """True when Triton is installed and can run on tensors of `device`."""
-    if importlib.util.find_spec("triton") is None:
+    if not _INSTALLED:
         return False
     dev = torch.device(device)
     if dev.type == "cuda":
