@@ -22,8 +22,10 @@ def build_cuda() -> bool:
 
 def extension():
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    # No FMA contraction: CPU and CUDA must round identically (see csrc/kac_math.h).
-    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+    # No FMA contraction: CPU and CUDA must round identically (see csrc/kac_math.h). No trapping
+    # math: lets the vectorizer evaluate both sides of a lane select (values are unchanged; without
+    # it the AVX2 build runs the continued fraction scalar, 2.3x slower).
+    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     if not build_cuda():
         return CppExtension("kacfast._C", sources, extra_compile_args={"cxx": cxx},
                             extra_link_args=["-fopenmp"])

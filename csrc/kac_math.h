@@ -27,30 +27,32 @@ struct Philox4 {
   uint32_t v[4];
 };
 
-KAC_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
-  const uint64_t p = (uint64_t)a * (uint64_t)b;
-  *hi = (uint32_t)(p >> 32);
-  *lo = (uint32_t)p;
-}
+// The state words are 32-bit values held in `Word`: uint32_t on the GPU (mul.hi), uint64_t on the
+// CPU, where 64-bit lanes spare the vectorized loops the repacking between 32- and 64-bit lanes
+// that each product would otherwise cost (about a quarter of the Philox time).
+#if defined(__CUDA_ARCH__)
+typedef uint32_t PhiloxWord;
+#else
+typedef uint64_t PhiloxWord;
+#endif
 
-KAC_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
-                             uint32_t k1) {
+KAC_HD Philox4 philox4x32_10(uint32_t counter0, uint32_t counter1, uint32_t counter2,
+                             uint32_t counter3, uint32_t key0, uint32_t key1) {
+  PhiloxWord c0 = counter0, c1 = counter1, c2 = counter2, c3 = counter3;
+  uint32_t k0 = key0, k1 = key1;
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(0xD2511F53u, c0, &hi0, &lo0);
-    mulhilo32(0xCD9E8D57u, c2, &hi1, &lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0;
-    const uint32_t n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
+    const uint64_t p0 = (uint64_t)(c0 & 0xFFFFFFFFu) * 0xD2511F53u;
+    const uint64_t p1 = (uint64_t)(c2 & 0xFFFFFFFFu) * 0xCD9E8D57u;
+    c0 = (PhiloxWord)(p1 >> 32) ^ c1 ^ k0;
+    c1 = (PhiloxWord)(p1 & 0xFFFFFFFFu);
+    c2 = (PhiloxWord)(p0 >> 32) ^ c3 ^ k1;
+    c3 = (PhiloxWord)(p0 & 0xFFFFFFFFu);
   }
-  Philox4 out = {{c0, c1, c2, c3}};
+  Philox4 out = {{(uint32_t)c0, (uint32_t)c1, (uint32_t)c2, (uint32_t)c3}};
   return out;
 }
 
@@ -112,12 +114,11 @@ KAC_HD float kac_log(float x) {
 constexpr uint32_t kPoissonStream = 0x80000000u;
 
 template <int W>
-KAC_HD void philox_lanes(uint64_t seed, uint32_t offset, uint64_t first_element, uint32_t block,
+KAC_HD void philox_lanes(uint64_t seed, uint32_t offset, const uint64_t* element, uint32_t block,
                          uint32_t out[4][W]) {
   for (int l = 0; l < W; ++l) {
-    const uint64_t e = first_element + (uint64_t)l;
-    const Philox4 r = philox4x32_10((uint32_t)e, (uint32_t)(e >> 32), offset, block,
-                                    (uint32_t)seed, (uint32_t)(seed >> 32));
+    const Philox4 r = philox4x32_10((uint32_t)element[l], (uint32_t)(element[l] >> 32), offset,
+                                    block, (uint32_t)seed, (uint32_t)(seed >> 32));
     out[0][l] = r.v[0];
     out[1][l] = r.v[1];
     out[2][l] = r.v[2];
@@ -146,18 +147,58 @@ constexpr float kTwo64 = 1.8446744073709552e+19f;
 constexpr float kTwoMinus64 = 5.421010862427522e-20f;
 constexpr float kLog2Times64 = 44.3614195558365f;
 
-template <int W>
-KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_element,
-                             const float* lambda, const float* reach, float* x_out) {
-  uint32_t words[4][W], side[4][W];
-  float sign[W], u[W], remaining[W], mean[W], p[W], cdf[W];
-  int32_t n[W], active[W], searching[W];
+// The inverse-CDF search of one Poisson chunk visits cdf_0 = e^{-mean}, cdf_j = cdf_{j-1} + p_j,
+// p_j = p_{j-1} (mean / j), and stops at the first j with u < cdf_j, at j = kPoissonCap, or where
+// the float CDF stops growing. Lanes that share the mean (all lanes of a noise_target block share
+// t) can read these numbers from one table instead of each computing them: then
+// n = #{j < length : u >= cdf[j]}, the same count as the per-lane search (same float operations).
+struct PoissonTable {
+  float mean = -1.0f;  // no table yet
+  int length = 0;  // cdf[0 .. length): the search never compares u beyond
+  float cdf[kPoissonCap];
+};
 
-  // Poisson phase: n[l] switches, sign[l].
-  philox_lanes<W>(seed, offset, first_element, 0u, words);
+KAC_HD void fill_poisson_table(float mean, PoissonTable* table) {
+  float p = kac_exp(-mean), cdf = p;
+  table->mean = mean;
+  table->cdf[0] = cdf;
+  int length = 1;
+  for (int j = 1; j < kPoissonCap; ++j) {
+    const float p_next = p * (mean / (float)j);
+    const float cdf_next = cdf + p_next;
+    if (!(cdf_next > cdf)) break;
+    p = p_next;
+    cdf = cdf_next;
+    table->cdf[length++] = cdf;
+  }
+  table->length = length;
+}
+
+// Tables of the two chunk means a shared lambda produces (kPoissonChunk and the remainder), kept
+// across calls: a CPU task meets the same t in consecutive blocks.
+struct PoissonCache {
+  PoissonTable full, rest;
+  KAC_HD const PoissonTable& get(float mean) {
+    PoissonTable& slot = mean == kPoissonChunk ? full : rest;
+    if (!(slot.mean == mean)) fill_poisson_table(mean, &slot);
+    return slot;
+  }
+};
+
+// Switches: sign[l], n[l] ~ Poisson(lambda[l]) and the Philox block 0 (word 0: sign and first
+// Poisson uniform; words 1..3: the first spacings). cache may be null (per-lane search only).
+template <int W>
+KAC_HD void kac_switches_lanes(uint64_t seed, uint32_t offset, const uint64_t* element,
+                               const float* lambda, PoissonCache* cache, float* sign, int32_t* n,
+                               uint32_t block0[4][W]) {
+  uint32_t side[4][W], u_bits[W];
+  float u[W], remaining[W], mean[W], p[W], cdf[W];
+  int32_t active[W], searching[W];
+
+  philox_lanes<W>(seed, offset, element, 0u, block0);
   for (int l = 0; l < W; ++l) {
-    sign[l] = (words[0][l] & 1u) ? -1.0f : 1.0f;  // bit 0 is unused by the 24-bit uniform
-    u[l] = uniform_co(words[0][l]);
+    sign[l] = (block0[0][l] & 1u) ? -1.0f : 1.0f;  // bit 0 is unused by the 24-bit uniform
+    u_bits[l] = block0[0][l];
     remaining[l] = lambda[l];
     n[l] = 0;
     active[l] = 1;
@@ -165,27 +206,45 @@ KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_elem
   for (int chunk = 0;; ++chunk) {
     if (chunk > 0) {
       const int j = chunk - 1;
-      if ((j & 3) == 0) philox_lanes<W>(seed, offset, first_element, kPoissonStream | (uint32_t)(j >> 2), side);
-      for (int l = 0; l < W; ++l) u[l] = uniform_co(side[j & 3][l]);
+      if ((j & 3) == 0) philox_lanes<W>(seed, offset, element, kPoissonStream | (uint32_t)(j >> 2), side);
+      for (int l = 0; l < W; ++l) u_bits[l] = side[j & 3][l];
     }
+    // The table serves a chunk when every lane is active with one mean (then lane 0's).
+    int32_t shared = cache != nullptr;
+    uint32_t top_bits = 0;  // the largest uniform, as bits: uniform_co is monotone in w >> 8
     for (int l = 0; l < W; ++l) {
+      u[l] = uniform_co(u_bits[l]);
       mean[l] = remaining[l] < kPoissonChunk ? remaining[l] : kPoissonChunk;
-      p[l] = kac_exp(-mean[l]);
-      cdf[l] = p[l];
-      searching[l] = active[l] & (int32_t)(u[l] >= cdf[l]);
+      const uint32_t top = u_bits[l] >> 8;
+      top_bits = top > top_bits ? top : top_bits;
     }
-    for (int j = 1; j <= kPoissonCap && any_lane<W>(searching); ++j) {
+    for (int l = 0; l < W; ++l) shared &= active[l] & (int32_t)(mean[l] == mean[0]);
+    if (shared) {
+      const PoissonTable& table = cache->get(mean[0]);
+      const float u_max = uniform_co(top_bits << 8);
+      for (int j = 0; j < table.length && table.cdf[j] <= u_max; ++j) {
+        const float c = table.cdf[j];
+        for (int l = 0; l < W; ++l) n[l] += (int32_t)(u[l] >= c);
+      }
+    } else {
       for (int l = 0; l < W; ++l) {
-        const float p_next = p[l] * (mean[l] / (float)j);
-        const float cdf_prev = cdf[l];
-        const float cdf_next = cdf_prev + p_next;
-        p[l] = searching[l] ? p_next : p[l];
-        cdf[l] = searching[l] ? cdf_next : cdf[l];
-        n[l] += searching[l];
-        // Stop where the float CDF stops growing (it saturates just below 1): the tail beyond is
-        // below float resolution, and the top uniforms must not run on to the cap.
-        searching[l] = searching[l] & (int32_t)(u[l] >= cdf[l]) & (int32_t)(j < kPoissonCap) &
-                       (int32_t)(cdf_next > cdf_prev);
+        p[l] = kac_exp(-mean[l]);
+        cdf[l] = p[l];
+        searching[l] = active[l] & (int32_t)(u[l] >= cdf[l]);
+      }
+      for (int j = 1; j <= kPoissonCap && any_lane<W>(searching); ++j) {
+        for (int l = 0; l < W; ++l) {
+          const float p_next = p[l] * (mean[l] / (float)j);
+          const float cdf_prev = cdf[l];
+          const float cdf_next = cdf_prev + p_next;
+          p[l] = searching[l] ? p_next : p[l];
+          cdf[l] = searching[l] ? cdf_next : cdf[l];
+          n[l] += searching[l];
+          // Stop where the float CDF stops growing (it saturates just below 1): the tail beyond
+          // is below float resolution, and the top uniforms must not run on to the cap.
+          searching[l] = searching[l] & (int32_t)(u[l] >= cdf[l]) & (int32_t)(j < kPoissonCap) &
+                         (int32_t)(cdf_next > cdf_prev);
+        }
       }
     }
     for (int l = 0; l < W; ++l) {
@@ -197,19 +256,29 @@ KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_elem
     }
     if (!any_lane<W>(active)) break;
   }
+}
 
-  // Spacing phase: products of the n+1 uniforms with even / odd index.
+// Spacings: the fraction (S_even - S_odd) / (S_even + S_odd) in [-1, 1] of each lane from its n+1
+// uniforms (products of the even / odd ones); X = sign reach frac. block0: words 1..3 of the lane's
+// Philox block 0 (the first spacings). Lanes run to the largest n among them, so callers that can
+// group lanes of similar n (the CPU kernels sort by n) waste fewer Philox calls.
+template <int W>
+KAC_HD void kac_spacings_lanes(uint64_t seed, uint32_t offset, const uint64_t* element,
+                               const int32_t* n, const uint32_t block0[4][W], float* frac) {
+  uint32_t words[4][W];
   float prod[2][W];
   int rescales[2][W];
   int max_n = 0;
   for (int l = 0; l < W; ++l) {
+    words[0][l] = 0u;  // word 0 (sign, first Poisson uniform) is not a spacing
+    for (int w = 1; w < 4; ++w) words[w][l] = block0[w][l];
     prod[0][l] = prod[1][l] = 1.0f;
     rescales[0][l] = rescales[1][l] = 0;
     max_n = n[l] > max_n ? n[l] : max_n;
   }
   for (int i = 0; i <= max_n; ++i) {
-    const int k = 1 + i;  // word 0 went to the sign and the first Poisson uniform
-    if ((k & 3) == 0) philox_lanes<W>(seed, offset, first_element, (uint32_t)(k >> 2), words);
+    const int k = 1 + i;
+    if ((k & 3) == 0) philox_lanes<W>(seed, offset, element, (uint32_t)(k >> 2), words);
     const int parity = i & 1;
     for (int l = 0; l < W; ++l) {
       const bool live = i <= n[l];
@@ -225,18 +294,33 @@ KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_elem
     const float s_odd = (float)rescales[1][l] * kLog2Times64 - kac_log(prod[1][l]);
     const float total = s_even + s_odd;
     // total == 0 only if every uniform was exactly 1 (probability 2^-24 per draw): the atom.
-    const float frac = total > 0.0f ? (s_even - s_odd) / total : 1.0f;
-    x_out[l] = sign[l] * reach[l] * frac;
+    frac[l] = total > 0.0f ? (s_even - s_odd) / total : 1.0f;
   }
+}
+
+// Both phases for lanes of consecutive elements first_element + l.
+template <int W>
+KAC_HD void kac_sample_lanes(uint64_t seed, uint32_t offset, uint64_t first_element,
+                             const float* lambda, const float* reach, float* x_out) {
+  uint64_t element[W];
+  uint32_t block0[4][W];
+  float sign[W], frac[W];
+  int32_t n[W];
+  for (int l = 0; l < W; ++l) element[l] = first_element + (uint64_t)l;
+  kac_switches_lanes<W>(seed, offset, element, lambda, nullptr, sign, n, block0);
+  kac_spacings_lanes<W>(seed, offset, element, n, block0, frac);
+  for (int l = 0; l < W; ++l) x_out[l] = sign[l] * reach[l] * frac[l];
 }
 
 // ---------------------------------------------------------------------------------------------
 // Conditional velocity v_K(s, x) = E[V(s) | X(s) = x] = a x / (a s + h(z)), z = a r / c,
 // r = sqrt(c^2 s^2 - x^2), h(z) = z I0(z) / I1(z) by its continued fraction
-//   h = 2 + z^2/(4 + z^2/(6 + ...)), bottom-up from depth 8 + 4 sqrt(z) (relative error < 3e-8 for
-// z <= 150; each lane keeps its own depth). On and beyond the cone |x| >= c s (1 - eps): c sign(x).
+//   h = 2 + z^2/(4 + z^2/(6 + ...)), bottom-up from an odd depth D(z) (truncation error < 2e-8
+// relative for z <= 250, about 2/3 of the levels of the earlier 8 + 4 sqrt(z) for z <= 9), two
+// levels per division: from acc_{k+1}, acc_{k-1} = 2(k-1) + z^2 acc_{k+1} / (2k acc_{k+1} + z^2).
+// Each lane keeps its own depth. On and beyond the cone |x| >= c s (1 - eps): c sign(x).
 // ---------------------------------------------------------------------------------------------
-KAC_HD int cf_depth(float z) { return 8 + (int)(4.0f * sqrtf(z)); }
+KAC_HD int cf_depth(float z) { return (3 + (int)(3.25f * sqrtf(z) + 0.12f * z)) | 1; }
 
 // c s - |x| for |x| near the cone: c s is rounded, and near the cone that rounding error would be
 // most of the gap. Dekker's exact product (Veltkamp split, no FMA) gives c s = hi + lo exactly;
@@ -261,16 +345,16 @@ KAC_HD void kac_velocity_lanes(const float* s, const float* x, float a, float c,
     const float reach = c * s[l];
     const float ax = fabsf(x[l]);
     const float gap = gap_to_cone(c, s[l], ax) * (reach + ax);  // (cs - |x|)(cs + |x|), factored
-    const float r = sqrtf(fmaxf(gap, 0.0f));
+    const float r = sqrtf(gap > 0.0f ? gap : 0.0f);  // not fmaxf: that one does not vectorize
     const float z = a * r / c;
     z2[l] = z * z;
     depth[l] = cf_depth(z);
     acc[l] = 2.0f * (float)depth[l];
     max_depth = max_depth > depth[l] ? max_depth : depth[l];
   }
-  for (int k = max_depth - 1; k >= 1; --k) {
+  for (int k = max_depth - 1; k >= 2; k -= 2) {  // depths are odd: pairs (k, k - 1) down to (2, 1)
     for (int l = 0; l < W; ++l) {
-      const float next = 2.0f * (float)k + z2[l] / acc[l];
+      const float next = 2.0f * (float)(k - 1) + z2[l] * acc[l] / (2.0f * (float)k * acc[l] + z2[l]);
       acc[l] = k < depth[l] ? next : acc[l];
     }
   }
@@ -302,7 +386,12 @@ KAC_HD Schedule schedule(float t, float T, int clock) {
   return out;
 }
 
-// Flow-matching pair per lane: x_t = f x0 + K_{g(t)}, u = f' x0 + g' v_K(g, K).
+// Flow-matching pair: x_t = f x0 + K_{g(t)}, u = f' x0 + g' v_K(g, K).
+KAC_HD void flow_pair(const Schedule& sch, float x0, float k, float v, float* x_t, float* u) {
+  *x_t = sch.f * x0 + k;
+  *u = sch.df * x0 + sch.dg * v;
+}
+
 template <int W>
 KAC_HD void noise_target_lanes(uint64_t seed, uint32_t offset, uint64_t first_element,
                                const float* x0, const float* t, float a, float c, float T,
@@ -317,12 +406,8 @@ KAC_HD void noise_target_lanes(uint64_t seed, uint32_t offset, uint64_t first_el
   }
   kac_sample_lanes<W>(seed, offset, first_element, lambda, reach, k);
   kac_velocity_lanes<W>(g, k, a, c, eps, v);
-  for (int l = 0; l < W; ++l) {
-    x_t[l] = sch[l].f * x0[l] + k[l];
-    u[l] = sch[l].df * x0[l] + sch[l].dg * v[l];
-  }
+  for (int l = 0; l < W; ++l) flow_pair(sch[l], x0[l], k[l], v[l], &x_t[l], &u[l]);
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Sampler step (time runs from T down to 0, step h > 0), one element:

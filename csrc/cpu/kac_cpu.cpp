@@ -1,6 +1,7 @@
-// CPU kernels: at::parallel_for over blocks of kLanes elements; each block runs the lock-step
-// algorithms of kac_math.h, which the compiler vectorizes across lanes. The block functions are
-// compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time (target_clones).
+// CPU kernels: at::parallel_for over spans of elements; each span runs the lock-step algorithms of
+// kac_math.h on blocks of kLanes elements, which the compiler vectorizes across lanes. The span
+// functions are compiled for x86-64-v4 (AVX-512), v3 (AVX2) and baseline x86-64 and picked at load
+// time (target_clones).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -10,14 +11,17 @@
 #include "../op_checks.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KAC_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define KAC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define KAC_CPU_CLONES
 #endif
+#define KAC_CPU_INLINE inline __attribute__((always_inline))
 
 namespace {
 
-constexpr int kLanes = 32;  // two AVX-512 vectors per lane loop: hides the division latency
+constexpr int kLanes = 32;    // two AVX-512 vectors per lane loop: hides the division latency
+constexpr int kTile = 512;    // elements whose spacing loops are grouped by switch count
+constexpr int kSortKeys = 128;  // switch counts >= kSortKeys - 1 share the last sort bucket
 constexpr int64_t kGrain = 4096;  // elements per task: per-element work is 10^2..10^3 flops
 
 KAC_CPU_CLONES void velocity_block(const float* s, const float* x, float a, float c, float eps,
@@ -25,20 +29,83 @@ KAC_CPU_CLONES void velocity_block(const float* s, const float* x, float a, floa
   kac::kac_velocity_lanes<kLanes>(s, x, a, c, eps, v);
 }
 
-KAC_CPU_CLONES void noise_block(uint64_t seed, uint32_t offset, uint64_t first, const float* lambda,
-                                const float* reach, float* x) {
-  kac::kac_sample_lanes<kLanes>(seed, offset, first, lambda, reach, x);
+// Kac samples of `count` <= kTile consecutive elements from `first`. Switches run in element order
+// (lanes that share lambda read one Poisson table); spacings run with the lanes sorted by switch
+// count, so each lock-step loop stops near its own lanes' count instead of the block maximum (at
+// a s = 4.5 that is about half the spacing-phase Philox calls). Per element, the float operations
+// are those of kac_sample_lanes: the numbers equal the CUDA and Triton kernels' bit for bit.
+KAC_CPU_INLINE void sample_tile(uint64_t seed, uint32_t offset, uint64_t first, int count,
+                                const float* lambda, const float* reach, kac::PoissonCache* cache,
+                                float* x) {
+  const int groups = (count + kLanes - 1) / kLanes;
+  const int lanes = groups * kLanes;
+  uint32_t block0[kTile / kLanes][4][kLanes];
+  float sign[kTile], frac[kTile];
+  int32_t n[kTile];
+  for (int g = 0; g < groups; ++g) {
+    uint64_t element[kLanes];
+    for (int l = 0; l < kLanes; ++l) element[l] = first + (uint64_t)(g * kLanes + l);
+    kac::kac_switches_lanes<kLanes>(seed, offset, element, lambda + g * kLanes, cache,
+                                    sign + g * kLanes, n + g * kLanes, block0[g]);
+  }
+  // Counting sort of the tile's lanes by switch count.
+  int bucket_start[kSortKeys + 1] = {};
+  for (int i = 0; i < lanes; ++i) ++bucket_start[std::min(n[i], kSortKeys - 1) + 1];
+  for (int k = 0; k < kSortKeys; ++k) bucket_start[k + 1] += bucket_start[k];
+  int32_t order[kTile];
+  for (int i = 0; i < lanes; ++i) order[bucket_start[std::min(n[i], kSortKeys - 1)]++] = i;
+
+  const uint32_t* words = &block0[0][0][0];
+  for (int g = 0; g < groups; ++g) {
+    const int32_t* idx = order + g * kLanes;
+    uint64_t element[kLanes];
+    uint32_t b0[4][kLanes];
+    int32_t nl[kLanes];
+    float fl[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      const int i = idx[l];
+      const int at = (i & ~(kLanes - 1)) * 4 + (i & (kLanes - 1));  // block0[i / kLanes][0][i % kLanes]
+      element[l] = first + (uint64_t)i;
+      nl[l] = n[i];
+      for (int w = 1; w < 4; ++w) b0[w][l] = words[at + w * kLanes];
+    }
+    kac::kac_spacings_lanes<kLanes>(seed, offset, element, nl, b0, fl);
+    for (int l = 0; l < kLanes; ++l) frac[idx[l]] = fl[l];
+  }
+  for (int i = 0; i < lanes; ++i) x[i] = sign[i] * reach[i] * frac[i];
 }
 
-KAC_CPU_CLONES void noise_target_block(uint64_t seed, uint32_t offset, uint64_t first,
-                                       const float* x0, const float* t, float a, float c, float T,
-                                       int clock, float eps, float* x_t, float* u) {
-  kac::noise_target_lanes<kLanes>(seed, offset, first, x0, t, a, c, T, clock, eps, x_t, u);
+// Inputs of the span functions are padded to a whole number of kLanes blocks with zeros (valid
+// inputs for every op); only `count` outputs are meaningful.
+KAC_CPU_CLONES void noise_tile(uint64_t seed, uint32_t offset, uint64_t first, int count,
+                               const float* lambda, const float* reach, kac::PoissonCache* cache,
+                               float* x) {
+  sample_tile(seed, offset, first, count, lambda, reach, cache, x);
 }
 
-// Runs `body(first, count)` over [0, n) in blocks of kLanes; the tail block is padded with zeros
-// (valid inputs for every op) and only `count` lanes are stored.
-// times[(first + l) / inner] for the lanes of a block, without a division per element.
+KAC_CPU_CLONES void noise_target_tile(uint64_t seed, uint32_t offset, uint64_t first, int count,
+                                      const float* x0, const float* t, float a, float c, float T,
+                                      int clock, float eps, kac::PoissonCache* cache, float* x_t,
+                                      float* u) {
+  // Schedule fields as separate arrays (not an array of Schedule): the loops vectorize.
+  float f[kTile], df[kTile], g[kTile], dg[kTile], lambda[kTile], reach[kTile], k[kTile], v[kTile];
+  const int lanes = (count + kLanes - 1) / kLanes * kLanes;
+  for (int l = 0; l < lanes; ++l) {
+    const kac::Schedule sch = kac::schedule(t[l], T, clock);
+    f[l] = sch.f;
+    df[l] = sch.df;
+    g[l] = sch.g;
+    dg[l] = sch.dg;
+    lambda[l] = a * g[l];
+    reach[l] = c * g[l];
+  }
+  sample_tile(seed, offset, first, count, lambda, reach, cache, k);
+  for (int b = 0; b < lanes; b += kLanes) kac::kac_velocity_lanes<kLanes>(g + b, k + b, a, c, eps, v + b);
+  for (int l = 0; l < lanes; ++l)
+    kac::flow_pair(kac::Schedule{f[l], df[l], g[l], dg[l]}, x0[l], k[l], v[l], &x_t[l], &u[l]);
+}
+
+// times[(first + l) / inner] for `count` consecutive elements, without a division per element.
 inline void gather_times(const float* times, int64_t first, int64_t inner, int count, float* out) {
   int64_t q = first / inner, r = first % inner;
   for (int l = 0; l < count; ++l) {
@@ -50,13 +117,16 @@ inline void gather_times(const float* times, int64_t first, int64_t inner, int c
   }
 }
 
+// Runs body(first, count, cache) over [0, n) in spans of `span` elements; each parallel task owns
+// one Poisson-table cache (consecutive spans of a task mostly share t).
 template <typename F>
-void for_each_block(int64_t n, const F& body) {
-  at::parallel_for(0, (n + kLanes - 1) / kLanes, std::max<int64_t>(1, kGrain / kLanes),
+void for_each_span(int64_t n, int span, const F& body) {
+  at::parallel_for(0, (n + span - 1) / span, std::max<int64_t>(1, kGrain / span),
                    [&](int64_t b0, int64_t b1) {
+                     kac::PoissonCache cache;
                      for (int64_t b = b0; b < b1; ++b) {
-                       const int64_t first = b * kLanes;
-                       body(first, (int)std::min<int64_t>(kLanes, n - first));
+                       const int64_t first = b * span;
+                       body(first, (int)std::min<int64_t>(span, n - first), cache);
                      }
                    });
 }
@@ -69,7 +139,7 @@ at::Tensor kac_velocity_cpu(const at::Tensor& x, const at::Tensor& s, double a, 
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const float* sp = s.data_ptr<float>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_block(x.numel(), [&](int64_t first, int count) {
+    for_each_span(x.numel(), kLanes, [&](int64_t first, int count, kac::PoissonCache&) {
       float sl[kLanes] = {}, xl[kLanes] = {}, vl[kLanes];
       gather_times(sp, first, inner, count, sl);
       for (int l = 0; l < count; ++l) xl[l] = (float)xp[first + l];
@@ -87,13 +157,13 @@ at::Tensor kac_noise_cpu(const at::Tensor& s, double a, double c, int64_t seed, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "kac_noise", [&] {
     const float* sp = s.data_ptr<float>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_block(s.numel(), [&](int64_t first, int count) {
-      float lambda[kLanes] = {}, reach[kLanes] = {}, xl[kLanes];
+    for_each_span(s.numel(), kTile, [&](int64_t first, int count, kac::PoissonCache& cache) {
+      float lambda[kTile] = {}, reach[kTile] = {}, xl[kTile];
       for (int l = 0; l < count; ++l) {
         lambda[l] = (float)a * sp[first + l];
         reach[l] = (float)c * sp[first + l];
       }
-      noise_block((uint64_t)seed, (uint32_t)offset, (uint64_t)first, lambda, reach, xl);
+      noise_tile((uint64_t)seed, (uint32_t)offset, (uint64_t)first, count, lambda, reach, &cache, xl);
       for (int l = 0; l < count; ++l) op[first + l] = (scalar_t)xl[l];
     });
   });
@@ -112,12 +182,12 @@ std::tuple<at::Tensor, at::Tensor> kac_noise_target_cpu(const at::Tensor& x0, co
     const float* tp = t.data_ptr<float>();
     scalar_t* xtp = x_t.data_ptr<scalar_t>();
     scalar_t* up = u.data_ptr<scalar_t>();
-    for_each_block(x0.numel(), [&](int64_t first, int count) {
-      float xl[kLanes] = {}, tl[kLanes] = {}, xtl[kLanes], ul[kLanes];
+    for_each_span(x0.numel(), kTile, [&](int64_t first, int count, kac::PoissonCache& cache) {
+      float xl[kTile] = {}, tl[kTile] = {}, xtl[kTile], ul[kTile];
       gather_times(tp, first, inner, count, tl);
       for (int l = 0; l < count; ++l) xl[l] = (float)xp[first + l];
-      noise_target_block((uint64_t)seed, (uint32_t)offset, (uint64_t)first, xl, tl, (float)a,
-                         (float)c, (float)T, (int)clock, (float)eps, xtl, ul);
+      noise_target_tile((uint64_t)seed, (uint32_t)offset, (uint64_t)first, count, xl, tl,
+                        (float)a, (float)c, (float)T, (int)clock, (float)eps, &cache, xtl, ul);
       for (int l = 0; l < count; ++l) {
         xtp[first + l] = (scalar_t)xtl[l];
         up[first + l] = (scalar_t)ul[l];

@@ -2,7 +2,7 @@
 
 Same Philox4x32-10 stream layout and words, same Poisson inverse CDF (chunks of mean <= 32, cap 256
 per chunk, side stream for chunks after the first), same spacing products with 2^64 renormalization,
-same continued fraction for h(z) with per-element depth 8 + int(4 sqrt(z)), same light-cone rule,
+same continued fraction for h(z) with per-element depth (kac_math.h: cf_depth), same light-cone rule,
 same schedules. Each program runs BLOCK elements in lock step, like the header's lanes: a loop with a
 data-dependent trip count runs to the block's maximum (tl.max over the block) and an element that is
 done is masked, never changed, so BLOCK does not change any number.
@@ -229,12 +229,13 @@ def _kac_velocity(s, x, a, c, eps):
     r = tl.sqrt_rn(tl.maximum(gap, 0.0))
     z = tl.div_rn(a * r, c)
     z2 = z * z
-    depth = 8 + (4.0 * tl.sqrt_rn(z)).to(tl.int32)
+    depth = (3 + (3.25 * tl.sqrt_rn(z) + 0.12 * z).to(tl.int32)) | 1
     acc = 2.0 * depth.to(tl.float32)
     max_depth = tl.max(depth, axis=0)
-    for kk in range(1, max_depth):
-        k = max_depth - kk  # max_depth - 1 down to 1
-        nxt = 2.0 * tl.cast(k, tl.float32) + tl.div_rn(z2, acc)
+    for kk in range(1, max_depth, 2):
+        k = max_depth - kk  # max_depth - 1 down to 2, two levels per division
+        kf = tl.cast(k, tl.float32)
+        nxt = 2.0 * (kf - 1.0) + tl.div_rn(z2 * acc, 2.0 * kf * acc + z2)
         acc = tl.where(k < depth, nxt, acc)
     on_cone = tl.where(x > 0.0, c, tl.where(x < 0.0, -c, 0.0))
     inside = tl.div_rn(a * x, a * s + acc)
