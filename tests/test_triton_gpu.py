@@ -109,6 +109,7 @@ def test_guided_step_equals_cpu(shape, dtype, guided, with_prev, clamp):
 
 
 def test_triton_ops_pass_opcheck_on_cuda():
+    from kacfast.ops.triton import kac, step  # noqa: F401  (registers torch.ops.kacfast.triton_*)
     g = _gen(6)
     s = (torch.rand(3, 5, 7, generator=g) + 1e-3).cuda()
     x = ((2 * torch.rand(3, 5, 7, generator=g) - 1) * C * s.cpu()).cuda()

@@ -15,6 +15,9 @@ try:
 except Exception as exc:  # ImportError, or an undefined symbol from a torch ABI mismatch
     _error = f"{type(exc).__name__}: {exc}"
 
+# Read once here: torch.compile cannot trace a call into the pybind11 module (torch 2.11, CUDA build).
+_BUILT_WITH_CUDA = _module is not None and bool(_module.built_with_cuda())
+
 
 def available() -> bool:
     """True when the C++ operators are registered."""
@@ -23,7 +26,7 @@ def available() -> bool:
 
 def has_cuda() -> bool:
     """True when the extension was compiled with its CUDA kernels and a GPU is visible."""
-    return _module is not None and _module.built_with_cuda() and torch.cuda.is_available()
+    return _BUILT_WITH_CUDA and torch.cuda.is_available()
 
 
 def why_unavailable() -> str | None:
