@@ -126,6 +126,16 @@ KAC_HD void philox_lanes(uint64_t seed, uint32_t offset, const uint64_t* element
   }
 }
 
+// The lane algorithms draw their Philox blocks through `Rng::lanes<W>`: this portable one by
+// default; the CPU kernels pass one with an AVX-512 path (csrc/cpu/kac_cpu.cpp), same numbers.
+struct PortablePhilox {
+  template <int W>
+  KAC_HD static void lanes(uint64_t seed, uint32_t offset, const uint64_t* element, uint32_t block,
+                           uint32_t out[4][W]) {
+    philox_lanes<W>(seed, offset, element, block, out);
+  }
+};
+
 // Lane masks are int32 (0 or 1), not bool, so they vectorize alongside the float lanes.
 template <int W>
 KAC_HD bool any_lane(const int32_t* flags) {
@@ -187,7 +197,7 @@ struct PoissonCache {
 
 // Switches: sign[l], n[l] ~ Poisson(lambda[l]) and the Philox block 0 (word 0: sign and first
 // Poisson uniform; words 1..3: the first spacings). cache may be null (per-lane search only).
-template <int W>
+template <int W, class Rng = PortablePhilox>
 KAC_HD void kac_switches_lanes(uint64_t seed, uint32_t offset, const uint64_t* element,
                                const float* lambda, PoissonCache* cache, float* sign, int32_t* n,
                                uint32_t block0[4][W]) {
@@ -195,7 +205,7 @@ KAC_HD void kac_switches_lanes(uint64_t seed, uint32_t offset, const uint64_t* e
   float u[W], remaining[W], mean[W], p[W], cdf[W];
   int32_t active[W], searching[W];
 
-  philox_lanes<W>(seed, offset, element, 0u, block0);
+  Rng::template lanes<W>(seed, offset, element, 0u, block0);
   for (int l = 0; l < W; ++l) {
     sign[l] = (block0[0][l] & 1u) ? -1.0f : 1.0f;  // bit 0 is unused by the 24-bit uniform
     u_bits[l] = block0[0][l];
@@ -206,7 +216,7 @@ KAC_HD void kac_switches_lanes(uint64_t seed, uint32_t offset, const uint64_t* e
   for (int chunk = 0;; ++chunk) {
     if (chunk > 0) {
       const int j = chunk - 1;
-      if ((j & 3) == 0) philox_lanes<W>(seed, offset, element, kPoissonStream | (uint32_t)(j >> 2), side);
+      if ((j & 3) == 0) Rng::template lanes<W>(seed, offset, element, kPoissonStream | (uint32_t)(j >> 2), side);
       for (int l = 0; l < W; ++l) u_bits[l] = side[j & 3][l];
     }
     // The table serves a chunk when every lane is active with one mean (then lane 0's).
@@ -259,26 +269,29 @@ KAC_HD void kac_switches_lanes(uint64_t seed, uint32_t offset, const uint64_t* e
 }
 
 // Spacings: the fraction (S_even - S_odd) / (S_even + S_odd) in [-1, 1] of each lane from its n+1
-// uniforms (products of the even / odd ones); X = sign reach frac. block0: words 1..3 of the lane's
-// Philox block 0 (the first spacings). Lanes run to the largest n among them, so callers that can
-// group lanes of similar n (the CPU kernels sort by n) waste fewer Philox calls.
-template <int W>
+// uniforms (products of the even / odd ones); X = sign reach frac. block0: the lanes' Philox block
+// 0 from the switches phase (words 1..3 are the first spacings), or null to draw it again (the CPU
+// kernels, which regroup lanes by n: one more Philox block is cheaper there than a gather of three
+// words). Lanes run to the largest n among them, so callers that can group lanes of similar n waste
+// fewer Philox calls.
+template <int W, class Rng = PortablePhilox>
 KAC_HD void kac_spacings_lanes(uint64_t seed, uint32_t offset, const uint64_t* element,
-                               const int32_t* n, const uint32_t block0[4][W], float* frac) {
+                               const int32_t* n, const uint32_t (*block0)[W], float* frac) {
   uint32_t words[4][W];
   float prod[2][W];
   int rescales[2][W];
   int max_n = 0;
+  if (block0 == nullptr) Rng::template lanes<W>(seed, offset, element, 0u, words);
   for (int l = 0; l < W; ++l) {
-    words[0][l] = 0u;  // word 0 (sign, first Poisson uniform) is not a spacing
-    for (int w = 1; w < 4; ++w) words[w][l] = block0[w][l];
+    if (block0 != nullptr)
+      for (int w = 1; w < 4; ++w) words[w][l] = block0[w][l];
     prod[0][l] = prod[1][l] = 1.0f;
     rescales[0][l] = rescales[1][l] = 0;
     max_n = n[l] > max_n ? n[l] : max_n;
   }
   for (int i = 0; i <= max_n; ++i) {
     const int k = 1 + i;
-    if ((k & 3) == 0) philox_lanes<W>(seed, offset, element, (uint32_t)(k >> 2), words);
+    if ((k & 3) == 0) Rng::template lanes<W>(seed, offset, element, (uint32_t)(k >> 2), words);
     const int parity = i & 1;
     for (int l = 0; l < W; ++l) {
       const bool live = i <= n[l];

@@ -11,8 +11,14 @@
 #include "../op_checks.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 intrinsics initialize their "undefined" vectors from themselves, which
+// -Wuninitialized reports at every inlined use: a known false positive.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#define KAC_CPU_X86 1
 #define KAC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
+#define KAC_CPU_X86 0
 #define KAC_CPU_CLONES
 #endif
 #define KAC_CPU_INLINE inline __attribute__((always_inline))
@@ -20,6 +26,59 @@
 namespace {
 
 constexpr int kLanes = 32;    // two AVX-512 vectors per lane loop: hides the division latency
+
+#if KAC_CPU_X86
+// kac::philox_lanes for 32 lanes with AVX-512 intrinsics: each 32-bit state word in a 64-bit lane,
+// so a round is two vpmuludq (1 uop each) where the compiler emits vpmullq (3 uops) and repacking.
+// About 2x the portable loop's speed; the same numbers (tests compare with Triton and the reference).
+__attribute__((target("avx512f"))) void philox_lanes_avx512(uint64_t seed, uint32_t offset,
+                                                              const uint64_t* element,
+                                                              uint32_t block,
+                                                              uint32_t out[4][kLanes]) {
+  const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
+  const __m512i low = _mm512_set1_epi64(0xFFFFFFFFu);
+  for (int g = 0; g < kLanes; g += 8) {
+    const __m512i e = _mm512_loadu_si512(element + g);
+    __m512i c0 = _mm512_and_si512(e, low), c1 = _mm512_srli_epi64(e, 32);
+    __m512i c2 = _mm512_set1_epi64(offset), c3 = _mm512_set1_epi64(block);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      if (round > 0) {
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+      }
+      const __m512i p0 = _mm512_mul_epu32(c0, m0), p1 = _mm512_mul_epu32(c2, m1);
+      // 0x96: three-way xor
+      c0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c1, _mm512_set1_epi64(k0), 0x96);
+      c2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c3, _mm512_set1_epi64(k1), 0x96);
+      c1 = _mm512_and_si512(p1, low);
+      c3 = _mm512_and_si512(p0, low);
+    }
+    _mm256_storeu_si256((__m256i*)(out[0] + g), _mm512_cvtepi64_epi32(c0));
+    _mm256_storeu_si256((__m256i*)(out[1] + g), _mm512_cvtepi64_epi32(c1));
+    _mm256_storeu_si256((__m256i*)(out[2] + g), _mm512_cvtepi64_epi32(c2));
+    _mm256_storeu_si256((__m256i*)(out[3] + g), _mm512_cvtepi64_epi32(c3));
+  }
+}
+
+const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
+#endif
+
+// The Philox source of the CPU lane loops: AVX-512 when the processor has it, else the portable
+// loop (inlined into, and vectorized for, each clone).
+struct CpuPhilox {
+  template <int W>
+  KAC_CPU_INLINE static void lanes(uint64_t seed, uint32_t offset, const uint64_t* element,
+                                   uint32_t block, uint32_t out[4][W]) {
+#if KAC_CPU_X86
+    if constexpr (W == kLanes) {
+      if (kHasAvx512) return philox_lanes_avx512(seed, offset, element, block, out);
+    }
+#endif
+    kac::philox_lanes<W>(seed, offset, element, block, out);
+  }
+};
+
 constexpr int kTile = 512;    // elements whose spacing loops are grouped by switch count
 constexpr int kSortKeys = 128;  // switch counts >= kSortKeys - 1 share the last sort bucket
 constexpr int64_t kGrain = 4096;  // elements per task: per-element work is 10^2..10^3 flops
@@ -39,14 +98,14 @@ KAC_CPU_INLINE void sample_tile(uint64_t seed, uint32_t offset, uint64_t first, 
                                 float* x) {
   const int groups = (count + kLanes - 1) / kLanes;
   const int lanes = groups * kLanes;
-  uint32_t block0[kTile / kLanes][4][kLanes];
   float sign[kTile], frac[kTile];
   int32_t n[kTile];
   for (int g = 0; g < groups; ++g) {
     uint64_t element[kLanes];
+    uint32_t block0[4][kLanes];
     for (int l = 0; l < kLanes; ++l) element[l] = first + (uint64_t)(g * kLanes + l);
-    kac::kac_switches_lanes<kLanes>(seed, offset, element, lambda + g * kLanes, cache,
-                                    sign + g * kLanes, n + g * kLanes, block0[g]);
+    kac::kac_switches_lanes<kLanes, CpuPhilox>(seed, offset, element, lambda + g * kLanes, cache,
+                                               sign + g * kLanes, n + g * kLanes, block0);
   }
   // Counting sort of the tile's lanes by switch count.
   int bucket_start[kSortKeys + 1] = {};
@@ -55,21 +114,16 @@ KAC_CPU_INLINE void sample_tile(uint64_t seed, uint32_t offset, uint64_t first, 
   int32_t order[kTile];
   for (int i = 0; i < lanes; ++i) order[bucket_start[std::min(n[i], kSortKeys - 1)]++] = i;
 
-  const uint32_t* words = &block0[0][0][0];
   for (int g = 0; g < groups; ++g) {
     const int32_t* idx = order + g * kLanes;
     uint64_t element[kLanes];
-    uint32_t b0[4][kLanes];
     int32_t nl[kLanes];
     float fl[kLanes];
     for (int l = 0; l < kLanes; ++l) {
-      const int i = idx[l];
-      const int at = (i & ~(kLanes - 1)) * 4 + (i & (kLanes - 1));  // block0[i / kLanes][0][i % kLanes]
-      element[l] = first + (uint64_t)i;
-      nl[l] = n[i];
-      for (int w = 1; w < 4; ++w) b0[w][l] = words[at + w * kLanes];
+      element[l] = first + (uint64_t)idx[l];
+      nl[l] = n[idx[l]];
     }
-    kac::kac_spacings_lanes<kLanes>(seed, offset, element, nl, b0, fl);
+    kac::kac_spacings_lanes<kLanes, CpuPhilox>(seed, offset, element, nl, nullptr, fl);
     for (int l = 0; l < kLanes; ++l) frac[idx[l]] = fl[l];
   }
   for (int i = 0; i < lanes; ++i) x[i] = sign[i] * reach[i] * frac[i];
