@@ -117,3 +117,36 @@ def test_prior_has_the_kac_law_at_T():
     assert x.shape == (4000, 3, 4) and x.dtype == torch.float32
     assert x.abs().max() <= 3.0
     assert x.var().item() == pytest.approx(variance(1.0, 9.0, 3.0), rel=0.02)
+
+
+_PHILOX_PROBE = """
+import sys, torch
+from kacfast import ops
+g = torch.Generator().manual_seed(5)
+s = torch.rand(4099, generator=g) * 3.0            # a s up to 150: several Poisson chunks
+x0, t = torch.rand(7, 3, 101, generator=g), torch.rand(7, generator=g)
+with ops.use_backend("cpu"):
+    out = [ops.kac_noise(s, 50.0, 2.0, seed=2**40 + 9, offset=5),
+           *ops.kac_noise_target(x0, t, 9.0, 3.0, seed=3, offset=2**32 - 1)]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_cpu_avx512_philox_equals_portable_loop(tmp_path):
+    """The AVX-512 Philox of the CPU kernels (used where the processor has it) and the portable
+    loop (every other processor; forced by KACFAST_PORTABLE_PHILOX=1) give the same numbers."""
+    import os
+    import subprocess
+    import sys
+
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("C++ extension not built")
+    outs = []
+    for portable in ("", "1"):
+        path = tmp_path / f"out{portable}.pt"
+        env = {**os.environ, "KACFAST_PORTABLE_PHILOX": portable or "0"}
+        subprocess.run([sys.executable, "-c", _PHILOX_PROBE, str(path)], check=True, env=env,
+                       timeout=300)
+        outs.append(torch.load(path))
+    for fast, portable in zip(*outs):
+        assert torch.equal(fast, portable)

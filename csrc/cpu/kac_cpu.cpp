@@ -6,6 +6,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "../kac_math.h"
 #include "../op_checks.h"
@@ -61,7 +62,12 @@ __attribute__((target("avx512f"))) void philox_lanes_avx512(uint64_t seed, uint3
   }
 }
 
-const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
+// KACFAST_PORTABLE_PHILOX=1 turns the AVX-512 path off (tests compare the two).
+bool portable_philox_forced() {
+  const char* value = std::getenv("KACFAST_PORTABLE_PHILOX");
+  return value != nullptr && value[0] == '1';
+}
+const bool kHasAvx512 = __builtin_cpu_supports("avx512f") && !portable_philox_forced();
 #endif
 
 // The Philox source of the CPU lane loops: AVX-512 when the processor has it, else the portable
