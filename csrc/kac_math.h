@@ -162,6 +162,9 @@ constexpr float kLog2Times64 = 44.3614195558365f;
 // the float CDF stops growing. Lanes that share the mean (all lanes of a noise_target block share
 // t) can read these numbers from one table instead of each computing them: then
 // n = #{j < length : u >= cdf[j]}, the same count as the per-lane search (same float operations).
+// One step of that recurrence (both the table and the per-lane search use it).
+KAC_HD float poisson_next_p(float p, float mean, int j) { return p * (mean / (float)j); }
+
 struct PoissonTable {
   float mean = -1.0f;  // no table yet
   int length = 0;  // cdf[0 .. length): the search never compares u beyond
@@ -174,7 +177,7 @@ KAC_HD void fill_poisson_table(float mean, PoissonTable* table) {
   table->cdf[0] = cdf;
   int length = 1;
   for (int j = 1; j < kPoissonCap; ++j) {
-    const float p_next = p * (mean / (float)j);
+    const float p_next = poisson_next_p(p, mean, j);
     const float cdf_next = cdf + p_next;
     if (!(cdf_next > cdf)) break;
     p = p_next;
@@ -244,7 +247,7 @@ KAC_HD void kac_switches_lanes(uint64_t seed, uint32_t offset, const uint64_t* e
       }
       for (int j = 1; j <= kPoissonCap && any_lane<W>(searching); ++j) {
         for (int l = 0; l < W; ++l) {
-          const float p_next = p[l] * (mean[l] / (float)j);
+          const float p_next = poisson_next_p(p[l], mean[l], j);
           const float cdf_prev = cdf[l];
           const float cdf_next = cdf_prev + p_next;
           p[l] = searching[l] ? p_next : p[l];

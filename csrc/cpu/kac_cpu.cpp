@@ -31,7 +31,7 @@ constexpr int kLanes = 32;    // two AVX-512 vectors per lane loop: hides the di
 #if KAC_CPU_X86
 // kac::philox_lanes for 32 lanes with AVX-512 intrinsics: each 32-bit state word in a 64-bit lane,
 // so a round is two vpmuludq (1 uop each) where the compiler emits vpmullq (3 uops) and repacking.
-// About 2x the portable loop's speed; the same numbers (tests compare with Triton and the reference).
+// About 2x the portable loop in a stand-alone test; the same numbers (test_kac_noise compares them).
 __attribute__((target("avx512f"))) void philox_lanes_avx512(uint64_t seed, uint32_t offset,
                                                               const uint64_t* element,
                                                               uint32_t block,
