@@ -165,15 +165,17 @@ KAC_CPU_CLONES void noise_target_tile(uint64_t seed, uint32_t offset, uint64_t f
     kac::flow_pair(kac::Schedule{f[l], df[l], g[l], dg[l]}, x0[l], k[l], v[l], &x_t[l], &u[l]);
 }
 
-// times[(first + l) / inner] for `count` consecutive elements, without a division per element.
+// times[(first + l) / inner] for `count` consecutive elements: runs of one value, filled whole.
 inline void gather_times(const float* times, int64_t first, int64_t inner, int count, float* out) {
+  if (inner == 1) {
+    std::copy(times + first, times + first + count, out);
+    return;
+  }
   int64_t q = first / inner, r = first % inner;
-  for (int l = 0; l < count; ++l) {
-    out[l] = times[q];
-    if (++r == inner) {
-      r = 0;
-      ++q;
-    }
+  for (int l = 0; l < count; ++q, r = 0) {
+    const int run = (int)std::min<int64_t>(inner - r, count - l);
+    std::fill(out + l, out + l + run, times[q]);
+    l += run;
   }
 }
 
