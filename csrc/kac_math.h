@@ -284,10 +284,13 @@ KAC_HD void kac_spacings_lanes(uint64_t seed, uint32_t offset, const uint64_t* e
   float prod[2][W];
   int rescales[2][W];
   int max_n = 0;
-  if (block0 == nullptr) Rng::template lanes<W>(seed, offset, element, 0u, words);
+  if (block0 == nullptr) {
+    Rng::template lanes<W>(seed, offset, element, 0u, words);
+  } else {
+    for (int w = 1; w < 4; ++w)
+      for (int l = 0; l < W; ++l) words[w][l] = block0[w][l];
+  }
   for (int l = 0; l < W; ++l) {
-    if (block0 != nullptr)
-      for (int w = 1; w < 4; ++w) words[w][l] = block0[w][l];
     prod[0][l] = prod[1][l] = 1.0f;
     rescales[0][l] = rescales[1][l] = 0;
     max_n = n[l] > max_n ? n[l] : max_n;
