@@ -58,12 +58,29 @@ inline int64_t check_velocity_args(const at::Tensor& x, const at::Tensor& s, dou
   return inner_size(x, s, "s");
 }
 
-inline void check_noise_args(const at::Tensor& s, double a, double c, int64_t seed,
-                             int64_t offset, at::ScalarType dtype) {
+// The noise ops' arguments other than the Philox state.
+inline void check_noise_args(const at::Tensor& s, double a, double c, at::ScalarType dtype) {
   check_times(s, s, "s");
   check_rate_speed(a, c);
-  check_seed_offset(seed, offset);
   TORCH_CHECK(at::isFloatingType(dtype), "kacfast: dtype must be floating point, got ", dtype, ".");
+}
+
+inline void check_noise_args(const at::Tensor& s, double a, double c, int64_t seed,
+                             int64_t offset, at::ScalarType dtype) {
+  check_noise_args(s, a, c, dtype);
+  check_seed_offset(seed, offset);
+}
+
+// The Philox state tensor of kac_noise_seeded: int64 [seed, offset] on the data's device. Its
+// values are checked (check_seed_offset) only where the host reads them: on the CPU.
+inline void check_rng_tensor(const at::Tensor& rng, const at::Tensor& like) {
+  TORCH_CHECK(rng.scalar_type() == at::kLong,
+              "kacfast: rng must be an int64 tensor [seed, offset], got ", rng.scalar_type(), ".");
+  TORCH_CHECK(rng.dim() == 1 && rng.size(0) == 2,
+              "kacfast: rng must have shape (2,) = [seed, offset], got ", rng.sizes(), ".");
+  TORCH_CHECK(rng.is_contiguous(), "kacfast: rng must be contiguous.");
+  TORCH_CHECK(rng.device() == like.device(), "kacfast: rng is on ", rng.device(),
+              " but s is on ", like.device(), ".");
 }
 
 inline int64_t check_noise_target_args(const at::Tensor& x0, const at::Tensor& t, double a,

@@ -9,6 +9,10 @@ TORCH_LIBRARY(kacfast, m) {
   m.def("kac_velocity(Tensor x, Tensor s, float a, float c, float eps) -> Tensor");
   // Exact Kac displacement per element of s (float32 process times); output dtype `dtype`.
   m.def("kac_noise(Tensor s, float a, float c, int seed, int offset, ScalarType dtype) -> Tensor");
+  // kac_noise with its Philox state in a tensor: rng is int64 [seed, offset] on s's device, read
+  // by the kernel when it runs, so a captured CUDA graph draws new noise after new values are
+  // copied into rng (no recapture). Same numbers as kac_noise for the same (seed, offset).
+  m.def("kac_noise_seeded(Tensor s, Tensor rng, float a, float c, ScalarType dtype) -> Tensor");
   // Fused flow-matching pair: x0 (B, ...) any float dtype, t (B,) float32 -> (x_t, u) like x0.
   m.def(
       "kac_noise_target(Tensor x0, Tensor t, float a, float c, float T, int clock, float eps, "

@@ -54,9 +54,13 @@ class KacProcess:
         return ops.kac_noise_target(x0, t, self.a, self.c, self.T, self.clock, self.eps,
                                     seed=seed, offset=offset)
 
-    def prior(self, shape, seed: int, offset: int = 0, device=None,
+    def prior(self, shape, seed: int | torch.Tensor, offset: int = 0, device=None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """x_T ~ Kac(g(T)) i.i.d. per coordinate, support [-c g(T), c g(T)] (f(T) = 0: no data needed)."""
+        """x_T ~ Kac(g(T)) i.i.d. per coordinate, support [-c g(T), c g(T)] (f(T) = 0: no data needed).
+
+        seed, offset: as in kacfast.ops.kac_noise; seed may be an int64 tensor [seed, offset] on
+        `device` (offset left at 0), which a captured CUDA graph reads at each replay.
+        """
         s = torch.full(tuple(shape), float(self.T), dtype=torch.float32, device=device)  # g(T) = T
         return ops.kac_noise(s, self.a, self.c, seed=seed, offset=offset, dtype=dtype)
 

@@ -1,5 +1,6 @@
-"""CUDA backend: the kernels compile with nvcc (any machine with a toolkit), and on a GPU the three
-ops match the CPU backend bit for bit, pass torch.library.opcheck and honour the current stream."""
+"""CUDA backend: the kernels compile with nvcc (any machine with a toolkit), and on a GPU the ops
+match the CPU backend bit for bit, pass torch.library.opcheck and honour the current stream; the
+noise op with a seed tensor replays new seeds from a captured CUDA graph."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ import subprocess
 import pytest
 import torch
 
-import kacfast.ops  # noqa: F401  (registers the fake kernels opcheck needs)
+import kacfast
+from kacfast import ops  # the import registers the fake kernels opcheck needs
 from kacfast.ops import _ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,6 +148,54 @@ def test_cuda_kac_noise_bitwise_equals_cpu(shape, dtype):
     _assert_bitwise(got, expected, "kac_noise")
 
 
+# (seed, offset) pairs: zeros, both seed words, both range ends.
+SEED_TENSOR_CASES = [(0, 0), (SEED, 2**31), (2**63 - 1, 2**32 - 1)]
+
+
+@requires_cuda_backend
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_cuda_kac_noise_seed_tensor_bitwise_equals_cpu(shape, dtype):
+    s = _noise_inputs(shape)
+    for seed, offset in SEED_TENSOR_CASES:
+        expected = torch.ops.kacfast.kac_noise(s, A, C, seed, offset, dtype)
+        rng = torch.tensor([seed, offset], device="cuda")
+        _assert_bitwise(torch.ops.kacfast.kac_noise_seeded(s.cuda(), rng, A, C, dtype), expected,
+                        f"kac_noise_seeded at ({seed}, {offset})")
+        with ops.use_backend("cuda"):
+            got = ops.kac_noise(s.cuda(), A, C, seed=rng, dtype=dtype)
+        _assert_bitwise(got, expected, f"ops.kac_noise with a seed tensor at ({seed}, {offset})")
+
+
+@requires_cuda_backend
+def test_cuda_prior_replays_new_seeds_from_a_graph():
+    """The CUDA-graph sampler's pattern: capture the prior once with a seed tensor, then copy new
+    [seed, offset] values into it before each replay (no recapture)."""
+    proc = kacfast.KacProcess(a=A, c=C, T=T_END)
+    shape = (3, 5, 7, 11)
+    rng = torch.tensor([SEED, OFFSET], device="cuda")
+    with ops.use_backend("cuda"):
+        proc.prior(shape, seed=rng, device="cuda")  # warm-up outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # fails if the op synchronizes the host
+            x = proc.prior(shape, seed=rng, device="cuda")
+        for seed, offset in SEED_TENSOR_CASES + [(SEED, OFFSET)]:
+            rng.copy_(torch.tensor([seed, offset]))
+            graph.replay()
+            eager = proc.prior(shape, seed=seed, offset=offset, device="cuda")
+            _assert_bitwise(x, eager.cpu(), f"graph replay at ({seed}, {offset})")
+
+
+@requires_cuda_backend
+def test_cuda_seed_tensor_on_another_device_is_rejected():
+    s = torch.rand(4, device="cuda")
+    with pytest.raises(ValueError, match="seed tensor is on cpu but s is on cuda"):
+        ops.kac_noise(s, A, C, seed=torch.tensor([1, 0]))
+    with pytest.raises(RuntimeError, match="rng is on cpu but s is on cuda"):
+        torch.ops.kacfast.kac_noise_seeded(s, torch.tensor([1, 0]), A, C, torch.float32)
+
+
 @requires_cuda_backend
 @pytest.mark.parametrize("clock", [0, 1], ids=["clock_t", "clock_t2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -163,15 +213,18 @@ def _opcheck_cases(device):
     x, s = _cuda(*_velocity_inputs((3, 5, 7, 11), torch.float32, lead=True), device=device)
     x0, t = _cuda(*_noise_target_inputs((3, 5, 7, 11), torch.bfloat16), device=device)
     s_noise = _noise_inputs((4, 9)).to(device)
+    rng = torch.tensor([SEED, OFFSET], device=device)
     return [
         (torch.ops.kacfast.kac_velocity.default, (x, s, A, C, EPS)),
         (torch.ops.kacfast.kac_noise.default, (s_noise, A, C, SEED, OFFSET, torch.float16)),
+        (torch.ops.kacfast.kac_noise_seeded.default, (s_noise, rng, A, C, torch.float16)),
         (torch.ops.kacfast.kac_noise_target.default, (x0, t, A, C, T_END, 1, EPS, SEED, OFFSET)),
     ]
 
 
 @requires_cuda_backend
-@pytest.mark.parametrize("case", range(3), ids=["kac_velocity", "kac_noise", "kac_noise_target"])
+@pytest.mark.parametrize("case", range(4), ids=["kac_velocity", "kac_noise", "kac_noise_seeded",
+                                                "kac_noise_target"])
 def test_cuda_ops_pass_opcheck(case):
     op, args = _opcheck_cases("cuda")[case]
     torch.library.opcheck(op, args)
@@ -237,6 +290,8 @@ def test_cuda_ops_accept_zero_size_tensors():
     s = torch.empty(0, device="cuda")
     assert torch.ops.kacfast.kac_velocity(x, s, A, C, EPS).shape == (0, 3)
     assert torch.ops.kacfast.kac_noise(s, A, C, SEED, 0, torch.float64).dtype == torch.float64
+    rng = torch.zeros(2, dtype=torch.int64, device="cuda")
+    assert torch.ops.kacfast.kac_noise_seeded(s, rng, A, C, torch.float16).dtype == torch.float16
     x_t, u = torch.ops.kacfast.kac_noise_target(x, s, A, C, T_END, 0, EPS, SEED, 0)
     assert x_t.shape == u.shape == (0, 3) and x_t.dtype == torch.float16
 

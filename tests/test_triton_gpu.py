@@ -1,7 +1,8 @@
 """Triton kernels compiled for a real GPU (no interpreter): every op equals the C++ CPU backend bit
 for bit over odd shapes and dtypes, passes opcheck on CUDA tensors and runs under
-torch.compile(fullgraph=True). Skipped without a CUDA GPU, and under TRITON_INTERPRET=1 (the
-interpreter tests in test_triton*.py set it): run this file in its own process,
+torch.compile(fullgraph=True); the noise with a seed tensor replays new seeds from a CUDA graph.
+Skipped without a CUDA GPU, and under TRITON_INTERPRET=1 (the interpreter tests in test_triton*.py
+and test_noise_seed_tensor.py set it): run this file in its own process,
 
     python -m pytest tests/test_triton_gpu.py        (benchmarks/gpu_check.sh does)
 """
@@ -13,6 +14,7 @@ import os
 import pytest
 import torch
 
+import kacfast
 from kacfast import ops
 from kacfast.ops import _ext
 
@@ -79,6 +81,44 @@ def test_noise_equals_cpu(shape, dtype):
     _assert_same(_on("triton", fn, s), _on("cpu", fn, s), "kac_noise")
 
 
+@pytest.mark.parametrize("seed,offset", [(0, 0), (SEED, 2**31), (2**63 - 1, 2**32 - 1)],
+                         ids=["zeros", "two-words", "extremes"])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=DTYPE_IDS + ["f64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_noise_seed_tensor_equals_cpu(shape, dtype, seed, offset):
+    """The seed tensor ([seed, offset], read by the kernel) gives the int-seed numbers."""
+    s = 6.0 * torch.rand(shape, generator=_gen(2))
+    s.view(-1)[0] = 0.0
+
+    def from_tensor(s, rng):
+        return ops.kac_noise(s, A, C, seed=rng, dtype=dtype)
+
+    def from_ints(s):
+        return ops.kac_noise(s, A, C, seed=seed, offset=offset, dtype=dtype)
+
+    _assert_same(_on("triton", from_tensor, s, torch.tensor([seed, offset])),
+                 _on("cpu", from_ints, s), "kac_noise with a seed tensor")
+
+
+def test_prior_replays_new_seeds_from_a_graph():
+    """Capture the prior once with a seed tensor; new values copied into it before each replay
+    give the eager numbers at those values (the CUDA-graph sampler's pattern)."""
+    proc = kacfast.KacProcess(a=A, c=C, T=T_END)
+    shape = (3, 5, 7, 11)
+    rng = torch.tensor([SEED, OFFSET], device=DEVICE)
+    with ops.use_backend("triton"):
+        proc.prior(shape, seed=rng, device=DEVICE)  # compiles the kernel outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # fails if the op synchronizes the host
+            x = proc.prior(shape, seed=rng, device=DEVICE)
+        for seed, offset in [(0, 0), (2**63 - 1, 2**32 - 1), (SEED, OFFSET)]:
+            rng.copy_(torch.tensor([seed, offset]))
+            graph.replay()
+            want = proc.prior(shape, seed=seed, offset=offset, device=DEVICE)
+            _assert_same((x.cpu(),), (want.cpu(),), f"graph replay at ({seed}, {offset})")
+
+
 @pytest.mark.parametrize("clock", ["t", "t2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
@@ -118,6 +158,8 @@ def test_triton_ops_pass_opcheck_on_cuda():
     v = torch.randn(6, 5, 7, generator=g).cuda()
     torch.library.opcheck(torch.ops.kacfast.triton_kac_velocity, (x, s, A, C, EPS))
     torch.library.opcheck(torch.ops.kacfast.triton_kac_noise, (s, A, C, SEED, 1, torch.float16))
+    torch.library.opcheck(torch.ops.kacfast.triton_kac_noise_seeded,
+                          (s, torch.tensor([SEED, 1], device=DEVICE), A, C, torch.float16))
     torch.library.opcheck(torch.ops.kacfast.triton_kac_noise_target,
                           (x0, t, A, C, T_END, 1, EPS, SEED, 0))
     torch.library.opcheck(torch.ops.kacfast.triton_kac_guided_step,

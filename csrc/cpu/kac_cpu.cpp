@@ -232,6 +232,15 @@ at::Tensor kac_noise_cpu(const at::Tensor& s, double a, double c, int64_t seed, 
   return out;
 }
 
+// The host reads [seed, offset] (kac_noise_cpu then checks their ranges): one code path with
+// kac_noise, so the numbers are the same.
+at::Tensor kac_noise_seeded_cpu(const at::Tensor& s, const at::Tensor& rng, double a, double c,
+                                at::ScalarType dtype) {
+  kac::check_rng_tensor(rng, s);
+  const int64_t* state = rng.data_ptr<int64_t>();
+  return kac_noise_cpu(s, a, c, state[0], state[1], dtype);
+}
+
 std::tuple<at::Tensor, at::Tensor> kac_noise_target_cpu(const at::Tensor& x0, const at::Tensor& t,
                                                         double a, double c, double T,
                                                         int64_t clock, double eps, int64_t seed,
@@ -264,5 +273,6 @@ std::tuple<at::Tensor, at::Tensor> kac_noise_target_cpu(const at::Tensor& x0, co
 TORCH_LIBRARY_IMPL(kacfast, CPU, m) {
   m.impl("kac_velocity", &kac_velocity_cpu);
   m.impl("kac_noise", &kac_noise_cpu);
+  m.impl("kac_noise_seeded", &kac_noise_seeded_cpu);
   m.impl("kac_noise_target", &kac_noise_target_cpu);
 }

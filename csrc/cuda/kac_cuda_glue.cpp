@@ -39,17 +39,32 @@ at::Tensor kac_velocity_cuda(const at::Tensor& x, const at::Tensor& s, double a,
   return out;
 }
 
-at::Tensor kac_noise_cuda(const at::Tensor& s, double a, double c, int64_t seed, int64_t offset,
-                          at::ScalarType dtype) {
-  kac::check_noise_args(s, a, c, seed, offset, dtype);
+// The launch of both noise ops (arguments already checked).
+at::Tensor noise_cuda(const at::Tensor& s, double a, double c, kac_cuda::SeedOffset rng,
+                      at::ScalarType dtype) {
   const kac_cuda::DType kdtype = kernel_dtype(dtype);
   const c10::cuda::CUDAGuard guard(s.device());
   at::Tensor out = at::empty(s.sizes(), s.options().dtype(dtype));
   if (s.numel() == 0) return out;
-  C10_CUDA_CHECK(kac_cuda::launch_noise(kdtype, s.data_ptr<float>(), out.data_ptr(),
-                                        s.numel(), (float)a, (float)c, (uint64_t)seed,
-                                        (uint32_t)offset, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(kac_cuda::launch_noise(kdtype, s.data_ptr<float>(), out.data_ptr(), s.numel(),
+                                        (float)a, (float)c, rng,
+                                        c10::cuda::getCurrentCUDAStream()));
   return out;
+}
+
+at::Tensor kac_noise_cuda(const at::Tensor& s, double a, double c, int64_t seed, int64_t offset,
+                          at::ScalarType dtype) {
+  kac::check_noise_args(s, a, c, seed, offset, dtype);
+  return noise_cuda(s, a, c, {(uint64_t)seed, (uint32_t)offset, nullptr}, dtype);
+}
+
+// The kernel reads [seed, offset] from rng: their ranges go unchecked here, since reading them on
+// the host would synchronize it (and break graph capture).
+at::Tensor kac_noise_seeded_cuda(const at::Tensor& s, const at::Tensor& rng, double a, double c,
+                                 at::ScalarType dtype) {
+  kac::check_noise_args(s, a, c, dtype);
+  kac::check_rng_tensor(rng, s);
+  return noise_cuda(s, a, c, {0, 0, rng.data_ptr<int64_t>()}, dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> kac_noise_target_cuda(const at::Tensor& x0,
@@ -94,5 +109,6 @@ TORCH_LIBRARY_IMPL(kacfast, CUDA, m) {
   m.impl("kac_guided_step", &kac_guided_step_cuda);
   m.impl("kac_velocity", &kac_velocity_cuda);
   m.impl("kac_noise", &kac_noise_cuda);
+  m.impl("kac_noise_seeded", &kac_noise_seeded_cuda);
   m.impl("kac_noise_target", &kac_noise_target_cuda);
 }

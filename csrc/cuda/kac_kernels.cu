@@ -49,7 +49,10 @@ __global__ void __launch_bounds__(kBlock)
 template <typename T>
 __global__ void __launch_bounds__(kBlock)
     noise_kernel(const float* __restrict__ s, T* __restrict__ x, int64_t n, float a, float c,
-                 uint64_t seed, uint32_t offset) {
+                 SeedOffset rng) {
+  // A null test uniform across the grid: no divergence.
+  const uint64_t seed = rng.device_ptr ? (uint64_t)rng.device_ptr[0] : rng.seed;
+  const uint32_t offset = rng.device_ptr ? (uint32_t)rng.device_ptr[1] : rng.offset;
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
     const float lambda = a * s[i], reach = c * s[i];
     float xi;
@@ -121,12 +124,11 @@ cudaError_t launch_velocity(DType dtype, const void* x, const float* s, void* v,
 }
 
 cudaError_t launch_noise(DType dtype, const float* s, void* x, int64_t n, float a, float c,
-                         uint64_t seed, uint32_t offset, cudaStream_t stream) {
+                         SeedOffset rng, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
-    noise_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(s, static_cast<T*>(x), n, a, c, seed,
-                                                        offset);
+    noise_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(s, static_cast<T*>(x), n, a, c, rng);
   });
 }
 

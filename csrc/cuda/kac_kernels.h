@@ -18,9 +18,19 @@ enum class DType : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
 cudaError_t launch_velocity(DType dtype, const void* x, const float* s, void* v, int64_t n,
                             int64_t inner, float a, float c, float eps, cudaStream_t stream);
 
+// Philox (seed, offset) of a noise launch: by value, or, when `device_ptr` is not null, read by
+// the kernel from device memory holding int64 [seed, offset] (converted like the values: seed to
+// uint64, offset to its low 32 bits). Read at run time, so a captured CUDA graph draws new noise
+// once new values are copied there, as torch's own Philox state does under graph capture.
+struct SeedOffset {
+  uint64_t seed;
+  uint32_t offset;
+  const int64_t* device_ptr;
+};
+
 // x[i] = Kac displacement at time s[i], rate a, speed c; Philox stream (seed, offset, element i).
 cudaError_t launch_noise(DType dtype, const float* s, void* x, int64_t n, float a, float c,
-                         uint64_t seed, uint32_t offset, cudaStream_t stream);
+                         SeedOffset rng, cudaStream_t stream);
 
 // (x_t[i], u[i]) = flow-matching pair of x0[i] at time t[i / inner].
 cudaError_t launch_noise_target(DType dtype, const void* x0, const float* t, void* x_t, void* u,

@@ -28,7 +28,8 @@ _DEFAULT_BACKEND = os.environ.get("KACFAST_BACKEND", "auto")
 _forced: list[str] = []
 
 if _ext.available():
-    for _name in ("kac_velocity", "kac_noise", "kac_noise_target", "kac_guided_step"):
+    for _name in ("kac_velocity", "kac_noise", "kac_noise_seeded", "kac_noise_target",
+                  "kac_guided_step"):
         torch.library.register_fake(f"kacfast::{_name}")(getattr(_fake, _name))
 
 
@@ -43,6 +44,15 @@ def _reference_velocity(x: torch.Tensor, s: torch.Tensor, a: float, c: float,
 @torch.library.custom_op("kacfast::reference_kac_noise", mutates_args=())
 def _reference_noise(s: torch.Tensor, a: float, c: float, seed: int, offset: int,
                      dtype: torch.dtype) -> torch.Tensor:
+    return reference.kac_noise(s, a, c, seed, offset, dtype)
+
+
+@torch.library.custom_op("kacfast::reference_kac_noise_seeded", mutates_args=())
+def _reference_noise_seeded(s: torch.Tensor, rng: torch.Tensor, a: float, c: float,
+                            dtype: torch.dtype) -> torch.Tensor:
+    # Reading [seed, offset] to the host costs nothing extra here: the reference's data-dependent
+    # loops synchronize anyway (no CUDA graph can hold this backend).
+    seed, offset = rng.tolist()
     return reference.kac_noise(s, a, c, seed, offset, dtype)
 
 
@@ -62,9 +72,11 @@ def _reference_guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tenso
 
 _reference_velocity.register_fake(_fake.kac_velocity)
 _reference_noise.register_fake(_fake.kac_noise)
+_reference_noise_seeded.register_fake(_fake.kac_noise_seeded)
 _reference_noise_target.register_fake(_fake.kac_noise_target)
 _reference_guided_step.register_fake(_fake.kac_guided_step)
 _REFERENCE_OPS = {"kac_velocity": _reference_velocity, "kac_noise": _reference_noise,
+                  "kac_noise_seeded": _reference_noise_seeded,
                   "kac_noise_target": _reference_noise_target,
                   "kac_guided_step": _reference_guided_step}
 
@@ -167,6 +179,22 @@ def _values_checkable(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def _check_seed_tensor(rng: torch.Tensor, offset: int, s: torch.Tensor) -> None:
+    """A seed tensor: int64 [seed, offset] of shape (2,) on s's device; values as _check_seed's,
+    checked on CPU only (reading a GPU tensor would synchronize the host)."""
+    if not (isinstance(offset, int) and offset == 0):
+        raise ValueError(f"offset must be left at 0 when seed is a tensor (its second entry is "
+                         f"the offset), got offset={offset!r}.")
+    if rng.dtype != torch.int64:
+        raise TypeError(f"a seed tensor must be int64 holding [seed, offset], got {rng.dtype}.")
+    if rng.shape != (2,):
+        raise ValueError(f"a seed tensor must have shape (2,) = [seed, offset], got "
+                         f"{tuple(rng.shape)}.")
+    _check_same_device(rng, s, "the seed tensor", "s")
+    if _values_checkable(rng):
+        _check_seed(*rng.tolist())
+
+
 def _check_range(t: torch.Tensor, name: str, low: float, high: float | None = None) -> None:
     if not _values_checkable(t) or t.numel() == 0:
         return
@@ -222,7 +250,7 @@ def kac_velocity(x: torch.Tensor, s, a: float, c: float, eps: float = 1e-4) -> t
     return _op("kac_velocity", backend)(x.contiguous(), s.contiguous(), float(a), float(c), float(eps))
 
 
-def kac_noise(s: torch.Tensor, a: float, c: float, *, seed: int, offset: int = 0,
+def kac_noise(s: torch.Tensor, a: float, c: float, *, seed: int | torch.Tensor, offset: int = 0,
               dtype: torch.dtype | None = None) -> torch.Tensor:
     """Exact samples of the Kac displacement X(s) at per-element process times s (no table).
 
@@ -231,21 +259,34 @@ def kac_noise(s: torch.Tensor, a: float, c: float, *, seed: int, offset: int = 0
         a, c: switching rate and speed (> 0).
         seed, offset: counter-based RNG stream (Philox4x32-10). seed in [0, 2^63), offset in
             [0, 2^32); use a new offset (e.g. the training step) for fresh noise under one seed.
+            seed may instead be an int64 tensor of shape (2,) on s's device holding
+            [seed, offset] (then leave `offset` at 0). The kernels read it when they run, so a
+            CUDA graph that captured this call draws new noise after new values are copied into
+            that tensor, with no recapture. Its values are range-checked on CPU only: on a GPU
+            reading them would synchronize the host, and out-of-range values are used as the
+            kernels convert them (seed as uint64, offset modulo 2^32).
         dtype: output dtype (default s.dtype).
     Returns:
         Tensor shaped like s, values in [-c s, c s]; atoms of mass e^{-as}/2 at +-c s. The same
-        (seed, offset) gives the same numbers on every run and on the CPU and CUDA backends.
+        (seed, offset) gives the same numbers on every run and on the CPU and CUDA backends, and
+        the same numbers whether passed as ints or as a seed tensor.
     """
     _check_float(s, "s")
     _check_params(a, c)
-    _check_seed(seed, offset)
+    seeded = isinstance(seed, torch.Tensor)
+    if seeded:
+        _check_seed_tensor(seed, offset, s)
+    else:
+        _check_seed(seed, offset)
     dtype = dtype or s.dtype
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be floating point, got {dtype}.")
     _check_range(s, "s", 0.0)
     backend = resolve_backend(s.device)
-    return _op("kac_noise", backend)(s.to(torch.float32).contiguous(), float(a), float(c), seed,
-                                     offset, dtype)
+    s = s.to(torch.float32).contiguous()
+    if seeded:
+        return _op("kac_noise_seeded", backend)(s, seed.contiguous(), float(a), float(c), dtype)
+    return _op("kac_noise", backend)(s, float(a), float(c), seed, offset, dtype)
 
 
 def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: float = 1.0,

@@ -11,6 +11,10 @@ def kac_noise(s, a, c, seed, offset, dtype):
     return torch.empty(s.shape, dtype=dtype, device=s.device)
 
 
+def kac_noise_seeded(s, rng, a, c, dtype):
+    return kac_noise(s, a, c, 0, 0, dtype)
+
+
 def kac_noise_target(x0, t, a, c, T, clock, eps, seed, offset):
     return torch.empty_like(x0), torch.empty_like(x0)
 

@@ -26,7 +26,7 @@ def available(device: torch.device | str = "cuda") -> bool:
 
 def __getattr__(name):
     # Import the kernels only when an op is asked for: importing triton costs about a second.
-    if name in ("kac_velocity", "kac_noise", "kac_noise_target"):
+    if name in ("kac_velocity", "kac_noise", "kac_noise_seeded", "kac_noise_target"):
         from kacfast.ops.triton import kac
         return getattr(kac, name)
     if name == "kac_guided_step":

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from kacfast.ops import _fake
 
-__all__ = ["kac_velocity", "kac_noise", "kac_noise_target"]
+__all__ = ["kac_velocity", "kac_noise", "kac_noise_seeded", "kac_noise_target"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -256,9 +256,17 @@ def _velocity_kernel(x_ptr, s_ptr, v_ptr, N, inner, a, c, eps, BLOCK: tl.constex
 
 
 @triton.jit(do_not_specialize=["N", "k0", "k1", "offset"])
-def _noise_kernel(s_ptr, out_ptr, N, a, c, k0, k1, offset, BLOCK: tl.constexpr):
+def _noise_kernel(s_ptr, out_ptr, rng_ptr, N, a, c, k0, k1, offset, SEED_IN_MEMORY: tl.constexpr,
+                  BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
+    if SEED_IN_MEMORY:
+        # int64 [seed, offset] read at run time (a replayed CUDA graph sees the values copied in
+        # since the capture), in place of k0, k1, offset; converted as the CUDA kernel does.
+        seed = tl.load(rng_ptr)
+        k0 = seed & 0xFFFFFFFF
+        k1 = seed >> 32
+        offset = tl.load(rng_ptr + 1)
     s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     # Padding lanes get s = 0 (lambda = 0: one masked Poisson chunk, n = 0), as in the header.
     x = _kac_sample(offs, a * s, c * s, offset.to(tl.uint32), k0.to(tl.uint32), k1.to(tl.uint32))
@@ -333,17 +341,35 @@ def _kac_velocity_op(x: torch.Tensor, s: torch.Tensor, a: float, c: float,
     return out
 
 
-@torch.library.custom_op("kacfast::triton_kac_noise", mutates_args=())
-def _kac_noise_op(s: torch.Tensor, a: float, c: float, seed: int, offset: int,
-                  dtype: torch.dtype) -> torch.Tensor:
+def _noise(s: torch.Tensor, a: float, c: float, dtype: torch.dtype, seed: int, offset: int,
+           rng: torch.Tensor | None) -> torch.Tensor:
+    """Both noise ops: Philox state from (seed, offset), or from rng (int64 [seed, offset] on s's
+    device, read by the kernel) when it is given."""
     s = s.to(torch.float32).contiguous()
     out = torch.empty(s.shape, dtype=dtype, device=s.device)
     n = s.numel()
     if n == 0:
         return out
     k0, k1 = _split_seed(seed)
-    _launch(_noise_kernel, s.device, n, s, out, n, float(a), float(c), k0, k1, offset & _MASK32)
+    # Without rng the kernel never reads rng_ptr: any pointer does.
+    _launch(_noise_kernel, s.device, n, s, out, s if rng is None else rng, n, float(a), float(c),
+            k0, k1, offset & _MASK32, SEED_IN_MEMORY=rng is not None)
     return out
+
+
+@torch.library.custom_op("kacfast::triton_kac_noise", mutates_args=())
+def _kac_noise_op(s: torch.Tensor, a: float, c: float, seed: int, offset: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    return _noise(s, a, c, dtype, seed, offset, None)
+
+
+@torch.library.custom_op("kacfast::triton_kac_noise_seeded", mutates_args=())
+def _kac_noise_seeded_op(s: torch.Tensor, rng: torch.Tensor, a: float, c: float,
+                         dtype: torch.dtype) -> torch.Tensor:
+    if rng.dtype != torch.int64 or rng.shape != (2,) or rng.device != s.device:
+        raise ValueError(f"rng must be an int64 tensor [seed, offset] of shape (2,) on {s.device}, "
+                         f"got {rng.dtype} {tuple(rng.shape)} on {rng.device}.")
+    return _noise(s, a, c, dtype, 0, 0, rng.contiguous())
 
 
 @torch.library.custom_op("kacfast::triton_kac_noise_target", mutates_args=())
@@ -370,6 +396,7 @@ def _kac_noise_target_op(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, 
 
 _kac_velocity_op.register_fake(_fake.kac_velocity)
 _kac_noise_op.register_fake(_fake.kac_noise)
+_kac_noise_seeded_op.register_fake(_fake.kac_noise_seeded)
 _kac_noise_target_op.register_fake(_fake.kac_noise_target)
 
 
@@ -387,6 +414,12 @@ def kac_noise(s: torch.Tensor, a: float, c: float, seed: int, offset: int = 0,
     """Kac displacement X(s) per element of s, in `dtype` (default s.dtype)."""
     return torch.ops.kacfast.triton_kac_noise(s, float(a), float(c), int(seed), int(offset),
                                               dtype or s.dtype)
+
+
+def kac_noise_seeded(s: torch.Tensor, rng: torch.Tensor, a: float, c: float,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
+    """kac_noise with rng = int64 [seed, offset] on s's device, read by the kernel when it runs."""
+    return torch.ops.kacfast.triton_kac_noise_seeded(s, rng, float(a), float(c), dtype or s.dtype)
 
 
 def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: float,
