@@ -1,13 +1,16 @@
 """DistillKac: endpoint-only multi-stage distillation."""
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import kacfast
 from kacfast.models import build_model
-from kacfast.training import KacObjective, TrainConfig, train
+from kacfast.training import KacObjective, TrainConfig, read_checkpoint, save_checkpoint, train
+from kacfast.training.checkpoint import CHECKPOINT_NAME
 from kacfast.training.distill import DistillConfig, DistillObjective, distill, teacher_integrate
 from kacfast.training.load import load_trained
 
@@ -26,6 +29,64 @@ def teacher(tmp_path_factory):
     return ema, (x, None), out
 
 
+class _Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def compiled_distills(teacher, tmp_path_factory):
+    """Distillations (4 -> 2 -> 1, 4 steps per stage, checkpoints every 2): eager, compiled, and
+    compiled killed right after stage 2's step-2 checkpoint, then resumed. Compiling the student's
+    forward costs tens of seconds on a CPU, once for the module (the later runs reuse it)."""
+    import kacfast.training.loop as loop
+
+    model, data, _ = teacher
+    root = tmp_path_factory.mktemp("compiled")
+    config = dict(schedule=(4, 2, 1), steps_per_stage=4, batch_size=64, lr=1e-3, warmup=2,
+                  ckpt_every=2)
+    distill(model, kacfast.KacProcess(), data, DistillConfig(**config), str(root / "eager"),
+            progress=False)
+    compiled = DistillConfig(compile=True, **config)
+    distill(model, kacfast.KacProcess(), data, compiled, str(root / "ref"), progress=False)
+    saves = []
+
+    def save_then_die(*args, **kwargs):
+        save_checkpoint(*args, **kwargs)
+        saves.append(kwargs["meta"]["step"])
+        if len(saves) == 3:  # stage 1 at steps 2, 4; stage 2 at step 2
+            raise _Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "save_checkpoint", save_then_die)
+        with pytest.raises(_Killed):
+            distill(model, kacfast.KacProcess(), data, compiled, str(root / "killed"), progress=False)
+    distill(model, kacfast.KacProcess(), data, compiled, str(root / "killed"), resume=True,
+            progress=False)
+    return root
+
+
+def test_compiled_distillation_resumes_bit_identically(compiled_distills):
+    for stage in ("stage-1-2", "stage-2-1"):
+        meta_ref, ref = read_checkpoint(str(compiled_distills / "ref" / stage / CHECKPOINT_NAME))
+        meta_run, run = read_checkpoint(str(compiled_distills / "killed" / stage / CHECKPOINT_NAME))
+        assert meta_ref["step"] == meta_run["step"] == 4
+        assert meta_run["config"]["compile"] is True and meta_run["config"]["precision"] == "auto"
+        assert set(ref) == set(run)
+        for key in ref:
+            assert torch.equal(ref[key], run[key]), (stage, key)
+
+
+def test_compiled_distillation_matches_eager(compiled_distills):
+    for stage in ("stage-1-2", "stage-2-1"):
+        eager = read_checkpoint(str(compiled_distills / "eager" / stage / CHECKPOINT_NAME))[1]
+        compiled = read_checkpoint(str(compiled_distills / "ref" / stage / CHECKPOINT_NAME))[1]
+        assert set(eager) == set(compiled) and not any("_orig_mod" in key for key in compiled)
+        eager_loss, compiled_loss = ([json.loads(line)["loss"] for line in open(log)]
+                                     for log in (compiled_distills / run / stage / "log.jsonl"
+                                                 for run in ("eager", "ref")))
+        np.testing.assert_allclose(compiled_loss, eager_loss, rtol=0, atol=1e-4)
+
+
 def test_schedule_and_objective_validation(teacher):
     with pytest.raises(ValueError, match="dividing the previous"):
         DistillConfig(schedule=(10, 4))
@@ -36,6 +97,10 @@ def test_schedule_and_objective_validation(teacher):
     with pytest.raises(ValueError, match="one count >= 1 per stage"):
         DistillConfig(schedule=(4, 2, 1), steps_per_stage=(10, 20, 30))
     assert DistillConfig(schedule=(4, 2, 1), steps_per_stage=7).steps_per_stage == (7, 7)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        DistillConfig(precision="fp16")
+    with pytest.raises(ValueError, match="compile must be True, False or one of"):
+        DistillConfig(compile="fast")
 
 
 @pytest.mark.parametrize("solver", ["euler", "ab2"])
@@ -79,12 +144,14 @@ def test_cli_distill_then_sample_the_student(tmp_path):
                           "--batch-size", "64", "--threads", "1", "--quiet"], check=True, timeout=600)
     out = subprocess.run(cli + ["distill", "--teacher", str(run), "--out", str(tmp_path / "student"),
                                 "--schedule", "4", "2", "1", "--steps-per-stage", "10",
-                                "--batch-size", "64", "--guidance", "1.5", "--threads", "1", "--quiet"],
+                                "--batch-size", "64", "--guidance", "1.5", "--threads", "1", "--quiet",
+                                "--precision", "bf16"],
                          check=True, timeout=600, capture_output=True, text=True)
     assert "student:" in out.stdout
     student, meta = load_trained(str(tmp_path / "student" / "stage-2-1"))
     assert student.kac_grid == [1.0, 0.0] and meta["objective"]["method"] == "distill"
     assert meta["objective"]["guidance"] == 1.0  # only stage 1 uses the guided teacher
+    assert meta["config"]["precision"] == "bf16"  # every stage trains as the flags say
     first = load_trained(str(tmp_path / "student" / "stage-1-2"))[1]
     assert first["objective"]["guidance"] == 1.5
     npy = tmp_path / "s.npy"

@@ -1,5 +1,6 @@
-"""Training loop: checkpoints (atomic, strict, clear errors), exact resume after SIGKILL, DDP under
-torchrun, the EDM / DDPM objectives, and the train / sample / eval CLI."""
+"""Training loop: checkpoints (atomic, strict, clear errors), exact resume after SIGKILL, bf16 /
+torch.compile / channels_last, DDP under torchrun, the EDM / DDPM objectives, and the train /
+sample / eval CLI."""
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from kacfast.models import build_model
 from kacfast.training import (CheckpointError, DDPMObjective, EDMObjective, KacObjective,
                               TrainConfig, read_checkpoint, restore, save_checkpoint, train)
 from kacfast.training.checkpoint import CHECKPOINT_NAME
+from kacfast.training.load import load_trained
 
 CLI = [sys.executable, "-m", "kacfast"]
 
@@ -130,6 +132,144 @@ def test_resume_refuses_a_different_objective(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# execution settings: precision, torch.compile, channels_last
+# ----------------------------------------------------------------------------------------------
+EXEC_KW = dict(batch_size=32, lr=1e-3, warmup=2, ckpt_every=3, log_every=1)
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in open(run_dir / "log.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def compiled_runs(tmp_path_factory):
+    """One eager and three compiled runs of 6 steps; compiling the forward costs tens of seconds
+    on a CPU, once per process (later runs of the same architecture reuse the compiled graph).
+    "split" stops at its step-3 checkpoint and is resumed to step 6."""
+    root = tmp_path_factory.mktemp("compiled")
+    data = toy_data()
+    train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, **EXEC_KW), str(root / "eager"),
+          progress=False)
+    for out, steps, resume in (("ref", 6, False), ("split", 3, False), ("split", 6, True)):
+        train(small_mlp(), KacObjective(), data, TrainConfig(steps=steps, compile=True, **EXEC_KW),
+              str(root / out), resume=resume, progress=False)
+    return root
+
+
+def test_compiled_run_resumes_bit_identically(compiled_runs):
+    meta_ref, ref = read_checkpoint(str(compiled_runs / "ref" / CHECKPOINT_NAME))
+    meta_run, run = read_checkpoint(str(compiled_runs / "split" / CHECKPOINT_NAME))
+    assert meta_ref["step"] == meta_run["step"] == 6 and meta_run["config"]["compile"] is True
+    assert set(ref) == set(run)
+    for key in ref:
+        assert torch.equal(ref[key], run[key]), key
+    assert _losses(compiled_runs / "split") == _losses(compiled_runs / "ref")
+
+
+def test_compiled_checkpoint_matches_eager(compiled_runs):
+    """Same keys (no torch.compile `_orig_mod.` prefix) and the same losses up to rounding."""
+    eager = read_checkpoint(str(compiled_runs / "eager" / CHECKPOINT_NAME))[1]
+    compiled = read_checkpoint(str(compiled_runs / "ref" / CHECKPOINT_NAME))[1]
+    assert set(eager) == set(compiled) and not any("_orig_mod" in key for key in compiled)
+    # step 1 only sees the fresh (zero-output) network; steps 2-6 see the trained weights
+    np.testing.assert_allclose(_losses(compiled_runs / "ref"), _losses(compiled_runs / "eager"),
+                               rtol=0, atol=1e-4)
+    model, _ = load_trained(str(compiled_runs / "ref"))
+    assert model(torch.zeros(2, 2), torch.ones(2), torch.zeros(2, dtype=torch.long)).shape == (2, 2)
+
+
+def test_resume_may_switch_to_compiled(compiled_runs, tmp_path):
+    """compile is not part of a run's identity; switching it keeps the math up to rounding."""
+    data = toy_data()
+    train(small_mlp(), KacObjective(), data, TrainConfig(steps=3, **EXEC_KW), str(tmp_path),
+          progress=False)
+    train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, compile="default", **EXEC_KW),
+          str(tmp_path), resume=True, progress=False)
+    assert read_checkpoint(str(tmp_path / CHECKPOINT_NAME))[0]["config"]["compile"] == "default"
+    np.testing.assert_allclose(_losses(tmp_path), _losses(compiled_runs / "eager"), rtol=0,
+                               atol=1e-4)
+
+
+def test_bf16_on_cpu_trains_and_is_recorded(tmp_path, monkeypatch):
+    import kacfast.training.loop as loop
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bf16 instructions"):
+        train(small_mlp(), KacObjective(), toy_data(),
+              TrainConfig(steps=6, precision="bf16", **EXEC_KW), str(tmp_path / "bf16"), progress=False)
+    train(small_mlp(), KacObjective(), toy_data(), TrainConfig(steps=6, precision="fp32", **EXEC_KW),
+          str(tmp_path / "fp32"), progress=False)
+    bf16, fp32 = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp32")
+    assert np.all(np.isfinite(bf16)) and bf16 != fp32  # autocast ran: rounding differs ...
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05)  # ... and nothing else
+    meta, tensors = read_checkpoint(str(tmp_path / "bf16" / CHECKPOINT_NAME))
+    assert meta["config"]["precision"] == "bf16"
+    assert json.load(open(tmp_path / "bf16" / "config.json"))["config"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in tensors.values())  # weights, EMA, AdamW state
+
+
+def test_channels_last_resumes_bit_identically_on_images(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.rand(64, 1, 8, 8, generator=gen) * 2 - 1,
+            torch.randint(0, 10, (64,), generator=gen))
+
+    def run(out, steps, resume=False, channels_last=True):
+        torch.manual_seed(0)
+        model = build_model("unet-tiny", image_size=8)
+        config = TrainConfig(steps=steps, channels_last=channels_last, sample_every=0,
+                             **dict(EXEC_KW, batch_size=16))
+        train(model, KacObjective(), data, config, str(tmp_path / out), resume=resume, progress=False)
+        return model
+
+    model = run("ref", 4)
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters() if p.dim() == 4)
+    run("split", 3)
+    run("split", 4, resume=True)
+    run("nchw", 4, channels_last=False)
+    ref = read_checkpoint(str(tmp_path / "ref" / CHECKPOINT_NAME))[1]
+    split = read_checkpoint(str(tmp_path / "split" / CHECKPOINT_NAME))[1]
+    nchw = read_checkpoint(str(tmp_path / "nchw" / CHECKPOINT_NAME))[1]
+    assert set(ref) == set(split) == set(nchw)
+    for key in ref:
+        assert torch.equal(ref[key], split[key]), key
+    np.testing.assert_allclose(_losses(tmp_path / "ref"), _losses(tmp_path / "nchw"), atol=1e-4)
+
+
+def test_bad_execution_settings_fail_clearly(tmp_path, monkeypatch):
+    for bad, match in ((dict(precision="fp16"), "precision must be one of"),
+                       (dict(compile="fast"), "compile must be True, False or one of"),
+                       (dict(compile=1), "compile must be"),
+                       (dict(channels_last="yes"), "channels_last must be True or False")):
+        with pytest.raises(ValueError, match=match) as err:
+            TrainConfig(steps=1, **bad)
+        assert str(err.value).endswith(".") and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"channels_last needs 4-D image data .* shape \(512, 2\)"):
+        train(small_mlp(), KacObjective(), toy_data(), TrainConfig(steps=1, channels_last=True),
+              str(tmp_path / "cl"), progress=False)
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(RuntimeError, match="torch.compile cannot run"):
+        train(small_mlp(), KacObjective(), toy_data(), TrainConfig(steps=1, compile=True),
+              str(tmp_path / "nocompile"), progress=False)
+    assert not (tmp_path / "cl").exists() and not (tmp_path / "nocompile").exists()
+
+
+def test_cli_train_passes_execution_flags(tmp_path, monkeypatch):
+    import kacfast.training
+    from kacfast.cli import main
+    seen = []
+    monkeypatch.setattr(kacfast.training, "train", lambda *args, **kwargs: seen.append(args[3]))
+    common = ["train", "--data", "gmm9", "--model", "mlp", "--steps", "1", "--out", str(tmp_path),
+              "--quiet"]
+    main(common)
+    main(common + ["--precision", "bf16", "--compile", "--channels-last"])
+    main(common + ["--compile", "max-autotune"])
+    assert [c.execution() for c in seen] == [
+        {"precision": "auto", "compile": False, "channels_last": False},
+        {"precision": "bf16", "compile": "default", "channels_last": True},
+        {"precision": "auto", "compile": "max-autotune", "channels_last": False}]
+
+
+# ----------------------------------------------------------------------------------------------
 # objectives and DDP
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("objective", [KacObjective(), EDMObjective(), DDPMObjective()],
@@ -181,7 +321,7 @@ def test_cli_sample_and_eval(tmp_path):
     assert {"energy_distance", "sliced_w2", "modes_covered"} <= set(result)
     bad = subprocess.run(CLI + ["sample", "--ckpt", str(run), "--out", str(tmp_path / "s.png"), "--quiet"],
                          capture_output=True, text=True, timeout=600)
-    assert bad.returncode != 0 and "PNG output needs image data" in bad.stderr
+    assert bad.returncode == 2 and "PNG output needs image samples" in bad.stderr
 
 
 DDP_SCRIPT = """

@@ -18,7 +18,7 @@ import torch
 from kacfast import ops
 from kacfast.process import KacProcess
 from kacfast.sampling import guided_velocity_fn, uniform_grid
-from kacfast.training.loop import TrainConfig, train
+from kacfast.training.loop import ExecutionConfig, TrainConfig, train
 
 STARTS = ("noise", "rollout")
 
@@ -100,8 +100,10 @@ class DistillObjective:
 
 
 @dataclass
-class DistillConfig:
-    """Multi-stage schedule and per-stage training settings (batch_size is global).
+class DistillConfig(ExecutionConfig):
+    """Multi-stage schedule and per-stage training settings (batch_size is global), plus the
+    keyword-only ExecutionConfig fields precision, compile, channels_last that every stage's
+    TrainConfig gets.
 
     steps_per_stage: optimisation steps of every stage (an int) or of each stage (one per stage,
     len(schedule) - 1 of them: the late, cheap stages usually deserve more).
@@ -121,6 +123,7 @@ class DistillConfig:
     sample_every: int = 1000
 
     def __post_init__(self):
+        super().__post_init__()
         if len(self.schedule) < 2 or any(a % b for a, b in zip(self.schedule, self.schedule[1:])):
             raise ValueError(f"schedule needs >= 2 step counts, each dividing the previous one; "
                              f"got {self.schedule}.")
@@ -154,7 +157,8 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
         train_config = TrainConfig(steps=stage_steps, batch_size=config.batch_size,
                                    lr=config.lr, warmup=min(config.warmup, stage_steps),
                                    ema_decay=config.ema_decay, label_dropout=0.0, seed=config.seed + k,
-                                   ckpt_every=config.ckpt_every, sample_every=config.sample_every)
+                                   ckpt_every=config.ckpt_every, sample_every=config.sample_every,
+                                   **config.execution())
         stage_resume = resume and os.path.exists(os.path.join(stage_dir, "checkpoint.safetensors"))
         current = train(student, objective, data, train_config, stage_dir, resume=stage_resume,
                         progress=progress, run_info={**(run_info or {}), "stage": k})

@@ -1,29 +1,76 @@
-"""One training loop for every objective: AdamW, LR warm-up, grad clipping, EMA, bf16 autocast on
-GPU, tqdm progress, atomic checkpoints and exact resume, DDP under torchrun.
+"""One training loop for every objective: AdamW (fused on GPU), LR warm-up, grad clipping, EMA,
+bf16 autocast, optional torch.compile and channels_last, tqdm progress, atomic checkpoints and
+exact resume, DDP under torchrun.
 
 Exact resume: every random draw of step k comes from generators seeded by (seed, rank, k) and the
 data order is a resumable BatchSampler, so a run killed at any point and resumed from its last
-checkpoint ends with weights bit-identical to an uninterrupted run.
+checkpoint with the same precision / compile / channels_last settings ends with weights
+bit-identical to an uninterrupted run. Those three settings may change on resume (they are not
+part of a run's identity), but then the math agrees only up to float rounding: a compiled forward
+fuses and reorders float operations that eager mode runs one by one. Compiled runs on CUDA are
+bit-identical only when the caller sets torch.use_deterministic_algorithms(True), since Inductor's
+GPU scatter-adds otherwise use atomic adds (on CPU the loop makes them serial itself).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
+from kacfast._device import COMPILE_MODES, compile_mode, cpu_has_bf16
 from kacfast.data import BatchSampler
 from kacfast.training.checkpoint import (CHECKPOINT_NAME, CheckpointError, read_checkpoint, restore,
                                         save_checkpoint)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(kw_only=True)
+class ExecutionConfig:
+    """How a run's math executes (shared by TrainConfig and DistillConfig; keyword-only). Not part
+    of a run's identity: a run may resume with other values, and then continues the same math
+    only up to float rounding (exact resume needs the same values).
+
+    precision: "auto" (default: bf16 autocast on CUDA, float32 elsewhere), "fp32", or "bf16"
+        (forward and loss autocast to bfloat16 on any device; weights, optimizer and EMA stay
+        float32; warns on a CPU without native bf16 instructions, where it is slower).
+    compile: False (default), True (= "default") or a torch.compile mode ("default",
+        "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"): compiles the network's
+        forward inside the loss; EMA, checkpoints and previews use the plain module.
+    channels_last: False (default); True keeps the model and each batch in
+        torch.channels_last memory format (4-D image data only).
+    """
+
+    precision: str = "auto"
+    compile: bool | str = False
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
+        if not (isinstance(self.compile, bool) or self.compile in COMPILE_MODES):
+            raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got "
+                             f"{self.compile!r}.")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be True or False, got {self.channels_last!r}.")
+
+    def execution(self) -> dict:
+        """This config's ExecutionConfig fields, as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(ExecutionConfig)}
+
+
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of a run. batch_size is global (split across DDP ranks)."""
+class TrainConfig(ExecutionConfig):
+    """Hyper-parameters of a run (plus the keyword-only ExecutionConfig fields precision,
+    compile, channels_last). batch_size is global (split across DDP ranks)."""
 
     steps: int
     batch_size: int = 128
@@ -39,6 +86,7 @@ class TrainConfig:
     sample_every: int = 1000  # preview grid of the EMA model (image data only); 0 = never
 
     def __post_init__(self):
+        super().__post_init__()
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}.")
         if not 0 <= self.label_dropout < 1:
@@ -67,6 +115,25 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
+
+
+@contextlib.contextmanager
+def _serial_scatter_adds():
+    """Torch's deterministic mode, without its NaN-filling of torch.empty (pure cost here).
+
+    On CPU, Inductor compiles scatter-adds (the backward of embeddings and nearest upsampling)
+    to multi-threaded atomic adds whose summation order changes from run to run; in this mode it
+    calls ATen's serial kernel instead, which exact resume needs. Inductor may compile at any
+    forward or backward (the first, and any recompile), so every one runs inside this context.
+    """
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def _drop_labels(y, num_classes, p, generator):
@@ -120,13 +187,23 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         run_info: JSON-able facts stored with each checkpoint (data name, model preset, ...).
         on_checkpoint: called as on_checkpoint(step, ema) on rank 0 after each checkpoint.
     """
-    rank, world = _distributed()
     device = next(model.parameters()).device
     x_all, y_all = data
+    mode = compile_mode(config.compile)  # None: eager; raises where torch.compile cannot run
+    if config.channels_last and x_all.dim() != 4:
+        raise ValueError(f"channels_last needs 4-D image data (N, C, H, W), got data of shape "
+                         f"{tuple(x_all.shape)}.")
+    if config.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        warnings.warn("precision='bf16' on a CPU without native bf16 instructions is emulated "
+                      "and slower than float32.", stacklevel=2)
+    rank, world = _distributed()
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)  # in place; the EMA copy inherits it
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    # fused (one kernel for all tensors) on CUDA only: on CPU it would change today's numbers
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=device.type == "cuda")
     sampler = BatchSampler(len(x_all), config.batch_size, seed=config.seed)
     step = 0
     if resume:
@@ -150,6 +227,10 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if mode is not None:
+        # Only the loss's forward runs compiled: EMA updates, checkpoints (no `_orig_mod.` key
+        # prefixes) and preview grids keep using `model` itself.
+        net = torch.compile(net, mode=mode)
 
     meta = {"config": asdict(config), "objective": objective.describe(),
             "model": {"kind": getattr(model, "kind", None), "config": getattr(model, "config", None)},
@@ -174,7 +255,10 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     if progress and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=config.steps, initial=step, desc=f"train {objective.method}", unit="step")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    serial = (mode is not None and device.type == "cpu"
+              and not torch.are_deterministic_algorithms_enabled())
     model.train()
     while step < config.steps:
         seed = _step_seed(config.seed, rank, step)
@@ -182,14 +266,17 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         gen = torch.Generator(device=device).manual_seed(seed)
         idx = next(sampler)
         x0 = x_all[idx].to(device, non_blocking=True)
+        if config.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
         y = None if y_all is None else y_all[idx].to(device, non_blocking=True)
         y = _drop_labels(y, getattr(model, "num_classes", None), config.label_dropout, gen)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
-        with autocast:
-            loss = objective.loss(net, x0, y, gen, seed)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with _serial_scatter_adds() if serial else contextlib.nullcontext():
+            with autocast:
+                loss = objective.loss(net, x0, y, gen, seed)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
