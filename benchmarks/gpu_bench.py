@@ -1,7 +1,8 @@
-"""GPU figures in one process (run by benchmarks/gpu_check.sh): copy bandwidth, fused noise+target,
-the guided step against the copy ceiling, end-to-end sampling, and CPU/CUDA/Triton bit-identity.
+"""GPU kernel figures in one process (run by benchmarks/gpu_check.sh): copy bandwidth, fused
+noise+target, the guided step against the copy ceiling, CPU/CUDA/Triton bit-identity, and (with
+--sampling) float32 eager sampling of every method.
 
-    python benchmarks/gpu_bench.py --out DIR      # writes DIR/gpu_bench.json and DIR/gpu_bench.md
+    python benchmarks/gpu_bench.py --out DIR [--sampling]   # DIR/gpu_bench.json, DIR/gpu_bench.md
 """
 from __future__ import annotations
 
@@ -141,48 +142,63 @@ def bit_identity() -> dict:
     return out
 
 
-def _section(result: dict, key: str, fn, out: str) -> None:
-    """result[key] = fn(), or the error; the JSON is rewritten after every section so a later
+def _section(result: dict, key: str, fn, json_path: str) -> None:
+    """result[key] = fn(), or the error; the JSON file is rewritten after every section so a later
     failure or timeout keeps what was measured."""
     try:
         result[key] = fn()
     except Exception as err:
         result[key] = f"failed: {type(err).__name__}: {err}"
         print(f"{key}: {result[key]}", file=sys.stderr)
-    with open(os.path.join(out, "gpu_bench.json"), "w") as f:
+    with open(json_path, "w") as f:
         json.dump(result, f, indent=2)
+
+
+def markdown_table(title: str, rows) -> list[str]:
+    """Lines of a Markdown table of row dicts (the "row" entry names each; other keys are the
+    columns, numbers to 4 significant digits), or of what a failed section left instead."""
+    lines = ["", f"**{title}**", ""]
+    if isinstance(rows, dict):
+        rows = [rows]
+    if not isinstance(rows, list) or not rows:
+        return lines + [str(rows)]
+    cols = list(dict.fromkeys(c for r in rows for c in r if c != "row"))
+    lines += ["| row | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    return lines + ["| " + str(r.get("row", title)) + " | " + " | ".join(
+        f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols) + " |"
+        for r in rows]
 
 
 def _markdown(result: dict) -> str:
     lines = [f"GPU: {result['gpu']}, torch {result['torch']}, copy {result['copy_GB_per_s']:.0f} GB/s, "
              f"bit-identical to CPU: {result.get('bit_identical_to_cpu')}"]
     for key in ("noise_target", "step", "sampling"):
-        rows = result.get(key)
-        lines += ["", f"**{key}**", ""]
-        if not isinstance(rows, list) or not rows:
-            lines.append(str(rows))
-            continue
-        cols = [c for c in rows[0] if c != "row"]
-        lines += ["| row | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-        lines += ["| " + r["row"] + " | " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float)
-                                                       else str(r[c]) for c in cols) + " |" for r in rows]
+        if key in result:
+            lines += markdown_table(key, result[key])
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--compiled-reference", action="store_true",
+                        help="add torch.compile of the PyTorch reference (compiles for minutes)")
+    parser.add_argument("--sampling", action="store_true",
+                        help="add float32 eager sampling rows of every method (benchmarks/"
+                             "gpu_speed.py has the compiled, bf16 and CUDA-graph rows)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "gpu_bench.json")
     ceiling = copy_bandwidth()
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": triton.__version__, "copy_GB_per_s": ceiling / 1e9}
-    _section(result, "bit_identical_to_cpu", bit_identity, args.out)
+    _section(result, "bit_identical_to_cpu", bit_identity, json_path)
     _section(result, "noise_target",
-             lambda: noise_target_rows(64, ceiling, True) + noise_target_rows(1024, ceiling, False),
-             args.out)
-    _section(result, "step", lambda: step_rows(2**26, ceiling), args.out)
-    _section(result, "sampling", sampling_rows, args.out)
+             lambda: noise_target_rows(64, ceiling, args.compiled_reference)
+             + noise_target_rows(1024, ceiling, False), json_path)
+    _section(result, "step", lambda: step_rows(2**26, ceiling), json_path)
+    if args.sampling:
+        _section(result, "sampling", sampling_rows, json_path)
     text = _markdown(result)
     with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
         f.write(text)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One GPU check, about 6.5 minutes on one H200 (2026-11-28: build 77 s, CUDA tests 58 s,
-# benchmarks 212 s, Triton-on-GPU tests 28 s): build the CUDA extension, run the CUDA tests, the GPU
-# benchmarks (benchmarks/gpu_bench.py) and the Triton-on-GPU tests. Results land in $OUT (default
+# One GPU check, planned for under 8 minutes on one H200 (2026-11-28: build 77 s, CUDA tests 58 s,
+# Triton-on-GPU tests 28 s; the speed rows are capped at 270 s): build the CUDA extension; run the
+# CUDA tests (ops, the CUDA-graph seed tensor, compiled / CUDA-graph / bf16 sampling); the
+# end-to-end speed rows (benchmarks/gpu_speed.py: 1-step sampler vs the network's own forward per
+# precision, 50,000 CIFAR-sized samples, training images/s); the Triton-on-GPU tests; with
+# KERNEL_ROWS=1 also the kernel rows (benchmarks/gpu_bench.py). Results land in $OUT (default
 # ./gpu-results); each stage has its own time limit so a hang in one keeps the others' results.
 #   bash benchmarks/gpu_check.sh            (from the repository root, on the GPU machine)
 # The machine has torch, triton and pytest but no network. pyproject's SPDX license string needs
@@ -39,16 +42,23 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 stage "built"
 python3 -c "from kacfast.ops import _ext; assert _ext.has_cuda(), _ext.why_unavailable(); print('CUDA kernels loaded')"
 
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ops_api.py \
-  > "$OUT/tests_cuda.txt" 2>&1
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ops_api.py \
+  tests/test_cuda_speed.py > "$OUT/tests_cuda.txt" 2>&1
 tail -3 "$OUT/tests_cuda.txt"
 stage "cuda tests done"
 
-timeout 300 python3 benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu_bench.log" 2>&1
-tail -45 "$OUT/gpu_bench.log"
-stage "benchmarks done"
+timeout 270 python3 benchmarks/gpu_speed.py --out "$OUT" > "$OUT/gpu_speed.log" 2>&1
+tail -45 "$OUT/gpu_speed.log"
+stage "speed benchmarks done"
 
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py \
+# kernel rows (measured 2026-11-28, docs/gpu/): KERNEL_ROWS=1 measures them again (+2 minutes)
+if [ "${KERNEL_ROWS:-0}" = 1 ]; then
+  timeout 120 python3 benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu_bench.log" 2>&1
+  tail -25 "$OUT/gpu_bench.log"
+  stage "kernel benchmarks done"
+fi
+
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py \
   > "$OUT/tests_triton_gpu.txt" 2>&1
 tail -3 "$OUT/tests_triton_gpu.txt"
 stage "triton gpu tests done"

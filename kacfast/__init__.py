@@ -1,12 +1,13 @@
 """kacfast: fast few-step image generation with Kac flows (DistillKac)."""
 from kacfast import ops
 from kacfast.process import KacProcess
+from kacfast.compiled import Sampler, compile_sampler
 from kacfast.sampling import integrate, nfe, quadratic_grid, sample, uniform_grid
 
 from kacfast.pretrained import list_pretrained, load_pretrained
 
 __version__ = "0.1.0"
-__all__ = ["KacProcess", "sample", "integrate", "uniform_grid", "quadratic_grid", "nfe", "ops",
+__all__ = ["KacProcess", "sample", "compile_sampler", "Sampler", "integrate", "uniform_grid", "quadratic_grid", "nfe", "ops",
            "distill", "list_pretrained", "load_pretrained", "__version__"]
 
 

@@ -10,6 +10,11 @@ import time
 import torch
 
 
+def _user_errors() -> tuple:
+    from kacfast.training.checkpoint import CheckpointError
+    return (ValueError, FileNotFoundError, CheckpointError)
+
+
 def _time(fn, repeats: int = 5) -> float:
     fn()
     start = time.perf_counter()
@@ -128,7 +133,9 @@ def cmd_train(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup=args.warmup, ema_decay=args.ema_decay,
                          label_dropout=args.label_dropout if num_classes else 0.0,
-                         seed=args.seed, ckpt_every=args.ckpt_every, sample_every=args.sample_every)
+                         seed=args.seed, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
+                         precision=args.precision, compile=args.compile,
+                         channels_last=args.channels_last)
     start = time.perf_counter()
     train(model, objective, (x, y if num_classes else None), config, args.out, resume=args.resume,
           run_info={"data": args.data, "preset": args.model}, progress=not args.quiet)
@@ -143,46 +150,73 @@ def cmd_distill(args) -> int:
     from kacfast.training.load import load_trained
 
     _setup_worker(args)
-    teacher, meta = load_trained(args.teacher, device=args.device)
+    teacher_path = _checkpoint(args.teacher)
+    teacher, meta = load_trained(teacher_path, device=args.device)
     process = getattr(teacher, "kac_process", None)
     if process is None:
-        raise SystemExit(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
+        raise ValueError(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
     data = meta.get("run", {}).get("data")
     x, y = load_dataset(data, split="train", seed=args.seed)
     per_stage = args.steps_per_stage[0] if len(args.steps_per_stage) == 1 else tuple(args.steps_per_stage)
     config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver, seed=args.seed,
-                           ckpt_every=args.ckpt_every, sample_every=args.sample_every)
+                           ckpt_every=args.ckpt_every, sample_every=args.sample_every,
+                           precision=args.precision, compile=args.compile,
+                           channels_last=args.channels_last)
     start = time.perf_counter()
     distill(teacher, process, (x, y if teacher.num_classes is not None else None), config, args.out,
             resume=args.resume, progress=not args.quiet,
-            run_info={"data": data, "teacher": os.path.abspath(args.teacher)})
+            run_info={"data": data, "teacher": os.path.abspath(teacher_path)})
     last = os.path.join(args.out, f"stage-{len(args.schedule) - 1}-{args.schedule[-1]}")
     print(f"distilled {' -> '.join(map(str, args.schedule))} in {time.perf_counter() - start:.1f} s; "
           f"student: {last}")
     return 0
 
 
+def _checkpoint(value: str) -> str:
+    """A run directory, a checkpoint file or a shipped model's name -> a path load_trained reads."""
+    from kacfast.pretrained import PRETRAINED, pretrained_path
+    if os.path.exists(value):
+        return value
+    if value in PRETRAINED:
+        return pretrained_path(value)
+    raise ValueError(f"--ckpt {value!r} is neither a run directory, a checkpoint file nor a shipped "
+                     f"model ({', '.join(sorted(PRETRAINED))}).")
+
+
+def _load(args):
+    """(model, meta) of --ckpt, with the sampling flags checked before any work and --steps
+    defaulting to the model's own (a student's grid, else 100)."""
+    from kacfast._device import compile_mode, network_dtype
+    from kacfast.training.load import load_trained
+
+    network_dtype(args.dtype, torch.device(args.device))
+    compile_mode(args.compile)
+    model, meta = load_trained(_checkpoint(args.ckpt), device=args.device)
+    if args.steps is None:
+        grid = getattr(model, "kac_grid", None)
+        args.steps = len(grid) - 1 if grid else 100
+    return model, meta
+
+
 def _generate(model, meta, args, labels, n):
-    """Samples from a checkpoint with the sampler its training method calls for, in batches of
-    --batch-size."""
+    """Yields (first index, samples) of a checkpoint in batches of --batch-size (default: the
+    device's chunk size), with the sampler its training method calls for. Batch k draws from seed
+    + k * 1_000_003, so nearby --seed values share no batch."""
     from kacfast.generate import generate, solver_for
+    from kacfast.sampling import default_max_batch
 
     method = meta.get("objective", {}).get("method", "kac")
-    try:
-        args.solver = solver_for(method, args.solver)
-    except ValueError as e:
-        raise SystemExit(f"--solver: {e}") from None
-    chunks = []
-    # batch k draws from seed + k * 1_000_003, so nearby --seed values share no batch
-    for k, first in enumerate(range(0, n, args.batch_size)):
-        size = min(args.batch_size, n - first)
+    args.solver = solver_for(method, args.solver)
+    batch = args.batch_size or default_max_batch(torch.device(args.device), math.prod(model.sample_shape))
+    for k, first in enumerate(range(0, n, batch)):
+        size = min(batch, n - first)
         part = None if labels is None else labels[first:first + size].to(args.device)
-        chunks.append(generate(model, method, args.steps, solver=args.solver, labels=part, n=size,
-                               guidance=args.guidance, seed=args.seed + k * 1_000_003,
-                               progress=not args.quiet).cpu())
-    return torch.cat(chunks)
+        yield first, generate(model, method, args.steps, solver=args.solver, labels=part, n=size,
+                              guidance=args.guidance, seed=args.seed + k * 1_000_003,
+                              dtype=args.dtype, compile=args.compile or False,
+                              max_batch=batch if args.compile else None).cpu()
 
 
 def _labels(args, model, n):
@@ -197,33 +231,28 @@ def _labels(args, model, n):
 def cmd_export(args) -> int:
     """Write a sampling-only copy of a run (EMA weights + metadata, no optimizer state)."""
     from kacfast.training import export_weights
-    meta = export_weights(args.ckpt, args.out, ema=not args.raw)
+    meta = export_weights(_checkpoint(args.ckpt), args.out, ema=not args.raw)
     size = os.path.getsize(args.out) / 2**20
     print(f"{args.ckpt} (step {meta['exported']['from_step']}) -> {args.out} ({size:.2f} MiB)")
     return 0
 
 
 def cmd_sample(args) -> int:
-    """Sample a trained checkpoint to a PNG grid or a .npy array (float32 in [-1, 1])."""
-    import numpy as np
+    """Sample a checkpoint (run folder or shipped name) to .npz (uint8 images + labels, streamed:
+    memory independent of --n), .npy (float32 in [-1, 1]) or a .png grid; written atomically."""
+    from tqdm.auto import tqdm
 
-    from kacfast.images import make_grid, save_png
-    from kacfast.training.load import load_trained
+    from kacfast.sample_files import SampleWriter
 
-    model, meta = load_trained(args.ckpt, device=args.device)
+    model, meta = _load(args)
     labels = _labels(args, model, args.n)
+    writer = SampleWriter(args.out, args.n, model.sample_shape, nrow=args.nrow)  # checks --out first
     start = time.perf_counter()
-    with torch.no_grad():
-        out = _generate(model, meta, args, labels, args.n)
+    with writer, tqdm(total=args.n, unit="img", desc="kacfast sample", disable=args.quiet) as bar:
+        for first, images in _generate(model, meta, args, labels, args.n):
+            writer.write(images, None if labels is None else labels[first:first + len(images)])
+            bar.update(len(images))
     elapsed = time.perf_counter() - start
-    if args.out.endswith(".npy"):
-        np.save(args.out, out.float().cpu().numpy())
-    elif args.out.endswith(".png"):
-        if out.dim() != 4:
-            raise SystemExit("PNG output needs image data; use a .npy file for 2-D samples.")
-        save_png(make_grid(out, nrow=args.nrow), args.out)
-    else:
-        raise SystemExit(f"--out must end in .png or .npy, got {args.out!r}.")
     print(f"{args.n} samples, {args.steps} steps, {args.n / elapsed:.1f} samples/s -> {args.out}")
     return 0
 
@@ -234,15 +263,13 @@ def cmd_eval(args) -> int:
 
     from kacfast import metrics
     from kacfast.data import load_dataset
-    from kacfast.training.load import load_trained
 
-    model, meta = load_trained(args.ckpt, device=args.device)
+    model, meta = _load(args)
     data = meta.get("run", {}).get("data")
     if data is None:
-        raise SystemExit("the checkpoint does not record its dataset (meta['run']['data']).")
+        raise ValueError("the checkpoint does not record its dataset (meta['run']['data']).")
     labels = _labels(args, model, args.n)
-    with torch.no_grad():
-        out = _generate(model, meta, args, labels, args.n)
+    out = torch.cat([images for _, images in _generate(model, meta, args, labels, args.n)])
     reference, _ = load_dataset(data, split=args.reference, seed=args.seed + 1)
     if out.dim() == 2:
         centers = "gmm9" if data == "gmm9" else None
@@ -263,21 +290,31 @@ def cmd_eval(args) -> int:
 
 
 def _add_sampling_args(p) -> None:
-    p.add_argument("--ckpt", required=True, help="run directory or checkpoint file")
-    p.add_argument("--steps", type=int, default=100, help="integration steps (default 100)")
+    p.add_argument("--ckpt", required=True,
+                   help="run directory, checkpoint file or shipped model (kacfast.list_pretrained())")
+    p.add_argument("--steps", type=int, default=None,
+                   help="integration steps (default: a distilled student's own, else 100)")
     p.add_argument("--solver", default=None,
                    help="kac: euler (default), ab2, heun, midpoint; edm: heun; ddpm: ddim (default), ddpm")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance strength w (default 1)")
     p.add_argument("--labels", type=int, nargs="*", help="classes to sample (cycled over --n)")
     p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per batch (default: the device's chunk size, 256 at 16x16 on a CPU)")
+    p.add_argument("--dtype", default=None, help="network autocast dtype: bf16 or fp16 (Kac models; "
+                   "default float32)")
+    p.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",
+                   help="compile the sampler once (torch.compile MODE, default 'default'; on CUDA "
+                        "with CUDA graphs); worth it for large --n")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--out", default="kacfast_demo.png", help="PNG grid (default kacfast_demo.png)")
@@ -292,7 +329,7 @@ def main(argv=None) -> int:
     noise.add_argument("--seed", type=int, default=0)
     noise.set_defaults(func=cmd_noise_demo)
     ex = sub.add_parser("export", help=cmd_export.__doc__)
-    ex.add_argument("--ckpt", required=True, help="run directory or checkpoint file")
+    ex.add_argument("--ckpt", required=True, help="run directory, checkpoint file or shipped model")
     ex.add_argument("--out", required=True, help="output .safetensors")
     ex.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     ex.set_defaults(func=cmd_export)
@@ -321,10 +358,20 @@ def main(argv=None) -> int:
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="auto: bf16 autocast on CUDA, float32 on CPU (default); bf16: autocast "
+                         "forward and loss on any device; fp32")
+    tr.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",
+                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                    help="torch.compile the network's forward (MODE: default, reduce-overhead, "
+                         "max-autotune, max-autotune-no-cudagraphs; default: eager)")
+    tr.add_argument("--channels-last", action="store_true",
+                    help="model and batches in channels_last memory format (image data only)")
     tr.set_defaults(func=cmd_train)
 
     di = sub.add_parser("distill", help=cmd_distill.__doc__)
-    di.add_argument("--teacher", required=True, help="run directory of a trained Kac teacher")
+    di.add_argument("--teacher", required=True,
+                    help="run directory of a trained Kac teacher, or a shipped teacher's name")
     di.add_argument("--out", required=True, help="output directory (one subdirectory per stage)")
     di.add_argument("--schedule", type=int, nargs="+", default=[100, 20, 4, 2, 1],
                     help="step counts, each dividing the previous (default 100 20 4 2 1)")
@@ -346,11 +393,19 @@ def main(argv=None) -> int:
     di.add_argument("--threads", type=int, default=0)
     di.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     di.add_argument("--quiet", action="store_true")
+    di.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="each stage's training precision, as for train (default auto)")
+    di.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",
+                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                    help="torch.compile each student's forward, as for train (default: eager)")
+    di.add_argument("--channels-last", action="store_true",
+                    help="students and batches in channels_last memory format (image data only)")
     di.set_defaults(func=cmd_distill)
 
     sa = sub.add_parser("sample", help=cmd_sample.__doc__)
     _add_sampling_args(sa)
-    sa.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy")
+    sa.add_argument("--out", required=True,
+                    help="FILE.npz (uint8 images + labels), FILE.npy (float32) or FILE.png (grid)")
     sa.add_argument("--nrow", type=int, default=10, help="images per grid row (default 10)")
     sa.set_defaults(func=cmd_sample)
 
@@ -364,7 +419,14 @@ def main(argv=None) -> int:
                     help="local Inception weights file: adds the real FID (needs kacfast[fid])")
     ev.set_defaults(func=cmd_eval)
     args = parser.parse_args(argv)
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        # a user's mistake (a path, a name, a value): one line, as argparse reports its own errors
+        print(f"kacfast {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,15 +7,23 @@ update (+ AB-2 history / Heun stage / final clamp) in a single pass.
 """
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from kacfast import ops
+from kacfast._device import compile_mode, network_dtype
 from kacfast.process import KacProcess
 
-__all__ = ["sample", "integrate", "uniform_grid", "quadratic_grid", "SOLVERS", "nfe"]
+__all__ = ["sample", "integrate", "uniform_grid", "quadratic_grid", "SOLVERS", "nfe", "plan_sampling",
+           "SamplingPlan", "default_max_batch", "draw_seed"]
+
+# Elements (samples x per-sample size) per chunk of a large request when max_batch is None.
+# CPU: see default_max_batch; CUDA: large enough to fill an H200 with a small UNet.
+_CHUNK_ELEMENTS = {"cpu": 65_536, "cuda": 16_777_216}
 
 # network evaluations per step
 SOLVERS = {"euler": 1, "ab2": 1, "heun": 2, "midpoint": 2}
@@ -58,10 +66,11 @@ def _as_grid(grid) -> list[float]:
 
 
 def guided_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: float,
-                       null_label: int | None) -> Callable:
+                       null_label: int | None, dtype: torch.dtype | None = None) -> Callable:
     """v(x, t) -> model velocity at time t (a float, or per-sample times (B,)): (B, ...) or, when
     guided, (2B, ...) = cat([v_cond, v_uncond]) from one batched call on cat([x, x]) with
-    cat([labels, null])."""
+    cat([labels, null]). `dtype` (bfloat16 / float16) runs the network alone under autocast; its
+    output comes back in x's dtype, so the state and the fused steps stay float32."""
     guided = guidance != 1.0
     if guided and (labels is None or null_label is None):
         raise ValueError("guidance != 1 needs labels and a model with `num_classes` (the null label).")
@@ -71,8 +80,11 @@ def guided_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: f
         times = t if isinstance(t, torch.Tensor) else torch.full(
             (x.shape[0],), t, dtype=torch.float32, device=x.device)
         if guided:
-            return model(torch.cat([x, x]), torch.cat([times, times]), pair_labels).to(x.dtype)
-        return model(x, times, pair_labels).to(x.dtype)
+            x, times = torch.cat([x, x]), torch.cat([times, times])
+        # no cast cache: it lives for one call anyway, and a CUDA graph capture forbids it
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                            cache_enabled=False):
+            return model(x, times, pair_labels).to(x.dtype)
 
     return velocity
 
@@ -134,12 +146,106 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
+def _as_labels(labels, num_classes: int | None, device: torch.device) -> torch.Tensor:
+    """labels as a (B,) long tensor on `device`; one-sentence errors for floats, bools, an empty
+    list or classes outside [0, num_classes)."""
+    tensor = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
+    if tensor.numel() == 0:
+        raise ValueError("labels is empty: give at least one label (or batch_size= without labels).")
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got {tensor.dtype} values.")
+    tensor = tensor.to(device=device, dtype=torch.long).reshape(-1)
+    if num_classes is not None and (tensor.min() < 0 or tensor.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values from "
+                         f"{int(tensor.min())} to {int(tensor.max())}.")
+    return tensor
+
+
+def draw_seed() -> int:
+    """A prior seed from torch's global RNG (so torch.manual_seed makes unseeded calls repeat)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """One validated sampling request: everything but the seed. Built by `plan_sampling`.
+
+    grid: decreasing times from process.T to >= 0; batch: samples requested; shape: per-sample
+    shape; labels: (batch,) long on device, or None; dtype: the network's autocast dtype or None
+    (float32); null_label: the model's num_classes (None: unconditional)."""
+
+    process: KacProcess
+    device: torch.device
+    grid: tuple
+    solver: str
+    guidance: float
+    clamp: bool
+    batch: int
+    shape: tuple
+    labels: torch.Tensor | None
+    dtype: torch.dtype | None
+    null_label: int | None
+
+
+def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=None, labels=None,
+                  guidance: float = 1.0, solver: str = "euler", process=None, device=None,
+                  grid=None, clamp: bool = True, dtype=None) -> SamplingPlan:
+    """Validate a request of `sample` / `compile_sampler` (same arguments) into a SamplingPlan."""
+    _check_solver(solver)
+    process = process or getattr(model, "kac_process", None) or KacProcess()
+    device = torch.device(device) if device is not None else _model_device(model)
+    if grid is None:
+        _check_steps(steps)
+        student_grid = getattr(model, "kac_grid", None)
+        use_student = student_grid is not None and len(student_grid) == steps + 1
+        if student_grid is not None and not use_student:
+            warnings.warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
+                          f"grid; sampling {steps} uniform step(s) instead.", stacklevel=3)
+        grid = list(student_grid) if use_student else uniform_grid(steps, process.T)
+    grid = _as_grid(grid)
+    if abs(grid[0] - process.T) > 1e-9:
+        raise ValueError(f"grid must start at the process horizon T = {process.T}, got {grid[0]}.")
+    num_classes = getattr(model, "num_classes", None)
+    if labels is not None:
+        labels = _as_labels(labels, num_classes, device)
+        if batch_size is not None and batch_size != labels.numel():
+            raise ValueError(f"batch_size={batch_size} but {labels.numel()} labels were given.")
+    batch = labels.numel() if labels is not None else (1 if batch_size is None else batch_size)
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch!r}.")
+    shape = tuple(shape) if shape is not None else getattr(model, "sample_shape", None)
+    if shape is None:
+        raise ValueError("shape is required: the model has no `sample_shape`.")
+    if guidance != 1.0 and num_classes is None:
+        raise ValueError("guidance != 1 needs a model with `num_classes` (the null label).")
+    return SamplingPlan(process, device, tuple(grid), solver, float(guidance), clamp, batch,
+                        tuple(shape), labels, network_dtype(dtype, device), num_classes)
+
+
+def run_plan(model: Callable, plan: SamplingPlan, x: torch.Tensor, labels: torch.Tensor | None, *,
+             callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """Integrate one batch of `plan` from its prior draw x (B, *shape) with labels (B,) or None.
+    Pure tensor code (no host sync): this is what `compile_sampler` compiles."""
+    velocity = guided_velocity_fn(model, labels, plan.guidance, plan.null_label, plan.dtype)
+    return integrate(velocity, x, plan.grid, solver=plan.solver, guidance=plan.guidance,
+                     clamp=plan.clamp, callback=callback, progress=progress)
+
+
+def default_max_batch(device: torch.device, sample_numel: int) -> int:
+    """Chunk size `sample` uses when max_batch is None: a per-device budget of elements per chunk
+    (on the CPU a large batch is slower per image: its activations do not stay in cache and fresh
+    allocations page-fault), at least 1 sample."""
+    budget = _CHUNK_ELEMENTS["cuda" if device.type == "cuda" else "cpu"]
+    return max(1, budget // max(1, sample_numel))
+
+
 @torch.no_grad()
 def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = None,
            batch_size: int | None = None, labels=None, guidance: float = 1.0,
            solver: str = "euler", process: KacProcess | None = None, seed: int | None = None,
            device=None, progress: bool = False, callback: Callable | None = None,
-           grid: Sequence[float] | None = None, clamp: bool = True) -> torch.Tensor:
+           grid: Sequence[float] | None = None, clamp: bool = True, dtype=None,
+           compile: bool | str = False, max_batch: int | None = None) -> torch.Tensor:
     """Generate samples with a Kac-flow model.
 
     Args:
@@ -150,53 +256,70 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
         steps: integration steps (NFE = steps x 1 for euler/ab2, x 2 for heun/midpoint).
         shape: per-sample shape, e.g. (1, 28, 28); default model.sample_shape.
         batch_size: number of samples (default len(labels), else 1).
-        labels: class labels (B,) (list or tensor) for conditional models.
+        labels: class labels (B,) (integers: list or tensor) for conditional models.
         guidance: w in v = v_u + w (v_c - v_u); 1 = no guidance (one network call per NFE).
         solver: "euler", "ab2", "heun" or "midpoint".
         process: the Kac process (default model.kac_process, else KacProcess()).
         seed: seed of the prior's counter-based RNG (default: drawn from torch's global RNG).
         device: default: the model's device.
-        progress: tqdm progress bar; callback: see integrate().
+        progress: tqdm progress bar (over steps; over images when the request is chunked).
+        callback: see integrate() (called per chunk; needs compile=False).
         grid: explicit decreasing time grid from T to 0 (overrides steps).
         clamp: clamp the result to [-1, 1].
+        dtype: None (float32), torch.bfloat16 / torch.float16 or "bf16" / "fp16": the network
+            runs under autocast in that dtype; the state, the prior and the fused steps stay
+            float32. Warns where the CPU has no native instructions for it (it would be slower).
+        compile: False, True or a torch.compile mode ("default", "reduce-overhead",
+            "max-autotune", "max-autotune-no-cudagraphs"): the network and the step loop are
+            compiled once per (model, chunk shape, grid, solver, guidance, dtype, device) and
+            reused (see `compile_sampler`; on CUDA the chunk is replayed as a CUDA graph).
+        max_batch: samples per network batch; a larger request runs in chunks (default: a per-
+            device size, `default_max_batch`). The prior is drawn once for the whole request,
+            so chunking changes no sample beyond float rounding of the network.
     Returns:
         (B, *shape) float32 samples at t = 0.
     """
-    _check_solver(solver)
-    process = process or getattr(model, "kac_process", None) or KacProcess()
-    device = torch.device(device) if device is not None else _model_device(model)
-    if grid is None:
-        _check_steps(steps)
-        student_grid = getattr(model, "kac_grid", None)
-        use_student = student_grid is not None and len(student_grid) == steps + 1
-        if student_grid is not None and not use_student:
-            warnings.warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
-                          f"grid; sampling {steps} uniform step(s) instead.", stacklevel=2)
-        grid = list(student_grid) if use_student else uniform_grid(steps, process.T)
-    grid = _as_grid(grid)
-    if abs(grid[0] - process.T) > 1e-9:
-        raise ValueError(f"grid must start at the process horizon T = {process.T}, got {grid[0]}.")
-    if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
-        if batch_size is not None and batch_size != labels.numel():
-            raise ValueError(f"batch_size={batch_size} but {labels.numel()} labels were given.")
-        num_classes = getattr(model, "num_classes", None)
-        if num_classes is not None and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.tolist()}.")
-    batch = labels.numel() if labels is not None else (batch_size or 1)
-    shape = tuple(shape) if shape is not None else getattr(model, "sample_shape", None)
-    if shape is None:
-        raise ValueError("shape is required: the model has no `sample_shape`.")
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    x = process.prior((batch,) + shape, seed=seed, device=device)
-    velocity = guided_velocity_fn(model, labels, guidance, getattr(model, "num_classes", None))
+    plan = plan_sampling(model, steps, shape=shape, batch_size=batch_size, labels=labels,
+                         guidance=guidance, solver=solver, process=process, device=device,
+                         grid=grid, clamp=clamp, dtype=dtype)
+    if plan.guidance != 1.0 and plan.labels is None:
+        raise ValueError("guidance != 1 needs labels (the conditional half of each guided call).")
+    mode = compile_mode(compile)
+    if mode is not None and callback is not None:
+        raise ValueError("callback runs Python between steps: it needs compile=False.")
+    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch must be an int >= 1 or None, got {max_batch!r}.")
+    chunk = min(plan.batch, max_batch or default_max_batch(plan.device, math.prod(plan.shape)))
+    # an explicit max_batch is the compiled batch even for a smaller request (padded), so a
+    # stream of chunks with a short last one compiles once
+    compiled_batch = max_batch or chunk
+    x = plan.process.prior((plan.batch,) + plan.shape, seed=draw_seed() if seed is None else seed,
+                           device=plan.device)
+    if mode is not None:
+        from kacfast.compiled import cached_sampler
+        run = cached_sampler(model, plan, compiled_batch, mode).integrate
+    else:
+        def run(x_chunk, labels_chunk):
+            return run_plan(model, plan, x_chunk, labels_chunk, callback=callback,
+                            progress=progress and chunk == plan.batch)
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
     try:
-        return integrate(velocity, x, grid, solver=solver, guidance=guidance, clamp=clamp,
-                         callback=callback, progress=progress)
+        if chunk == plan.batch:
+            return run(x, plan.labels)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=plan.batch, desc=f"kacfast {plan.solver}", unit="img")
+        for first in range(0, plan.batch, chunk):
+            part = slice(first, first + chunk)
+            x[part] = run(x[part], None if plan.labels is None else plan.labels[part])
+            if bar is not None:
+                bar.update(x[part].shape[0])
+        if bar is not None:
+            bar.close()
+        return x
     finally:
         if was_training:
             model.train()

@@ -1,0 +1,215 @@
+"""End-to-end speed where users run it (run by benchmarks/gpu_check.sh): the 1-step sampler per
+precision / compile / CUDA graph against the network's own forward time at the same batch and
+precision (the ceiling), wall time for 50,000 1-step samples, and training images/s per precision.
+
+    python benchmarks/gpu_speed.py --out DIR             # on a GPU: DIR/gpu_speed.{json,md}
+    python benchmarks/gpu_speed.py --out DIR --smoke     # anywhere: tiny shapes, every code path
+
+Networks have random weights (speed only). Sampler rows are guidance 1 (one network call per
+image), so "share of ceiling" = the network row's time / the sampler row's time at one batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+import kacfast
+from kacfast.compiled import compiled_network
+from kacfast.models import build_model
+from kacfast.process import KacProcess
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import _section, markdown_table  # noqa: E402
+
+
+def timer(device: torch.device):
+    """fn -> median milliseconds: CUDA events (triton.testing.do_bench) on a GPU, else the median
+    of a few perf_counter runs (smoke mode)."""
+    if device.type == "cuda":
+        import triton.testing
+        return lambda fn: triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0]
+
+    def cpu(fn, repeats=3):
+        fn()
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        return sorted(runs)[len(runs) // 2] * 1e3
+    return cpu
+
+
+def _network(preset: str, image_size: int, device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_model(preset, image_size=image_size)
+    for p in net.parameters():  # the zero-initialized output layer would make sampling trivial
+        if p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.02)
+    return net.to(device).eval().requires_grad_(False)
+
+
+def sampler_rows(preset: str, image_size: int, batch: int, device) -> list[dict]:
+    """1-step sampling of `batch` images: fp32 eager / bf16 / bf16 + compile / bf16 + compile +
+    CUDA graph (+ channels_last), each beside the network's forward at its precision."""
+    net = _network(preset, image_size, device)
+    bench = timer(device)
+    labels = (torch.arange(batch) % 10).to(device)
+    x = torch.randn((batch,) + net.sample_shape, device=device)
+    t = torch.full((batch,), KacProcess().T, device=device)
+    bf16 = torch.autocast(device.type, dtype=torch.bfloat16)
+    cuda = device.type == "cuda"
+
+    def forward(network, autocast):
+        def run():
+            with torch.no_grad(), autocast:
+                return network(x, t, labels)
+        return run
+
+    compiled = compiled_network(net, "default", cuda_graph=cuda)
+    ceilings = {"fp32": bench(forward(net, torch.autocast(device.type, enabled=False))),
+                "bf16": bench(forward(net, bf16)),
+                "bf16 compiled": bench(forward(compiled, bf16))}
+    if cuda:  # the compiled forward alone, replayed as a CUDA graph: the true ceiling
+        graph, run = torch.cuda.CUDAGraph(), forward(compiled, bf16)
+        run()
+        with torch.cuda.graph(graph):
+            run()
+        ceilings["bf16 compiled + graph"] = bench(graph.replay)
+    rows = [{"row": f"network forward {name}", "ms": ms, "images_per_s": batch / ms * 1e3}
+            for name, ms in ceilings.items()]
+
+    def sample(**kw):
+        return lambda: kacfast.sample(net, 1, labels=labels, seed=0, max_batch=batch, **kw)
+    samplers = {"1-step fp32 eager": ("fp32", sample()),
+                "1-step bf16 eager": ("bf16", sample(dtype=torch.bfloat16)),
+                "1-step bf16 compiled": ("bf16 compiled",
+                                         kacfast.compile_sampler(net, 1, batch_size=batch,
+                                                                 dtype=torch.bfloat16,
+                                                                 cuda_graph=False))}
+    if cuda:
+        graphed = kacfast.compile_sampler(net, 1, batch_size=batch, dtype=torch.bfloat16)
+        samplers["1-step bf16 compiled + CUDA graph"] = ("bf16 compiled + graph", graphed)
+        rows.append({"row": "compile + capture of that sampler (s)", "ms": graphed.compile_seconds * 1e3})
+    for name, (ceiling, fn) in samplers.items():
+        call = fn if not isinstance(fn, kacfast.Sampler) else (lambda fn=fn: fn(labels=labels, seed=0))
+        ms = bench(call)
+        rows.append({"row": name, "ms": ms, "images_per_s": batch / ms * 1e3,
+                     "share_of_ceiling": ceilings[ceiling] / ms, "ceiling": f"network forward {ceiling}"})
+    for r in rows:
+        r.update(network=preset, image_size=image_size, batch=batch)
+    return rows
+
+
+def fifty_thousand(preset: str, image_size: int, n: int, batch: int, device) -> dict:
+    """Wall time of kacfast.sample(net, 1, labels=n labels, dtype=bf16, compile=True): the first
+    call (compile + capture included) and a second one, each with the results on the device."""
+    net = _network(preset, image_size, device)
+    labels = (torch.arange(n) % 10).to(device)
+    out = {"network": preset, "image_size": image_size, "n": n, "max_batch": batch}
+    for name in ("first call s", "second call s"):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        images = kacfast.sample(net, 1, labels=labels, seed=1, dtype=torch.bfloat16, compile=True,
+                                max_batch=batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[name] = time.perf_counter() - start
+    out["images_per_s"] = n / out["second call s"]
+    out["finite"] = bool(torch.isfinite(images).all())
+    return out
+
+
+class _TimedObjective:
+    """An objective that records the time of each loss call (the device synchronized first)."""
+
+    def __init__(self, objective, device):
+        self.objective, self.device, self.times = objective, device, []
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+    def loss(self, *args):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        return self.objective.loss(*args)
+
+
+TRAINING_SETTINGS = (("fp32", False), ("bf16", False), ("bf16", True))  # (precision, compile)
+
+
+def training_rows(preset: str, image_size: int, batch: int, steps: int, device,
+                  settings=TRAINING_SETTINGS) -> list[dict]:
+    """Kac flow-matching training images/s per precision and compile, over the last `steps` of
+    2 x `steps` optimizer steps (the first `steps` pay the compile and the warm-up)."""
+    from kacfast.training import TrainConfig, train
+    from kacfast.training.objectives import KacObjective
+
+    channels = 3 if preset == "unet-cifar10" else 1
+    x = torch.rand((batch * 4, channels, image_size, image_size)) * 2 - 1
+    y = torch.arange(len(x)) % 10
+    rows = []
+    for precision, compile in settings:
+        net = _network(preset, image_size, device).train().requires_grad_(True)
+        config = TrainConfig(steps=2 * steps, batch_size=batch, warmup=1, ckpt_every=10**9,
+                             sample_every=0, log_every=10**9, precision=precision, compile=compile)
+        objective = _TimedObjective(KacObjective(KacProcess()), device)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:
+            train(net, objective, (x, y), config, out, progress=False)
+        t = objective.times
+        rows.append({"row": f"train {precision}{' + compile' if compile else ''}",
+                     "images_per_s": (len(t) - 1 - steps) * batch / (t[-1] - t[steps]),
+                     "warm-up s": t[steps] - start, "network": preset, "batch": batch})
+    for r in rows:
+        r["x_fp32_eager"] = r["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def _markdown(result: dict) -> str:
+    lines = [f"device: {result['device']}, torch {result['torch']}"]
+    for key, rows in result.items():
+        if key not in ("device", "torch", "smoke"):
+            lines += markdown_table(key, rows)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes on any device: checks every code path, measures nothing")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.smoke:
+        tiny, cifar, n50k, train_cfg = (8, 4), (8, 2), (6, 4), (8, 4, 2)
+    else:
+        tiny, cifar, n50k, train_cfg = (16, 4096), (32, 1024), (50_000, 1024), (32, 128, 20)
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
+              "torch": torch.__version__, "smoke": args.smoke}
+    path = os.path.join(args.out, "gpu_speed")
+    json_path = path + ".json"
+    _section(result, "sampler_unet_tiny", lambda: sampler_rows("unet-tiny", *tiny, device), json_path)
+    _section(result, "sampler_unet_cifar10",
+             lambda: sampler_rows("unet-cifar10", *cifar, device), json_path)
+    _section(result, "fifty_thousand_cifar10",
+             lambda: fifty_thousand("unet-cifar10", cifar[0], *n50k, device), json_path)
+    _section(result, "training_unet_cifar10",
+             lambda: training_rows("unet-cifar10", *train_cfg, device), json_path)
+    text = _markdown(result)
+    with open(path + ".md", "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Fast sampling paths: chunked requests, network autocast, compiled samplers, streamed sample files
+and the sampling CLI. A torch.compile costs tens of seconds on a CPU, so the compiled samplers are
+built once per module (fixtures) and reused through kacfast's cache."""
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import kacfast
+import kacfast.images
+from kacfast import _device, compiled
+from kacfast.models import build_model
+from kacfast.sample_files import SampleWriter
+
+from test_sampling import LabelShiftModel
+
+CLI = [sys.executable, "-m", "kacfast"]
+
+
+def _random_output_layer(net):
+    for p in net.parameters():  # the zero-initialized output layer would make every sample equal
+        if p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    return net.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return _random_output_layer(build_model("unet-tiny", image_size=8))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    return _random_output_layer(build_model("mlp", num_classes=3))
+
+
+LABELS = torch.arange(10) % 10
+
+
+# ----------------------------------------------------------------------------------------------
+# chunking, labels, dtype
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("max_batch", [1, 3, 7, 10, 64])
+def test_chunked_request_equals_one_batch(max_batch):
+    model = LabelShiftModel()
+    labels = torch.arange(10) % 3
+    whole = kacfast.sample(model, 4, labels=labels, seed=5, guidance=1.5, clamp=False)
+    chunked = kacfast.sample(model, 4, labels=labels, seed=5, guidance=1.5, clamp=False,
+                             max_batch=max_batch)
+    assert torch.equal(whole, chunked)
+
+
+def test_chunked_unet_request_matches_one_batch(unet):
+    whole = kacfast.sample(unet, 2, labels=LABELS, seed=1, max_batch=10)
+    chunked = kacfast.sample(unet, 2, labels=LABELS, seed=1, max_batch=4)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_default_chunk_size_per_device():
+    assert kacfast.sampling.default_max_batch(torch.device("cpu"), 256) == 256
+    assert kacfast.sampling.default_max_batch(torch.device("cpu"), 3 * 32 * 32) == 21
+    assert kacfast.sampling.default_max_batch(torch.device("cpu"), 10**9) == 1
+    assert kacfast.sampling.default_max_batch(torch.device("cuda"), 256) == 65536
+
+
+def test_progress_over_chunks(capsys):
+    kacfast.sample(LabelShiftModel(), 2, labels=torch.arange(9) % 3, seed=0, max_batch=4,
+                   progress=True)
+    assert "img" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels,match", [([1.5], "integer class indices"), ([], "empty"),
+                                          (torch.tensor([True]), "integer class indices"),
+                                          ([0, 3], r"\[0, 3\)")])
+def test_bad_labels(labels, match):
+    with pytest.raises(ValueError, match=match):
+        kacfast.sample(LabelShiftModel(), 1, labels=labels)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5])
+def test_bad_max_batch(bad):
+    with pytest.raises(ValueError, match="max_batch"):
+        kacfast.sample(LabelShiftModel(), 1, labels=[0], max_batch=bad)
+
+
+@pytest.mark.parametrize("name,expected", [("bf16", torch.bfloat16), ("BFloat16", torch.bfloat16),
+                                           ("fp16", torch.float16), ("fp32", None),
+                                           (torch.float32, None), (None, None),
+                                           (torch.float16, torch.float16)])
+def test_network_dtype_names(name, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _device.network_dtype(name, torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize("bad", ["int8", "fp8", torch.int32, 3])
+def test_unknown_dtype_is_one_sentence(bad):
+    with pytest.raises(ValueError, match="dtype must be"):
+        kacfast.sample(LabelShiftModel(), 1, labels=[0], dtype=bad)
+
+
+def test_bf16_warns_where_the_cpu_would_emulate_it(monkeypatch):
+    monkeypatch.setattr(_device, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        _device.network_dtype("bf16", torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _device.network_dtype("bf16", torch.device("cuda"))  # a GPU has it: no warning
+
+
+def test_bf16_network_keeps_state_and_steps_float32(unet):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        num_classes, sample_shape = unet.num_classes, unet.sample_shape
+
+        def forward(self, x, t, y=None):
+            out = unet(x, t, y)
+            seen.append((x.dtype, torch.get_autocast_dtype("cpu"), torch.is_autocast_enabled("cpu")))
+            return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        low = kacfast.sample(Spy(), 2, labels=LABELS, seed=3, dtype="bf16", guidance=1.5)
+    full = kacfast.sample(unet, 2, labels=LABELS, seed=3, guidance=1.5)
+    assert seen == [(torch.float32, torch.bfloat16, True)] * 2  # x float32, the network autocast
+    assert low.dtype == torch.float32
+    assert 0 < (low - full).abs().max() < 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# compiled samplers
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compiled_unet_samples(unet):
+    """(eager, compiled) samples of the UNet: 2 AB-2 steps, guidance 1.5, 10 labels."""
+    args = dict(labels=LABELS, seed=11, guidance=1.5, solver="ab2")
+    eager = kacfast.sample(unet, 2, **args)
+    return eager, kacfast.sample(unet, 2, compile=True, **args)
+
+
+def test_compiled_unet_sampler_matches_eager(compiled_unet_samples):
+    eager, fast = compiled_unet_samples
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
+
+
+def test_compiled_sampler_is_reused(unet, compiled_unet_samples):
+    before = dict(compiled._CACHE[unet])
+    again = kacfast.sample(unet, 2, labels=LABELS, seed=11, guidance=1.5, solver="ab2", compile=True)
+    assert compiled._CACHE[unet] == before
+    assert torch.equal(again, compiled_unet_samples[1])
+
+
+def test_compile_sampler_same_seed_same_samples_as_sample(mlp):
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    sampler = kacfast.compile_sampler(mlp, 3, batch_size=5, guidance=2.0)
+    assert sampler.compile_seconds > 0 and not sampler.cuda_graph
+    eager = kacfast.sample(mlp, 3, labels=labels, seed=7, guidance=2.0)
+    torch.testing.assert_close(sampler(labels=labels, seed=7), eager, atol=1e-5, rtol=0)
+    assert not torch.equal(sampler(labels=labels, seed=8), sampler(labels=labels, seed=7))
+    with pytest.raises(ValueError, match="compiled for 5 samples"):
+        sampler(labels=[0, 1])
+    with pytest.raises(ValueError, match="needs labels"):
+        sampler()
+    with pytest.raises(ValueError, match="seed"):
+        sampler(labels=labels, seed=-1)
+
+
+def test_padded_last_chunk_and_updated_weights(mlp):
+    """An explicit max_batch is the compiled batch: a short request is padded, not recompiled;
+    weights updated in place (an optimizer step) are frozen into a new graph, never sampled stale."""
+    net = build_model("mlp", num_classes=3).eval().requires_grad_(False)
+    net.load_state_dict(mlp.state_dict())
+    labels = torch.tensor([2, 1, 0, 2, 1, 0, 2])
+    args = dict(labels=labels, seed=3, max_batch=4)
+    fast = kacfast.sample(net, 2, compile=True, **args)
+    torch.testing.assert_close(fast, kacfast.sample(net, 2, **args), atol=1e-5, rtol=0)
+    assert len(compiled._CACHE[net]) == 1  # chunks of 4 and 3 share one compiled batch of 4
+    sampler = next(iter(compiled._CACHE[net].values()))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.5)
+    with pytest.raises(RuntimeError, match="build a new sampler"):  # frozen into the graph
+        sampler.integrate(torch.zeros(4, 2), None)
+    again = kacfast.sample(net, 2, compile=True, **args)
+    assert not torch.allclose(again, fast)
+    torch.testing.assert_close(again, kacfast.sample(net, 2, **args), atol=1e-5, rtol=0)
+
+
+def test_compile_bad_arguments(mlp, monkeypatch):
+    with pytest.raises(ValueError, match="compile must be"):
+        kacfast.sample(mlp, 1, labels=[0], compile="fastest")
+    with pytest.raises(ValueError, match="callback"):
+        kacfast.sample(mlp, 1, labels=[0], compile=True, callback=lambda d: None)
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        kacfast.compile_sampler(mlp, 1, batch_size=2, cuda_graph=True)
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(RuntimeError, match="torch.compile cannot run"):
+        kacfast.sample(mlp, 1, labels=[0], compile=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# sample files
+# ----------------------------------------------------------------------------------------------
+def _images(n, seed=0):
+    return torch.rand((n, 1, 4, 5), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_npz_streams_uint8_images_and_labels(tmp_path):
+    path = tmp_path / "s.npz"
+    images, labels = _images(7), torch.arange(7) % 3
+    with SampleWriter(str(path), 7, (1, 4, 5)) as writer:
+        for part in (slice(0, 3), slice(3, 6), slice(6, 7)):
+            writer.write(images[part], labels[part])
+    data = np.load(path)
+    assert data["arr_0"].shape == (7, 4, 5, 1) and data["arr_0"].dtype == np.uint8
+    np.testing.assert_array_equal(data["arr_0"], kacfast.images.to_uint8(images))
+    np.testing.assert_array_equal(data["labels"], labels.numpy())
+    assert os.listdir(tmp_path) == ["s.npz"]
+
+
+def test_npy_and_points(tmp_path):
+    points = torch.randn(5, 2)
+    with SampleWriter(str(tmp_path / "p.npy"), 5, (2,)) as writer:
+        writer.write(points[:2])
+        writer.write(points[2:])
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), points.numpy())
+    with SampleWriter(str(tmp_path / "p.npz"), 5, (2,)) as writer:
+        writer.write(points)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npz")["arr_0"], points.numpy())
+
+
+@pytest.mark.parametrize("ext", [".npz", ".npy", ".png"])
+def test_interrupted_write_leaves_no_file(tmp_path, ext):
+    path = tmp_path / f"s{ext}"
+    with pytest.raises(KeyboardInterrupt):
+        with SampleWriter(str(path), 6, (1, 4, 5)) as writer:
+            writer.write(_images(3))
+            raise KeyboardInterrupt
+    with pytest.raises(ValueError, match="3 of 6 samples"):
+        with SampleWriter(str(path), 6, (1, 4, 5)) as writer:
+            writer.write(_images(3))
+    assert os.listdir(tmp_path) == []
+
+
+def test_sample_writer_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="must end in"):
+        SampleWriter(str(tmp_path / "s.jpg"), 3, (1, 4, 5))
+    with pytest.raises(ValueError, match="PNG output needs image samples"):
+        SampleWriter(str(tmp_path / "s.png"), 3, (2,))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SampleWriter(str(tmp_path / "no" / "s.npz"), 3, (1, 4, 5))
+    with pytest.raises(ValueError, match=">= 1"):
+        SampleWriter(str(tmp_path / "s.npz"), 0, (1, 4, 5))
+    with pytest.raises(ValueError, match="expected up to 3"):
+        with SampleWriter(str(tmp_path / "s.npz"), 3, (1, 4, 5)) as writer:
+            writer.write(_images(4))
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def _cli(*args):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600)
+
+
+def test_cli_streams_a_shipped_model_to_npz(tmp_path):
+    out = tmp_path / "student.npz"
+    run = _cli("sample", "--ckpt", "mnist16-distillkac-1step", "--steps", "1", "--n", "23",
+               "--batch-size", "10", "--out", str(out), "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    data = np.load(out)
+    assert data["arr_0"].shape == (23, 16, 16, 1)
+    np.testing.assert_array_equal(data["labels"], np.arange(23) % 10)
+    # batch k draws from seed + k * 1_000_003: the first batch is kacfast.sample at seed 0
+    model = kacfast.load_pretrained("mnist16-distillkac-1step")
+    first = kacfast.sample(model, 1, labels=torch.arange(10), seed=0)
+    np.testing.assert_array_equal(data["arr_0"][:10], kacfast.images.to_uint8(first))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ckpt", "/no/such/run"], "neither a run directory"),
+    (["--ckpt", "mnist16-distillkac-1step", "--dtype", "int8"], "dtype must be"),
+    (["--ckpt", "mnist16-distillkac-1step", "--compile", "fastest"], "compile must be"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, args, message):
+    out = tmp_path / "s.npz"
+    run = _cli("sample", *args, "--n", "3", "--out", str(out), "--device", "cpu")
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kacfast sample: error:") and message in lines[0]
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    run = _cli("--debug", "sample", "--ckpt", "/no/such/run", "--out", str(tmp_path / "s.npz"))
+    assert run.returncode != 0 and "Traceback" in run.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# the GPU speed script, on tiny shapes (keeps benchmarks/gpu_check.sh's code paths working)
+# ----------------------------------------------------------------------------------------------
+def test_gpu_speed_script_smoke():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import gpu_speed
+
+    cpu = torch.device("cpu")
+    rows = gpu_speed.sampler_rows("unet-tiny", 8, 2, cpu)
+    names = [r["row"] for r in rows]
+    assert names[:3] == ["network forward fp32", "network forward bf16",
+                         "network forward bf16 compiled"]
+    assert all(r["ms"] > 0 and r["batch"] == 2 for r in rows)
+    assert all(0 < r["share_of_ceiling"] for r in rows if r["row"].startswith("1-step"))
+    big = gpu_speed.fifty_thousand("unet-tiny", 8, 5, 2, cpu)
+    assert big["finite"] and big["n"] == 5 and big["second call s"] > 0
+    train = gpu_speed.training_rows("unet-tiny", 8, 2, 2, cpu,
+                                    settings=(("fp32", False), ("bf16", False)))
+    assert [r["row"] for r in train] == ["train fp32", "train bf16"] and train[0]["x_fp32_eager"] == 1
+    assert "| 1-step bf16 compiled |" in "\n".join(gpu_speed.markdown_table("t", rows))
