@@ -19,6 +19,8 @@ COLUMNS = {
     "nfe": ("NFE", lambda v: f"{v}"),
     "images_per_s": ("images/s", lambda v: f"{v:.3g}"),
     "outside_network_share": ("outside network", lambda v: f"{100 * v:.1f}%"),
+    "max_abs_diff_vs_fp32_eager": ("max diff vs fp32 eager", lambda v: f"{v:.1e}"),
+    "first_call_s": ("first call s", lambda v: f"{v:.1f}"),
 }
 
 
@@ -53,7 +55,8 @@ def main(argv=None) -> None:
         report = json.load(f)
     machine = report.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
-          f"{machine.get('cpu', {}).get('count', '?')} CPUs; torch threads as run\n")
+          f"{machine.get('cpu', {}).get('count', '?')} CPUs, SIMD {machine.get('simd', '?')}, "
+          f"torch {machine.get('torch', '?')}, {machine.get('torch_threads', '?')} torch threads\n")
     print(markdown_tables(report))
 
 

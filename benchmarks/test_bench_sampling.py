@@ -28,6 +28,9 @@ class TimedNet(torch.nn.Module):
         self.net = net
         self.num_classes = net.num_classes
         self.sample_shape = net.sample_shape
+        for name in ("kac_process", "kac_grid"):  # what kacfast.sample reads off a trained model
+            if hasattr(net, name):
+                setattr(self, name, getattr(net, name))
         self.seconds = 0.0
         self.calls = 0
 

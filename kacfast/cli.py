@@ -191,6 +191,10 @@ def _load(args):
     from kacfast._device import compile_mode, network_dtype
     from kacfast.training.load import load_trained
 
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
     network_dtype(args.dtype, torch.device(args.device))
     compile_mode(args.compile)
     model, meta = load_trained(_checkpoint(args.ckpt), device=args.device)

@@ -6,17 +6,19 @@ shape, whatever the number of steps (compiling the unrolled step loop would put 
 the network in one graph and its compile time would grow with them); the fused steps between
 network calls are already one kernel each. On the CPU the weights are frozen into the graph
 (inductor's freezing: constants folded, convolution weights prepacked for oneDNN), so an in-place
-weight update needs a new compile. On CUDA the whole sampler is then captured as CUDA
-graphs with static buffers: one draws the prior from a device tensor [seed, offset] (so a new seed
-replays the same graph), one runs every network call and fused step; a call replays both and
-returns a copy of the static output.
+weight update needs a new compile. On CUDA the whole sampler is then captured as CUDA graphs with
+static buffers: one draws the prior from a device tensor [seed, offset] (so a new seed replays the
+same graph), one runs every network call and fused step; a call replays both and returns a copy
+of the static output. Samplers put the model in eval mode while they build and run.
 
-`kacfast.sample(..., compile=...)` reuses Samplers through `cached_sampler`, keyed by the request
-and the model's weights, and compiled networks through `compiled_network`, keyed by the model and
-the compile mode (a network compiled for one request serves every other request of that shape).
+`kacfast.sample(..., compile=...)` reuses Samplers through `cached_sampler` (the last
+`CACHE_SIZE` requests; torch.compile's own cache lets a new Sampler of an already compiled network
+and shape skip the compile).
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import time
 import weakref
 from typing import Callable
@@ -24,45 +26,41 @@ from typing import Callable
 import torch
 
 from kacfast._device import compile_mode
-from kacfast.sampling import (SamplingPlan, _as_labels, draw_seed, guided_velocity_fn, plan_sampling,
-                              run_plan)
+from kacfast.ops import _check_seed
+from kacfast.sampling import (SamplingPlan, _as_labels, draw_seed, eval_mode, guided_velocity_fn,
+                              plan_sampling, run_plan)
 
-__all__ = ["Sampler", "compile_sampler", "cached_sampler", "compiled_network"]
+__all__ = ["Sampler", "compile_sampler", "cached_sampler", "CACHE_SIZE", "RECOMPILE_LIMIT"]
 
 # With CUDA graphs captured here, inductor must not capture its own: map modes to their
 # no-cudagraph equivalent.
 _NO_INDUCTOR_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
+#: Compiled graphs allowed per network class (torch.compile's recompile_limit, 8 by default).
+RECOMPILE_LIMIT = 64
+#: Samplers kept by `cached_sampler` (each holds its model and, on CUDA, its graphs' memory).
+CACHE_SIZE = 8
+_CACHE: "collections.OrderedDict[tuple, Sampler]" = collections.OrderedDict()
+# The weights each model had when a graph froze them (values only: no reference to the model).
+_FROZEN_AT: "weakref.WeakKeyDictionary[object, tuple]" = weakref.WeakKeyDictionary()
+
 
 def _weights_state(model, frozen: bool) -> tuple:
     """What a compiled sampler depends on: where the parameters and buffers live (a captured CUDA
     graph reads them there, so it sees in-place updates but not replaced tensors) and, when the
-    weights were frozen into the graph as constants (CPU), their version counters too (any
+    weights are frozen into the graph as constants (CPU), their version counters too (any
     in-place update: an optimizer step, load_state_dict)."""
     tensors = list(model.parameters()) + list(model.buffers()) if isinstance(
         model, torch.nn.Module) else []
     return tuple((t.data_ptr(), t._version if frozen else 0) for t in tensors)
 
 
-_NETWORKS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
-
-
-def compiled_network(model: Callable, mode: str, cuda_graph: bool) -> Callable:
-    """torch.compile(model) for inference (static shapes, one graph per input shape), made once
-    per (model, mode) and shared by every Sampler of that model."""
-    if cuda_graph:
-        mode = _NO_INDUCTOR_GRAPHS.get(mode, mode)
-    per_model = _NETWORKS.setdefault(model, {})
-    if mode not in per_model:
-        per_model[mode] = torch.compile(model, fullgraph=True, dynamic=False, mode=mode)
-    return per_model[mode]
-
-
 class Sampler:
     """A sampler compiled for one batch: `sampler(labels=None, seed=None) -> (batch_size, *shape)`.
 
     Build it with `compile_sampler`. Attributes: `batch_size`, `plan` (the validated request),
-    `cuda_graph`, `compile_seconds` (the first call's compile time, measured at build).
+    `cuda_graph`, `frozen` (CPU: weights frozen into the graph), `compile_seconds` (what the
+    build cost: compile, warm-up and capture).
     """
 
     def __init__(self, model: Callable, plan: SamplingPlan, mode: str = "default",
@@ -74,25 +72,48 @@ class Sampler:
         self.model, self.plan, self.batch_size = model, plan, plan.batch
         self.frozen = not on_cuda
         self._weights = _weights_state(model, self.frozen)
-        self._network = compiled_network(model, mode, self.cuda_graph)
+        if self.frozen and _FROZEN_AT.get(model, self._weights) != self._weights:
+            # torch.compile's guards do not look at weight values: a graph frozen with this
+            # model's old weights would be reused. Drop every compiled graph (others recompile,
+            # frozen with their own current weights, on their next call).
+            torch._dynamo.reset()
+        if self.frozen:
+            _FROZEN_AT[model] = self._weights
+        mode = _NO_INDUCTOR_GRAPHS.get(mode, mode) if self.cuda_graph else mode
+        self._network = torch.compile(model, fullgraph=True, dynamic=False, mode=mode)
         start = time.perf_counter()
-        self._build()
+        with self._scope():
+            self._build()
         self.compile_seconds = time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def _scope(self):
+        """Eval mode, the plan's GPU as the current device (graphs capture on the current
+        device's streams), and on the CPU inductor's freezing for any (re)compile."""
+        device = self.plan.device
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(eval_mode(self.model))
+            if device.type == "cuda":
+                stack.enter_context(torch.cuda.device(device))
+            if self.frozen:
+                stack.enter_context(torch._inductor.config.patch(freezing=True))
+            # one graph per (network, batch shape, autocast dtype), and on the CPU per model
+            # instance (frozen weights): torch's default of 8 per code object is soon reached
+            stack.enter_context(torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT))
+            yield
 
     def _integrate(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return run_plan(self._network, self.plan, x, labels)
 
-    @torch.no_grad()
     def _build(self) -> None:
         p = self.plan
         shape = (self.batch_size,) + p.shape
         self._null = None if p.null_label is None else torch.full(
             (self.batch_size,), p.null_label, dtype=torch.long, device=p.device)
         if not self.cuda_graph:  # one network call compiles the graph every step reuses
-            # CPU: weights frozen into the graph (folded, prepacked for oneDNN's convolutions)
-            with torch._inductor.config.patch(freezing=self.frozen):
-                guided_velocity_fn(self._network, self._null, p.guidance, p.null_label, p.dtype)(
-                    torch.zeros(shape, device=p.device), p.grid[0])
+            guided_velocity_fn(self._network, self._null, p.guidance, p.null_label, p.dtype)(
+                torch.zeros(shape, device=p.device), p.grid[0])
             return
         self._labels = None if self._null is None else self._null.clone()  # static input
         self._rng = torch.zeros(2, dtype=torch.int64, device=p.device)
@@ -123,20 +144,22 @@ class Sampler:
             if p.guidance != 1.0:
                 raise ValueError("guidance != 1 needs labels.")
             return self._null
-        labels = _as_labels(labels, p.null_label, p.device)
         if p.null_label is None:
             raise ValueError("labels were given but the model is unconditional (num_classes=None).")
+        labels = _as_labels(labels, p.null_label, p.device)
         if labels.numel() != self.batch_size:
             raise ValueError(f"this sampler was compiled for {self.batch_size} samples, got "
                              f"{labels.numel()} labels.")
         return labels
 
-    @torch.no_grad()
     def integrate(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Samples from given prior draws x (n, *shape), n <= batch_size (padded to the compiled
         batch and cut back: the network treats samples independently), labels (n,) or None."""
         self._check_weights()
         n = x.shape[0]
+        if not 1 <= n <= self.batch_size or tuple(x.shape[1:]) != self.plan.shape:
+            raise ValueError(f"x must hold 1 to {self.batch_size} samples of shape "
+                             f"{self.plan.shape}, got {tuple(x.shape)}.")
         if n < self.batch_size:
             pad = self.batch_size - n
             x = torch.cat([x, x.new_zeros((pad,) + x.shape[1:])])
@@ -144,15 +167,15 @@ class Sampler:
                 labels = torch.cat([labels, labels.new_full((pad,), self.plan.null_label)])
         if labels is None:
             labels = self._null
-        if not self.cuda_graph:
-            return self._integrate(x, labels)[:n]
-        self._x.copy_(x)
-        if labels is not None:
-            self._labels.copy_(labels)
-        self._graph.replay()
-        return self._out[:n].clone()
+        with self._scope():
+            if not self.cuda_graph:
+                return self._integrate(x, labels)[:n]
+            self._x.copy_(x)
+            if labels is not None:
+                self._labels.copy_(labels)
+            self._graph.replay()
+            return self._out[:n].clone()
 
-    @torch.no_grad()
     def __call__(self, labels=None, seed: int | None = None) -> torch.Tensor:
         """(batch_size, *shape) float32 samples; labels (batch_size,) integers for a conditional
         model (None: the null label, unguided); seed: the prior's seed (default: drawn from
@@ -160,18 +183,18 @@ class Sampler:
         self._check_weights()
         labels = self._call_labels(labels)
         seed = draw_seed() if seed is None else seed
+        _check_seed(seed, 0)
         p = self.plan
-        if not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}.")
-        if not self.cuda_graph:
-            x = p.process.prior((self.batch_size,) + p.shape, seed=seed, device=p.device)
-            return self._integrate(x, labels)
-        self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
-        if labels is not None:
-            self._labels.copy_(labels)
-        self._prior_graph.replay()
-        self._graph.replay()
-        return self._out.clone()
+        with self._scope():
+            if not self.cuda_graph:
+                x = p.process.prior((self.batch_size,) + p.shape, seed=seed, device=p.device)
+                return self._integrate(x, labels)
+            self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+            if labels is not None:
+                self._labels.copy_(labels)
+            self._prior_graph.replay()
+            self._graph.replay()
+            return self._out.clone()
 
 
 def compile_sampler(model: Callable, steps: int = 1, *, batch_size: int, guidance: float = 1.0,
@@ -185,9 +208,12 @@ def compile_sampler(model: Callable, steps: int = 1, *, batch_size: int, guidanc
         device: default: the model's device.
         cuda_graph: capture prior + network + steps as CUDA graphs (default: True on CUDA; CPU:
             must be False or None).
-        mode: torch.compile mode ("default", "max-autotune", ...; True = "default").
-    Compiling takes a while (tens of seconds for a small UNet on a CPU); `compile_seconds` says
-    how long. Inductor's on-disk cache lets a later process compile the same graph faster.
+        mode: torch.compile mode ("default", "reduce-overhead", "max-autotune",
+            "max-autotune-no-cudagraphs"; True = "default").
+    Building compiles the network (tens of seconds for a small UNet on a CPU; torch.compile's
+    on-disk cache makes a later process faster) and, on CUDA, captures the graphs;
+    `compile_seconds` says how long it took. On the CPU the weights are frozen in: after an
+    in-place update (an optimizer step) the sampler raises and a new one must be built.
     Example:
         sampler = kacfast.compile_sampler(model, 1, batch_size=256)
         images = sampler(labels=torch.arange(256) % 10, seed=0)
@@ -195,27 +221,27 @@ def compile_sampler(model: Callable, steps: int = 1, *, batch_size: int, guidanc
     plan = plan_sampling(model, steps, shape=shape, batch_size=batch_size, guidance=guidance,
                          solver=solver, process=process, device=device, grid=grid, clamp=clamp,
                          dtype=dtype)
-    return Sampler(model, plan, compile_mode(mode) or "default", cuda_graph)
-
-
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+    resolved = compile_mode(mode)
+    if resolved is None:
+        raise ValueError(f"mode must be True or a torch.compile mode, got {mode!r}.")
+    return Sampler(model, plan, resolved, cuda_graph)
 
 
 def cached_sampler(model: Callable, plan: SamplingPlan, batch: int, mode: str) -> Sampler:
     """The Sampler `kacfast.sample(compile=mode)` uses for chunks of `batch` samples of `plan`:
-    built once per (model, request) and reused."""
-    key = (batch, plan.shape, plan.grid, plan.solver, plan.guidance, plan.clamp, plan.dtype,
-           str(plan.device), plan.process, plan.null_label, plan.labels is None, mode)
-    per_model = _CACHE.setdefault(model, {})
-    sampler = per_model.get(key)
-    if sampler is not None and sampler._weights != _weights_state(model, sampler.frozen):
-        if sampler.frozen:  # dynamo's guards do not see weight values: drop the frozen graphs
-            torch._dynamo.reset()
-            _NETWORKS.pop(model, None)
-        per_model.clear()
+    one per (model, request) among the last CACHE_SIZE, rebuilt when the weights it compiled in
+    changed."""
+    key = (id(model), batch, plan.shape, plan.grid, plan.solver, plan.guidance, plan.clamp,
+           plan.dtype, str(plan.device), plan.process, plan.null_label, mode)
+    sampler = _CACHE.pop(key, None)
+    if sampler is not None and (sampler.model is not model or
+                                sampler._weights != _weights_state(model, sampler.frozen)):
         sampler = None
     if sampler is None:
         chunk_plan = SamplingPlan(plan.process, plan.device, plan.grid, plan.solver, plan.guidance,
                                   plan.clamp, batch, plan.shape, None, plan.dtype, plan.null_label)
-        sampler = per_model[key] = Sampler(model, chunk_plan, mode)
+        sampler = Sampler(model, chunk_plan, mode)
+    _CACHE[key] = sampler
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return sampler

@@ -77,6 +77,9 @@ class SampleWriter:
             raise ValueError(f"expected up to {self.n - self.written} samples of shape "
                              f"{self.shape}, got {tuple(samples.shape)}.")
         if labels is not None:
+            if labels.shape != (k,):
+                raise ValueError(f"expected {k} labels for {k} samples, got shape "
+                                 f"{tuple(labels.shape)}.")
             self._labels.append(labels.detach().cpu().numpy().astype(np.int64))
         if self.ext == ".npy":
             self._array[self.written:self.written + k] = samples.detach().float().cpu().numpy()

@@ -7,6 +7,7 @@ update (+ AB-2 history / Heun stage / final clamp) in a single pass.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -161,6 +162,20 @@ def _as_labels(labels, num_classes: int | None, device: torch.device) -> torch.T
     return tensor
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout) for the block, then back in the mode it was in: a
+    sampler, compiled or captured, must never see training-mode layers."""
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
 def draw_seed() -> int:
     """A prior seed from torch's global RNG (so torch.manual_seed makes unseeded calls repeat)."""
     return int(torch.randint(0, 2**62, (1,)).item())
@@ -207,6 +222,8 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
         raise ValueError(f"grid must start at the process horizon T = {process.T}, got {grid[0]}.")
     num_classes = getattr(model, "num_classes", None)
     if labels is not None:
+        if hasattr(model, "num_classes") and num_classes is None:
+            raise ValueError("labels were given but the model is unconditional (num_classes=None).")
         labels = _as_labels(labels, num_classes, device)
         if batch_size is not None and batch_size != labels.numel():
             raise ValueError(f"batch_size={batch_size} but {labels.numel()} labels were given.")
@@ -262,7 +279,8 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
         process: the Kac process (default model.kac_process, else KacProcess()).
         seed: seed of the prior's counter-based RNG (default: drawn from torch's global RNG).
         device: default: the model's device.
-        progress: tqdm progress bar (over steps; over images when the request is chunked).
+        progress: tqdm progress bar (over steps; over images when the request is chunked;
+            compiled: only over chunks).
         callback: see integrate() (called per chunk; needs compile=False).
         grid: explicit decreasing time grid from T to 0 (overrides steps).
         clamp: clamp the result to [-1, 1].
@@ -274,7 +292,8 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
             compiled once per (model, chunk shape, grid, solver, guidance, dtype, device) and
             reused (see `compile_sampler`; on CUDA the chunk is replayed as a CUDA graph).
         max_batch: samples per network batch; a larger request runs in chunks (default: a per-
-            device size, `default_max_batch`). The prior is drawn once for the whole request,
+            device size, `default_max_batch`; with compile, an explicit max_batch is the
+            compiled batch and a smaller request is padded to it). The prior is drawn once for the whole request,
             so chunking changes no sample beyond float rounding of the network.
     Returns:
         (B, *shape) float32 samples at t = 0.
@@ -287,7 +306,8 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
     mode = compile_mode(compile)
     if mode is not None and callback is not None:
         raise ValueError("callback runs Python between steps: it needs compile=False.")
-    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
+                                  or max_batch < 1):
         raise ValueError(f"max_batch must be an int >= 1 or None, got {max_batch!r}.")
     chunk = min(plan.batch, max_batch or default_max_batch(plan.device, math.prod(plan.shape)))
     # an explicit max_batch is the compiled batch even for a smaller request (padded), so a
@@ -295,17 +315,14 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
     compiled_batch = max_batch or chunk
     x = plan.process.prior((plan.batch,) + plan.shape, seed=draw_seed() if seed is None else seed,
                            device=plan.device)
-    if mode is not None:
-        from kacfast.compiled import cached_sampler
-        run = cached_sampler(model, plan, compiled_batch, mode).integrate
-    else:
-        def run(x_chunk, labels_chunk):
-            return run_plan(model, plan, x_chunk, labels_chunk, callback=callback,
-                            progress=progress and chunk == plan.batch)
-    was_training = getattr(model, "training", False)
-    if was_training:
-        model.eval()
-    try:
+    with eval_mode(model):
+        if mode is not None:
+            from kacfast.compiled import cached_sampler
+            run = cached_sampler(model, plan, compiled_batch, mode).integrate
+        else:
+            def run(x_chunk, labels_chunk):
+                return run_plan(model, plan, x_chunk, labels_chunk, callback=callback,
+                                progress=progress and chunk == plan.batch)
         if chunk == plan.batch:
             return run(x, plan.labels)
         bar = None
@@ -320,6 +337,3 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
         if bar is not None:
             bar.close()
         return x
-    finally:
-        if was_training:
-            model.train()

@@ -83,7 +83,7 @@ def test_bad_labels(labels, match):
         kacfast.sample(LabelShiftModel(), 1, labels=labels)
 
 
-@pytest.mark.parametrize("bad", [0, -2, 1.5])
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_bad_max_batch(bad):
     with pytest.raises(ValueError, match="max_batch"):
         kacfast.sample(LabelShiftModel(), 1, labels=[0], max_batch=bad)
@@ -150,11 +150,63 @@ def test_compiled_unet_sampler_matches_eager(compiled_unet_samples):
     torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
 
 
+def _cached(model):
+    return [s for s in compiled._CACHE.values() if s.model is model]
+
+
 def test_compiled_sampler_is_reused(unet, compiled_unet_samples):
-    before = dict(compiled._CACHE[unet])
+    before = _cached(unet)
     again = kacfast.sample(unet, 2, labels=LABELS, seed=11, guidance=1.5, solver="ab2", compile=True)
-    assert compiled._CACHE[unet] == before
+    assert len(before) == 1 and _cached(unet) == before
     assert torch.equal(again, compiled_unet_samples[1])
+
+
+def test_sampler_cache_is_bounded(mlp):
+    for steps in range(1, compiled.CACHE_SIZE + 3):
+        kacfast.sample(mlp, steps, labels=[0, 1], seed=0, compile=True)
+    assert len(compiled._CACHE) == compiled.CACHE_SIZE
+
+
+class DropoutNet(torch.nn.Module):
+    """v = dropout(x) + label: in training mode every call differs."""
+
+    num_classes, sample_shape = 3, (2,)
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x, t, y=None):
+        return self.drop(x) + y[:, None].float()
+
+
+def test_compiled_sampling_runs_the_model_in_eval_mode():
+    net = DropoutNet().train()
+    labels = torch.tensor([0, 1, 2])
+    eager = kacfast.sample(net, 3, labels=labels, seed=1)
+    assert net.training  # restored
+    assert torch.equal(kacfast.sample(net, 3, labels=labels, seed=1), eager)  # no dropout
+    torch.testing.assert_close(kacfast.sample(net, 3, labels=labels, seed=1, compile=True), eager,
+                               atol=1e-6, rtol=0)
+    sampler = kacfast.compile_sampler(net, 3, batch_size=3)
+    torch.testing.assert_close(sampler(labels=labels, seed=1), eager, atol=1e-6, rtol=0)
+    assert net.training
+
+
+def test_new_sampler_after_an_update_compiles_the_new_weights(mlp):
+    net = _random_output_layer(build_model("mlp", num_classes=3))
+    labels = torch.tensor([0, 1, 2, 0])
+    old = kacfast.compile_sampler(net, 2, batch_size=4)
+    before = old(labels=labels, seed=5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.5)
+    new = kacfast.compile_sampler(net, 2, batch_size=4)
+    after = new(labels=labels, seed=5)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, kacfast.sample(net, 2, labels=labels, seed=5), atol=1e-5, rtol=0)
+    with pytest.raises(RuntimeError, match="build a new sampler"):
+        old(labels=labels, seed=5)
 
 
 def test_compile_sampler_same_seed_same_samples_as_sample(mlp):
@@ -181,8 +233,10 @@ def test_padded_last_chunk_and_updated_weights(mlp):
     args = dict(labels=labels, seed=3, max_batch=4)
     fast = kacfast.sample(net, 2, compile=True, **args)
     torch.testing.assert_close(fast, kacfast.sample(net, 2, **args), atol=1e-5, rtol=0)
-    assert len(compiled._CACHE[net]) == 1  # chunks of 4 and 3 share one compiled batch of 4
-    sampler = next(iter(compiled._CACHE[net].values()))
+    assert len(_cached(net)) == 1  # chunks of 4 and 3 share one compiled batch of 4
+    sampler = _cached(net)[0]
+    with pytest.raises(ValueError, match="1 to 4 samples"):
+        sampler.integrate(torch.zeros(5, 2), None)
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(0.5)
@@ -200,6 +254,10 @@ def test_compile_bad_arguments(mlp, monkeypatch):
         kacfast.sample(mlp, 1, labels=[0], compile=True, callback=lambda d: None)
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         kacfast.compile_sampler(mlp, 1, batch_size=2, cuda_graph=True)
+    with pytest.raises(ValueError, match="mode must be"):
+        kacfast.compile_sampler(mlp, 1, batch_size=2, mode=False)
+    with pytest.raises(ValueError, match="unconditional"):
+        kacfast.sample(build_model("mlp"), 1, labels=[0, 1])
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     with pytest.raises(RuntimeError, match="torch.compile cannot run"):
         kacfast.sample(mlp, 1, labels=[0], compile=True)

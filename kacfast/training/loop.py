@@ -198,14 +198,7 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
                       "and slower than float32.", stacklevel=2)
     rank, world = _distributed()
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)  # in place; the EMA copy inherits it
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    # fused (one kernel for all tensors) on CUDA only: on CPU it would change today's numbers
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay, fused=device.type == "cuda")
-    sampler = BatchSampler(len(x_all), config.batch_size, seed=config.seed)
-    step = 0
+    saved = None
     if resume:
         # Check the run's identity before any module changes: resuming is all or nothing.
         saved = read_checkpoint(ckpt_path)[0]
@@ -217,11 +210,20 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
             if expected[key] != found[key]:
                 raise CheckpointError(f"{ckpt_path} was trained with {key}={found[key]!r}, not "
                                       f"{expected[key]!r}: exact resume needs the same run.")
-        step = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer)["step"]
-        sampler.load_state_dict(saved["data_order"])
     elif os.path.exists(ckpt_path):
         raise CheckpointError(f"{out_dir} already holds a run: pass resume=True (--resume) to "
                               "continue it, or choose another output directory.")
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)  # in place; the EMA copy inherits it
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    # fused (one kernel for all tensors) on CUDA only: on CPU it would change today's numbers
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay, fused=device.type == "cuda")
+    sampler = BatchSampler(len(x_all), config.batch_size, seed=config.seed)
+    step = 0
+    if saved is not None:
+        step = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer)["step"]
+        sampler.load_state_dict(saved["data_order"])
     sampler = sampler.shard(rank, world)
     net = model
     if world > 1:
