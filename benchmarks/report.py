@@ -3,7 +3,8 @@
 One table per group, rows in file order: median and mean ms, then whichever of these extra_info
 fields the group's rows carry: elements/s, GB/s (bytes_per_s), NFE, images/s, the share of time
 outside the network; last, the speed-up of the median over the group's baseline row (the row whose
-extra_info["baseline"] is true).
+extra_info["baseline"] is true). A benchmark that timed several rows interleaved
+(extra_info["side_by_side"]) gets a second table of those rows.
 
     python benchmarks/report.py FILE.json
 """
@@ -30,6 +31,10 @@ def markdown_tables(report: dict) -> str:
     out = []
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group]
+        if all("side_by_side" in r["extra_info"] for r in members):  # interleaved rows only
+            out += [f"**{group or 'benchmarks'}**"] + [side_by_side_table(r["extra_info"]["side_by_side"])
+                                                     for r in members]
+            continue
         keys = [k for k in COLUMNS if any(k in r["extra_info"] for r in members)]
         if "images_per_s" in keys and "elements_per_s" in keys:
             keys.remove("elements_per_s")
@@ -45,6 +50,19 @@ def markdown_tables(report: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+def side_by_side_table(rows: dict) -> str:
+    """The rows one benchmark measured interleaved (extra_info["side_by_side"]: row -> fields)."""
+    keys = [k for k in ("images_per_s", "outside_network_share", "max_abs_diff_vs_fp32_eager",
+                        "first_call_s") if any(k in v for v in rows.values())]
+    head = ["row", "median ms"] + [COLUMNS[k][0] for k in keys] + ["speed-up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for name, v in rows.items():
+        cells = [name, f"{v['median_ms']:.2f}"]
+        cells += [COLUMNS[k][1](v[k]) if k in v else "-" for k in keys]
+        lines.append("| " + " | ".join(cells + [f"{v['speed_up']:.2f}x"]) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:

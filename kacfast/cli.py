@@ -213,7 +213,8 @@ def _generate(model, meta, args, labels, n):
 
     method = meta.get("objective", {}).get("method", "kac")
     args.solver = solver_for(method, args.solver)
-    batch = args.batch_size or default_max_batch(torch.device(args.device), math.prod(model.sample_shape))
+    per_call = math.prod(model.sample_shape) * (2 if args.guidance != 1 else 1)  # a guided pair
+    batch = args.batch_size or default_max_batch(torch.device(args.device), per_call)
     for k, first in enumerate(range(0, n, batch)):
         size = min(batch, n - first)
         part = None if labels is None else labels[first:first + size].to(args.device)

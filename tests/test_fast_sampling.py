@@ -69,6 +69,18 @@ def test_default_chunk_size_per_device():
     assert kacfast.sampling.default_max_batch(torch.device("cuda"), 256) == 65536
 
 
+def test_default_chunk_counts_the_guided_pair(monkeypatch):
+    seen = []
+    monkeypatch.setattr(kacfast.sampling, "run_plan",
+                        lambda model, plan, x, labels, **kw: seen.append(len(x)) or x)
+    labels = torch.arange(300) % 3
+    kacfast.sample(LabelShiftModel(), 1, labels=labels, guidance=1.5, shape=(256,))
+    assert seen == [128, 128, 44]  # 65,536 elements per network call on the CPU: 2 x 128 x 256
+    seen.clear()
+    kacfast.sample(LabelShiftModel(), 1, labels=labels, shape=(256,))
+    assert seen == [256, 44]
+
+
 def test_progress_over_chunks(capsys):
     kacfast.sample(LabelShiftModel(), 2, labels=torch.arange(9) % 3, seed=0, max_batch=4,
                    progress=True)
@@ -381,3 +393,14 @@ def test_gpu_speed_script_smoke():
                                     settings=(("fp32", False), ("bf16", False)))
     assert [r["row"] for r in train] == ["train fp32", "train bf16"] and train[0]["x_fp32_eager"] == 1
     assert "| 1-step bf16 compiled |" in "\n".join(gpu_speed.markdown_table("t", rows))
+
+
+def test_cli_export_takes_a_shipped_name(tmp_path):
+    out = tmp_path / "student.safetensors"
+    run = _cli("export", "--ckpt", "mnist16-distillkac-1step", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    from kacfast.training.load import load_trained
+    model, _ = load_trained(str(out))
+    shipped = kacfast.load_pretrained("mnist16-distillkac-1step")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 shipped.state_dict().values()))
