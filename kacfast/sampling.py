@@ -314,15 +314,19 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
     # the budget is per network call: a guided call evaluates twice the chunk
     per_call = math.prod(plan.shape) * (2 if plan.guidance != 1.0 else 1)
     chunk = min(plan.batch, max_batch or default_max_batch(plan.device, per_call))
-    # an explicit max_batch is the compiled batch even for a smaller request (padded), so a
-    # stream of chunks with a short last one compiles once
-    compiled_batch = max_batch or chunk
     x = plan.process.prior((plan.batch,) + plan.shape, seed=draw_seed() if seed is None else seed,
                            device=plan.device)
     with eval_mode(model):
         if mode is not None:
             from kacfast.compiled import cached_sampler
-            run = cached_sampler(model, plan, compiled_batch, mode)._integrate_chunk
+
+            def run(x_chunk, labels_chunk):
+                # an explicit max_batch is the compiled batch even for a shorter chunk (padded),
+                # so a stream of such requests compiles once; otherwise each chunk size is
+                # compiled for itself (a padded remainder would cost more than one compile)
+                batch = max_batch or x_chunk.shape[0]
+                return cached_sampler(model, plan, batch, mode)._integrate_chunk(x_chunk,
+                                                                                 labels_chunk)
         else:
             def run(x_chunk, labels_chunk):
                 return run_plan(model, plan, x_chunk, labels_chunk, callback=callback,
