@@ -25,6 +25,7 @@ from kacfast.process import KacProcess
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import _section, markdown_table  # noqa: E402
+from sampler_overhead import per_call_ms  # noqa: E402
 
 
 def timer(device: torch.device):
@@ -33,16 +34,7 @@ def timer(device: torch.device):
     if device.type == "cuda":
         import triton.testing
         return lambda fn: triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0]
-
-    def cpu(fn, repeats=3):
-        fn()
-        runs = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - start)
-        return sorted(runs)[len(runs) // 2] * 1e3
-    return cpu
+    return lambda fn: per_call_ms(fn, repeats=3)
 
 
 def _network(preset: str, image_size: int, device) -> torch.nn.Module:

@@ -32,8 +32,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kacfast.baselines.edm import (_check_int, _check_labels, _check_latents, _eval_mode, _guided_call,
+from kacfast.baselines.edm import (_check_int, _check_labels, _check_latents, _guided_call,
                                    _progress, _time_dtype)
+from kacfast.sampling import eval_mode
 
 __all__ = ["DDPMSchedule", "ddpm_sample", "ddim_sample", "ddpm_loss", "TIMESTEP_SPACINGS"]
 
@@ -204,7 +205,7 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
         generator = torch.Generator(device=latents.device)
         generator.manual_seed(seed)
     x = latents.to(torch.float64)
-    with _eval_mode(eps_model):
+    with eval_mode(eps_model):
         for t, t_prev in _progress(pairs, progress, "ddpm"):
             ab_t = schedule.alpha_bar(t)
             x0 = (x - math.sqrt(1 - ab_t) * eps(x, t)) / math.sqrt(ab_t)
@@ -240,7 +241,7 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
     schedule, pairs, eps = _setup("ddim_sample", eps_model, latents, class_labels, num_steps, guidance,
                                   schedule, timestep_spacing)
     x = latents.to(torch.float64)
-    with _eval_mode(eps_model):
+    with eval_mode(eps_model):
         for i, (t, t_prev) in enumerate(_progress(pairs, progress, "ddim")):
             ab_t, ab_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
             e = eps(x, t)

@@ -12,7 +12,6 @@ cat([y, null]), null = net.num_classes.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from kacfast.ops.reference import guidance_mix
+from kacfast.sampling import eval_mode
 
 __all__ = ["edm_sigmas", "edm_sample", "edm_nfe", "EDMPrecond", "edm_loss"]
 
@@ -88,19 +88,6 @@ def _time_dtype(latents: torch.Tensor) -> torch.dtype:
     """dtype of the time/noise-level tensor handed to the network: float64 for float64 latents, else
     float32 (a bf16/fp16 sigma or timestep would be too coarse)."""
     return torch.float64 if latents.dtype == torch.float64 else torch.float32
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Put an nn.Module in eval mode for the duration of sampling (restored afterwards)."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if was_training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
 
 
 def _progress(iterable, progress: bool, desc: str):
@@ -199,7 +186,7 @@ def edm_sample(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor 
 
     grid = sigmas.tolist()
     x_next = latents.to(torch.float64) * grid[0]
-    with _eval_mode(net):
+    with eval_mode(net):
         for i in _progress(range(num_steps), progress, "edm heun"):
             t_cur, t_next = grid[i], grid[i + 1]
             x_cur = x_next
