@@ -48,11 +48,11 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def side_by_side(benchmark, runs: dict, rounds: int, images: int) -> dict:
+def side_by_side(benchmark, runs: dict, rounds: int, images: int) -> tuple[dict, dict]:
     """Each of `runs` (row -> callable) once per round, interleaved, so a machine whose speed
     drifts (this VM's does, by 20% within minutes) moves every row alike; the benchmark's own time
-    is one whole round. Returns row -> median seconds; extra_info["side_by_side"] holds the rows'
-    images/s and speed-up over the first row; returns (row -> median s, row -> total s)."""
+    is one whole round. extra_info["side_by_side"] gets the rows' median ms, images/s and
+    speed-up over the first row. Returns (row -> median s, row -> total s)."""
     times = {row: [] for row in runs}
 
     def one_round():
