@@ -11,7 +11,6 @@ image), so "share of ceiling" = the network row's time / the sampler row's time 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -73,7 +73,7 @@ def test_sampler_speed(benchmark, models, name, batch):
     steps, guidance = ROWS[name]
     model, labels = models[name], torch.arange(batch) % 10
     timed = TimedNet(model)
-    runs, outputs, first, network = {}, {}, {}, {}
+    runs, outputs, first = {}, {}, {}
     for row, compiled, dtype in VARIANTS:
         def run(compiled=compiled, dtype=dtype):
             return kacfast.sample(model if compiled else timed, steps, labels=labels,

@@ -213,8 +213,8 @@ def _generate(model, meta, args, labels, n):
 
     method = meta.get("objective", {}).get("method", "kac")
     args.solver = solver_for(method, args.solver)
-    per_call = math.prod(model.sample_shape) * (2 if args.guidance != 1 else 1)  # a guided pair
-    batch = args.batch_size or default_max_batch(torch.device(args.device), per_call)
+    batch = args.batch_size or default_max_batch(torch.device(args.device),
+                                                 math.prod(model.sample_shape), args.guidance != 1)
     for k, first in enumerate(range(0, n, batch)):
         size = min(batch, n - first)
         part = None if labels is None else labels[first:first + size].to(args.device)
@@ -316,6 +316,21 @@ def _add_sampling_args(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_execution_args(p) -> None:
+    """train's and distill's ExecutionConfig flags (distill applies them to every stage)."""
+    from kacfast._device import COMPILE_MODES
+    from kacfast.training.loop import PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on CUDA, float32 on CPU (default); bf16: autocast "
+                        "forward and loss on any device; fp32")
+    p.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",
+                   choices=COMPILE_MODES,
+                   help=f"torch.compile the trained network's forward (MODE: {', '.join(COMPILE_MODES)}; "
+                        "default: eager)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="model and batches in channels_last memory format (image data only)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -363,15 +378,7 @@ def main(argv=None) -> int:
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                    help="auto: bf16 autocast on CUDA, float32 on CPU (default); bf16: autocast "
-                         "forward and loss on any device; fp32")
-    tr.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",
-                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-                    help="torch.compile the network's forward (MODE: default, reduce-overhead, "
-                         "max-autotune, max-autotune-no-cudagraphs; default: eager)")
-    tr.add_argument("--channels-last", action="store_true",
-                    help="model and batches in channels_last memory format (image data only)")
+    _add_execution_args(tr)
     tr.set_defaults(func=cmd_train)
 
     di = sub.add_parser("distill", help=cmd_distill.__doc__)
@@ -398,13 +405,7 @@ def main(argv=None) -> int:
     di.add_argument("--threads", type=int, default=0)
     di.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     di.add_argument("--quiet", action="store_true")
-    di.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                    help="each stage's training precision, as for train (default auto)")
-    di.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",
-                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-                    help="torch.compile each student's forward, as for train (default: eager)")
-    di.add_argument("--channels-last", action="store_true",
-                    help="students and batches in channels_last memory format (image data only)")
+    _add_execution_args(di)
     di.set_defaults(func=cmd_distill)
 
     sa = sub.add_parser("sample", help=cmd_sample.__doc__)

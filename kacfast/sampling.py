@@ -248,13 +248,13 @@ def run_plan(model: Callable, plan: SamplingPlan, x: torch.Tensor, labels: torch
                      clamp=plan.clamp, callback=callback, progress=progress)
 
 
-def default_max_batch(device: torch.device, sample_numel: int) -> int:
+def default_max_batch(device: torch.device, sample_numel: int, guided: bool = False) -> int:
     """Chunk size `sample` uses when max_batch is None: a per-device budget of input elements per
     network call (on the CPU a large batch is slower per image: its activations do not stay in
-    cache and fresh allocations page-fault), at least 1 sample. `sample_numel`: elements the
-    network sees per sample (doubled for a guided pair)."""
+    cache and fresh allocations page-fault), at least 1 sample. A guided call evaluates each
+    sample twice (the conditional and null halves), so its chunk is half."""
     budget = _CHUNK_ELEMENTS["cuda" if device.type == "cuda" else "cpu"]
-    return max(1, budget // max(1, sample_numel))
+    return max(1, budget // (max(1, sample_numel) * (2 if guided else 1)))
 
 
 @torch.no_grad()
@@ -311,9 +311,8 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
                                   or max_batch < 1):
         raise ValueError(f"max_batch must be an int >= 1 or None, got {max_batch!r}.")
-    # the budget is per network call: a guided call evaluates twice the chunk
-    per_call = math.prod(plan.shape) * (2 if plan.guidance != 1.0 else 1)
-    chunk = min(plan.batch, max_batch or default_max_batch(plan.device, per_call))
+    chunk = min(plan.batch, max_batch or default_max_batch(plan.device, math.prod(plan.shape),
+                                                           plan.guidance != 1.0))
     x = plan.process.prior((plan.batch,) + plan.shape, seed=draw_seed() if seed is None else seed,
                            device=plan.device)
     with eval_mode(model):
