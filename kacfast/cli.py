@@ -425,14 +425,18 @@ def main(argv=None) -> int:
                     help="local Inception weights file: adds the real FID (needs kacfast[fid])")
     ev.set_defaults(func=cmd_eval)
     args = parser.parse_args(argv)
-    if args.debug:
-        return args.func(args)
     try:
-        return args.func(args)
-    except _user_errors() as err:
-        # a user's mistake (a path, a name, a value): one line, as argparse reports its own errors
-        print(f"kacfast {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        if args.debug:
+            return args.func(args)
+        try:
+            return args.func(args)
+        except _user_errors() as err:
+            # a user's mistake (a path, a name, a value): one line, as argparse reports its own errors
+            print(f"kacfast {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    finally:
+        from kacfast.training import close_distributed  # train/distill open one under torchrun
+        close_distributed()
 
 
 if __name__ == "__main__":

@@ -329,19 +329,25 @@ import sys
 import torch
 import torch.distributed as dist
 from kacfast.models import build_model
-from kacfast.training import KacObjective, TrainConfig, train
+from kacfast.training import KacObjective, TrainConfig, close_distributed, train
 
-torch.set_num_threads(1)
-x = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
-torch.manual_seed(0)  # identical initial replicas (DDP also broadcasts rank 0's)
-model = build_model("mlp", width=32, depth=2)
-train(model, KacObjective(), (x, None), TrainConfig(steps=5, batch_size=64, ckpt_every=5),
-      sys.argv[1], progress=False)
-flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
-dist.all_gather(gathered, flat)
-assert all(torch.equal(gathered[0], g) for g in gathered), "ranks hold different weights"
-print("ranks-identical")
+
+def check_replicas(run_dir):
+    torch.set_num_threads(1)
+    x = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)  # identical initial replicas (DDP also broadcasts rank 0's)
+    model = build_model("mlp", width=32, depth=2)
+    train(model, KacObjective(), (x, None), TrainConfig(steps=5, batch_size=64, ckpt_every=5),
+          run_dir, progress=False)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    assert all(torch.equal(gathered[0], g) for g in gathered), "ranks hold different weights"
+    print("ranks-identical")
+
+
+check_replicas(sys.argv[1])
+close_distributed()
 """
 
 

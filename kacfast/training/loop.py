@@ -17,6 +17,7 @@ import contextlib
 import copy
 import json
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
@@ -107,6 +108,22 @@ def _distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def close_distributed() -> None:
+    """Tear down the process group that train/distill opened under torchrun (no-op otherwise).
+
+    Call it before the interpreter exits. Gloo's worker threads drop their references to the
+    last collective's tensors after the caller has moved on; that needs the GIL, and a thread
+    that asks for the GIL while Python finalizes aborts the whole process ("terminate called
+    without an active exception", pytorch/pytorch#190489). The barrier finishes all queued
+    work and the pause, with the GIL released, lets the workers drop what they still hold.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    time.sleep(0.2)
 
 
 @torch.no_grad()
