@@ -3,7 +3,8 @@
 #   teacher  unet-cifar10 (35.75M parameters), a=9, c=3, T=1, batch 128, Adam 2e-4, grad clip 1,
 #            EMA 0.9999, label dropout 0.1, 400k steps
 #   distill  100 -> 20 -> 4 -> 2 -> 1, guided AB-2 teacher (guidance 1.2), forward-noised starts
-#   score    Inception FID of 50k samples against the training set, with a local weights file
+#   score    kacfast eval: 3 seeds x 10k samples against the rest of the training set, both
+#            classifier judges and Inception FID with a local weights file
 #            (pip install 'kacfast[fid]'; no download): the teacher at 100 AB-2 steps, each student
 #
 #   KACFAST_DATA=/data NPROC=8 INCEPTION_WEIGHTS=/w/weights-inception-2015-12-05-6726825d.pth \
@@ -19,7 +20,7 @@ NPROC=${NPROC:-8}
 TEACHER_STEPS=${TEACHER_STEPS:-400000}
 STAGE_STEPS=${STAGE_STEPS:-"20000 20000 20000 20000"}
 BATCH=${BATCH:-128}
-N_EVAL=${N_EVAL:-50000}
+N_EVAL=${N_EVAL:-10000}  # per seed (3 seeds); the reference is the rest of the training split
 GUIDANCE=${GUIDANCE:-1.2}
 EVAL_STEPS=${EVAL_STEPS:-100}  # the teacher's AB-2 steps when scored
 THREADS=${THREADS:-0}
@@ -43,11 +44,11 @@ $KAC distill --teacher "$RUNS/teacher" --out "$RUNS/distill" --schedule 100 20 4
 EXTRA=(--classifier-steps "${CLASSIFIER_STEPS:-8000}")
 if [ -n "${INCEPTION_WEIGHTS:-}" ]; then EXTRA+=(--inception-weights "$INCEPTION_WEIGHTS"); fi
 eval_run() {  # checkpoint, steps, solver, guidance
-    kacfast eval --ckpt "$1" --steps "$2" --solver "$3" --guidance "$4" --n "$N_EVAL" --quiet \
-        --reference train "${EXTRA[@]}" > "$1/eval-$2-$3.json"
+    kacfast eval --ckpt "$1" --steps "$2" --solver "$3" --guidance "$4" --n "$N_EVAL" --quiet --format json \
+        --reference train "${EXTRA[@]}" > "$1/eval-$2-$3.jsonl"
 }
 eval_run "$RUNS/teacher" "$EVAL_STEPS" ab2 "$GUIDANCE"
 for stage in stage-1-20 stage-2-4 stage-3-2 stage-4-1; do
     eval_run "$RUNS/distill/$stage" "${stage##*-}" euler 1
 done
-cat "$RUNS"/teacher/eval-*.json "$RUNS"/distill/*/eval-*.json
+cat "$RUNS"/teacher/eval-*.jsonl "$RUNS"/distill/*/eval-*.jsonl

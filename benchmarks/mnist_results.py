@@ -1,18 +1,23 @@
-"""MNIST-5k results: every sampler of the README's table, scored with the project's classifier.
+"""MNIST-5k results: every sampler of the README's tables under the quality protocol.
 
     python benchmarks/mnist_results.py run --runs RUNS --out RESULTS.jsonl [--rows NAME ...]
-    python benchmarks/mnist_results.py report --results RESULTS.jsonl --plot docs/quality_vs_nfe.png
+        [--guidance 1 1.25 1.5 2] [--n 1000] [--seeds 0 1 2] [--reference train] [--compile]
+    python benchmarks/mnist_results.py report --results RESULTS.jsonl [--plot docs/quality_vs_nfe.png]
     python benchmarks/mnist_results.py speed --runs RUNS [--rows distillkac-1 edm-heun-35]
 
 RUNS holds the run directories of benchmarks/mnist_pipeline.sh: kac/, edm/, ddpm/ (teachers and
 baselines trained with the same network, data and budget), distill/stage-K-STEPS/ (DistillKac
-100 -> 20 -> 4 -> 2 -> 1), single/stage-1-1/ (one stage 100 -> 1) and rollout/ (stages
-4 -> 2 -> 1 from the 4-step student with teacher roll-out start points). Each row draws --n
-class-balanced samples (labels 0..9 cycled) at guidance --guidance with one seed, times them
-(images/s with --threads CPU threads), and scores them against the dataset's held-out split:
-classifier FD and KID (features of the project's classifier, not Inception) and the classifier's
-accuracy on the conditioning labels. "data" scores --n training images: the floor of each metric.
-Rows already in RESULTS.jsonl are skipped, so an interrupted run continues where it stopped.
+100 -> 20 -> 4 -> 2 -> 1), single/stage-1-1/ (one stage 100 -> 1) and rollout/ (stages 4 -> 2 -> 1
+from the 4-step student with teacher roll-out start points). Rows whose run directory is missing
+fall back to the shipped model trained by the same pipeline (the Kac teacher, the 1-step student).
+
+`run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
+95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
+at every --guidance (students absorbed theirs: one row, sampled at w = 1), plus the real-vs-real
+floor row. Results are appended to RESULTS.jsonl as they finish, and rows already there (same row,
+guidance and protocol) are skipped: an interrupted run, or a table split over several calls with
+--rows, continues where it stopped. `report` prints the table and, per judge, each sampler at its
+own best guidance.
 """
 from __future__ import annotations
 
@@ -48,70 +53,100 @@ ROWS = {
 }
 
 
-def _sample_row(model, row: str, labels: torch.Tensor, args) -> tuple[torch.Tensor, float, float]:
-    """(images, seconds, guidance used) of one table row: the row's sampler at --guidance, except
-    for distilled students, which absorbed their guidance (sampled at 1)."""
+SHIPPED = {"kac": "mnist16-kac-teacher", "distill/stage-4-1": "mnist16-distillkac-1step"}
+DISTILL_GUIDANCE = 1.5  # mnist_pipeline.sh distills every student with --guidance 1.5 (first stage)
+
+
+def _load_row(runs: str, run: str):
+    """(model, meta) of a run directory, or of the shipped model the same pipeline trained."""
+    from kacfast.pretrained import pretrained_path
+    from kacfast.training.load import load_trained
+
+    path = os.path.join(runs, run)
+    if not os.path.isdir(path) and run in SHIPPED:
+        path = pretrained_path(SHIPPED[run])
+    return load_trained(path)
+
+
+def _sample_row(model, row: str, labels: torch.Tensor, guidance: float, seed: int,
+                compile: bool = False) -> tuple[torch.Tensor, float]:
+    """(images, seconds) of one table row at guidance w; Kac rows compiled on request."""
     from kacfast.generate import generate
     _, method, steps, solver = ROWS[row]
-    guidance = args.guidance if method != "distill" else 1.0
+    kac = method in ("kac", "distill")
     start = time.perf_counter()
-    images = generate(model, method, steps, solver=solver, labels=labels, guidance=guidance, seed=args.seed)
-    return images, time.perf_counter() - start, guidance
+    images = generate(model, method, steps, solver=solver, labels=labels, guidance=guidance, seed=seed,
+                      compile=compile and kac)
+    return images, time.perf_counter() - start
 
 
-def _done(path: str) -> set[str]:
+def _key(result: dict) -> tuple:
+    return result["row"], result.get("guidance"), result["n"], tuple(result["seeds"]), result["reference"]
+
+
+def _done(path: str) -> set[tuple]:
     if not os.path.exists(path):
         return set()
     with open(path) as f:
-        return {json.loads(line)["row"] for line in f if line.strip()}
+        return {_key(json.loads(line)) for line in f if line.strip()}
 
 
 def cmd_run(args) -> None:
-    from kacfast import metrics
-    from kacfast.data import load_dataset
+    from kacfast.evaluation import Evaluator, Protocol, balanced_labels
     from kacfast.generate import generation_nfe
     from kacfast.images import make_grid, save_png
-    from kacfast.training.load import load_trained
 
     torch.set_num_threads(args.threads)
+    os.makedirs(args.grids, exist_ok=True)
     rows = args.rows or ["data", *ROWS]
     unknown = sorted(set(rows) - set(ROWS) - {"data"})
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from data, {', '.join(ROWS)}")
+    protocol = Protocol(args.data, n=args.n, seeds=tuple(args.seeds), reference=args.reference)
+    evaluator = Evaluator(protocol)
     done = _done(args.out)
-    reference, _ = load_dataset(args.data, split="test")
-    classifier = metrics.train_classifier(args.data, seed=0)
-    labels = torch.arange(args.n) % 10
-    os.makedirs(args.grids, exist_ok=True)
+    labels = balanced_labels(args.n, 10)
     for row in rows:
-        if row in done:
-            continue
         if row == "data":
-            x, y = load_dataset(args.data, split="train")
-            # interleaved like the generated rows' labels: 0, 1, ..., 9, 0, 1, ...
-            pick = torch.stack([torch.nonzero(y == c)[: args.n // 10, 0] for c in range(10)], 1).reshape(-1)
-            images, used, result = x[pick], y[pick], {"nfe": 0, "images_per_s": None}
+            jobs = [(None, None)]
         else:
             run, method, steps, solver = ROWS[row]
-            model, _ = load_trained(os.path.join(args.runs, run))
-            images, elapsed, guidance = _sample_row(model, row, labels, args)
-            used = labels
-            result = {"nfe": generation_nfe(method, steps, solver), "seconds": elapsed,
-                      "images_per_s": args.n / elapsed, "method": method, "steps": steps,
-                      "solver": solver, "run": run, "sampling_guidance": guidance}
-        result.update(metrics.image_metrics(classifier, images, reference, used))
-        result.update(row=row, guidance=args.guidance, n=len(images), threads=args.threads,  # target w
-                      seed=args.seed, data=args.data)
-        save_png(make_grid(images[:100], nrow=10), os.path.join(args.grids, f"{row}.png"))  # a column per class
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result, sort_keys=True) + "\n")
-        print(f"{row:24s} NFE {result['nfe']:>4}  FD {result['classifier_fd']:8.3f}  "
-              f"KID {result['classifier_kid']:.4f}  acc {result['conditional_accuracy']:.3f}  "
-              f"img/s {result['images_per_s'] or float('nan'):.1f}", flush=True)
+            model, _ = _load_row(args.runs, run)
+            absorbed = DISTILL_GUIDANCE if method == "distill" else None
+            jobs = [(None if absorbed else w, absorbed) for w in ([1.0] if absorbed else args.guidance)]
+        for guidance, absorbed in jobs:
+            key = (row, guidance, args.n, tuple(args.seeds), args.reference)
+            if key in done:
+                continue
+            start = time.perf_counter()
+            if row == "data":
+                result = evaluator.floor()
+            else:
+                seconds = []
+
+                def sample_fn(seed, n, model=model, row=row, w=guidance or 1.0):
+                    images, elapsed = _sample_row(model, row, labels, w, seed, args.compile)
+                    seconds.append(elapsed)
+                    if not seconds[:-1]:  # a column per class, from the first seed
+                        save_png(make_grid(images[:100], nrow=10),
+                                 os.path.join(args.grids, f"{row}-w{w:g}.png"))
+                    return images, labels
+
+                result = evaluator.evaluate(row, sample_fn, method=method, steps=steps, solver=solver,
+                                            run=run, nfe=generation_nfe(method, steps, solver),
+                                            guidance=guidance, absorbed_guidance=absorbed)
+                result["sampling_seconds"] = sum(seconds)
+            result.update(seconds=time.perf_counter() - start, threads=args.threads)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(result, sort_keys=True) + "\n")
+            m = result["metrics"]
+            print(f"{row:24s} w {guidance or '-':>4}  " + "  ".join(
+                f"{j} FD {m[j + '_fd']['mean']:.3f}±{(m[j + '_fd']['high'] - m[j + '_fd']['low']) / 2:.3f}"
+                for j in protocol.judges) + f"  {result['seconds']:.0f} s", flush=True)
 
 
 LABELS = {
-    "data": "data (training images)",
+    "data": "data (real vs real)",
     "kac-teacher-euler-100": "Kac teacher, Euler", "kac-teacher-ab2-100": "Kac teacher, AB-2",
     "kac-teacher-euler-4": "Kac teacher, Euler", "kac-teacher-euler-1": "Kac teacher, Euler",
     "distillkac-20": "DistillKac student", "distillkac-4": "DistillKac student",
@@ -125,34 +160,49 @@ LABELS = {
 }
 
 
+def _label(result: dict) -> str:
+    absorbed = result.get("absorbed_guidance")
+    return LABELS[result["row"]] + (f" (absorbed w = {absorbed:g})" if absorbed else "")
+
+
 def cmd_report(args) -> None:
+    from kacfast.evaluation import format_table
+
     with open(args.results) as f:
-        results = {r["row"]: r for r in map(json.loads, filter(str.strip, f))}
-    # images/s are left out: rows ran beside other jobs; `speed` measures them side by side
-    print("| sampler | NFE | classifier FD | classifier KID | conditional accuracy |")
-    print("|---|---:|---:|---:|---:|")
-    for row in ["data", *ROWS]:
-        if row not in results:
-            continue
-        r = results[row]
-        print(f"| {LABELS[row]} | {r['nfe']} | {r['classifier_fd']:.3f} | {r['classifier_kid']:.4f} | "
-              f"{100 * r['conditional_accuracy']:.1f}% |")
+        results = [json.loads(line) for line in f if line.strip()]
+    order = {row: i for i, row in enumerate(["data", *ROWS])}
+    results.sort(key=lambda r: (order[r["row"]], r.get("guidance") or 0))
+    for r in results:
+        r["row"] = _label(r)
+    print(format_table(results))
+    judges = results[0]["judges"]
+    print("\nEach sampler at its own best guidance (lowest FD of the judge; w in brackets):\n")
+    print("| sampler | NFE | " + " | ".join(f"{j} FD (w)" for j in judges) + " |")
+    print("|---|---:|" + "---:|" * len(judges))
+    groups = {}
+    for r in results:
+        groups.setdefault((r["row"], r["nfe"]), []).append(r)
+    for (label, nfe), group in groups.items():
+        cells = []
+        for j in judges:
+            best = min(group, key=lambda r: r["metrics"][f"{j}_fd"]["mean"])
+            m = best["metrics"][f"{j}_fd"]
+            w = best.get("guidance")
+            cells.append(f"{m['mean']:.3f} ± {(m['high'] - m['low']) / 2:.3f}" + (f" ({w:g})" if w else ""))
+        print(f"| {label} | {nfe} | " + " | ".join(cells) + " |")
     if args.plot:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from plotting import line_plot
-        families = {"DistillKac students": ["distillkac-1", "distillkac-2", "distillkac-4", "distillkac-20"],
-                    "Kac teacher (Euler)": ["kac-teacher-euler-1", "kac-teacher-euler-4", "kac-teacher-euler-100"],
-                    "EDM (Euler; Heun at 35)": ["edm-euler-1", "edm-euler-2", "edm-euler-4", "edm-heun-35"],
-                    "DDIM": ["ddim-4", "ddim-20", "ddim-100"], "DDPM ancestral": ["ddpm-1000"],
-                    "single-stage 100 -> 1": ["single-stage-1"],
-                    "DistillKac, roll-out starts in 4 -> 2": ["rollout-1", "rollout-2"],
-                    "Kac teacher (AB-2)": ["kac-teacher-ab2-100"]}
-        curves = {name: [(results[r]["nfe"], results[r]["classifier_fd"]) for r in rows if r in results]
-                  for name, rows in families.items()}
-        floor = (results["data"]["classifier_fd"], "data floor") if "data" in results else None
-        line_plot(curves, args.plot, xlabel="network evaluations per image (NFE)",
-                  ylabel="classifier FD (lower is better)", xscale="log", hline=floor, marker="o",
-                  title=f"MNIST-5k 16x16, guidance {next(iter(results.values()))['guidance']}")
+        judge = judges[0]
+        families = {}
+        for r in results:
+            if r["method"] != "data" and r.get("guidance") in (None, args.plot_guidance):
+                families.setdefault(r["row"], []).append((r["nfe"], r["metrics"][f"{judge}_fd"]["mean"]))
+        floor = next((r["metrics"][f"{judge}_fd"]["mean"] for r in results if r["method"] == "data"), None)
+        line_plot({k: sorted(v) for k, v in families.items()}, args.plot,
+                  xlabel="network evaluations per image (NFE)", ylabel=f"{judge} FD (lower is better)",
+                  xscale="log", hline=None if floor is None else (floor, "data floor"), marker="o",
+                  title=f"MNIST-5k 16x16, guidance {args.plot_guidance:g} (students: absorbed)")
         print(f"\nplot -> {args.plot}")
 
 
@@ -161,15 +211,15 @@ def cmd_speed(args) -> None:
     import statistics
 
     from kacfast.generate import generation_nfe
-    from kacfast.training.load import load_trained
 
     torch.set_num_threads(args.threads)
     labels = torch.arange(args.n) % 10
-    models = {row: load_trained(os.path.join(args.runs, ROWS[row][0]))[0] for row in args.rows}
+    models = {row: _load_row(args.runs, ROWS[row][0])[0] for row in args.rows}
     times = {row: [] for row in args.rows}
     for _ in range(args.repeats):
         for row in args.rows:
-            times[row].append(_sample_row(models[row], row, labels, args)[1])
+            w = args.guidance if ROWS[row][1] != "distill" else 1.0  # students absorbed theirs
+            times[row].append(_sample_row(models[row], row, labels, w, args.seed)[1])
     base = statistics.median(times[args.rows[-1]])
     print(f"batch {args.n}, {args.threads} thread(s), median of {args.repeats}; ratio vs {args.rows[-1]}")
     print("| sampler | NFE | images/s | vs last row |\n|---|---:|---:|---:|")
@@ -186,15 +236,19 @@ def main() -> None:
     run.add_argument("--runs", required=True)
     run.add_argument("--out", required=True, help="results file (JSON lines, appended)")
     run.add_argument("--rows", nargs="*", help=f"subset of: data {' '.join(ROWS)}")
-    run.add_argument("--grids", default="mnist_grids", help="directory for one 10x10 grid per row")
+    run.add_argument("--grids", default="mnist_grids", help="directory for one 10x10 grid per row and w")
     run.add_argument("--data", default="mnist5k16")
-    run.add_argument("--n", type=int, default=500)
-    run.add_argument("--guidance", type=float, default=1.5)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--n", type=int, default=1000, help="samples per seed and row (default 1000)")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run.add_argument("--reference", choices=("train", "test"), default="train")
+    run.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0])
+    run.add_argument("--compile", action="store_true", help="compile the Kac rows' network (same "
+                     "samples up to float rounding, ~1.4x faster on this CPU)")
+    run.add_argument("--threads", type=int, default=2)
     rep = sub.add_parser("report")
     rep.add_argument("--results", required=True)
     rep.add_argument("--plot", help="write the quality-vs-NFE plot here (needs matplotlib)")
+    rep.add_argument("--plot-guidance", type=float, default=1.5)
     speed = sub.add_parser("speed", help="images/s of --rows side by side (the last row is the unit)")
     speed.add_argument("--runs", required=True)
     speed.add_argument("--rows", nargs="+", default=["distillkac-1", "distillkac-4", "edm-heun-35"])

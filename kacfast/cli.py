@@ -263,48 +263,76 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Score a checkpoint's samples against held-out data (classifier FD/KID/accuracy or 2-D metrics)."""
+    """Score a checkpoint under the quality protocol: per guidance, --n samples per seed, every judge's
+    FD / KID / precision / recall / accuracy (2-D data: energy distance, sliced W2) with 95%
+    intervals over --seeds, next to the real-vs-real floor row."""
+    import copy
     import json
 
-    from kacfast import metrics
-    from kacfast.data import load_dataset
+    from kacfast.evaluation import Evaluator, Protocol, format_table
 
+    args.n = args.n if args.n is not None else 2000
     model, meta = _load(args)
     data = meta.get("run", {}).get("data")
     if data is None:
         raise ValueError("the checkpoint does not record its dataset (meta['run']['data']).")
+    protocol = Protocol(data, n=args.n, seeds=tuple(args.seeds), reference=args.reference,
+                        judges=tuple(args.judges))
+    evaluator = Evaluator(protocol, judge_steps=args.classifier_steps,
+                          inception_weights=args.inception_weights)
     labels = _labels(args, model, args.n)
-    out = torch.cat([images for _, images in _generate(model, meta, args, labels, args.n)])
-    reference, _ = load_dataset(data, split=args.reference, seed=args.seed + 1)
-    if out.dim() == 2:
-        centers = "gmm9" if data == "gmm9" else None
-        result = metrics.point_metrics(out, reference, centers=centers)
-        # the same metrics between two independent draws of the data: the floor to compare with
-        fresh, _ = load_dataset(data, split="train", seed=args.seed + 2, n=args.n)
-        result["data_vs_data"] = metrics.point_metrics(fresh, reference, centers=centers)
-    else:
-        classifier = metrics.train_classifier(data, steps=args.classifier_steps, seed=0)
-        result = metrics.image_metrics(classifier, out, reference, labels)
-        if args.inception_weights:
-            result["inception_fid"] = metrics.inception_fid(out, reference, args.inception_weights,
-                                                            device=args.device)
-    result.update(data=data, steps=args.steps, solver=args.solver, guidance=args.guidance, n=args.n,
-                  reference=args.reference)
-    print(json.dumps(result, indent=2, sort_keys=True))
+    method = meta.get("objective", {}).get("method", "kac")
+    name = os.path.basename(os.path.normpath(args.ckpt))
+
+    def emit(row):
+        if args.format == "json":
+            print(json.dumps(row, sort_keys=True), flush=True)
+
+    rows = [evaluator.floor()]
+    emit(rows[0])
+    for w in args.guidance:
+        run = copy.copy(args)
+        run.guidance = w
+
+        def sample_fn(seed, n, run=run):
+            run.seed = seed
+            images = torch.cat([part for _, part in _generate(model, meta, run, labels, n)])
+            return images, labels
+
+        rows.append(evaluator.evaluate(f"{name} w={w:g}", sample_fn, progress=not args.quiet,
+                                       method=method, steps=args.steps, solver=run.solver, guidance=w,
+                                       nfe=_nfe(method, args.steps, run.solver)))
+        emit(rows[-1])
+    if args.format == "table":
+        print(format_table(rows))
     return 0
 
 
-def _add_sampling_args(p) -> None:
+def _nfe(method: str, steps: int, solver: str | None) -> int:
+    from kacfast.generate import generation_nfe, solver_for
+    return generation_nfe(method, steps, solver_for(method, solver))
+
+
+def _add_sampling_args(p, sweep: bool = False) -> None:
+    """The flags of commands that sample a checkpoint; ``sweep`` (eval): several --guidance values
+    and --seeds instead of one --seed."""
     p.add_argument("--ckpt", required=True,
                    help="run directory, checkpoint file or shipped model (kacfast.list_pretrained())")
     p.add_argument("--steps", type=int, default=None,
                    help="integration steps (default: a distilled student's own, else 100)")
     p.add_argument("--solver", default=None,
                    help="kac: euler (default), ab2, heun, midpoint; edm: heun; ddpm: ddim (default), ddpm")
-    p.add_argument("--guidance", type=float, default=1.0, help="guidance strength w (default 1)")
+    if sweep:
+        p.add_argument("--guidance", type=float, nargs="+", default=[1.0],
+                       help="guidance strengths w, one row each (default 1)")
+        p.add_argument("--n", type=int, default=None, help="samples per seed and row (default 2000)")
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                       help="independent seeds, >= 2 (default 0 1 2)")
+    else:
+        p.add_argument("--guidance", type=float, default=1.0, help="guidance strength w (default 1)")
+        p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+        p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", type=int, nargs="*", help="classes to sample (cycled over --n)")
-    p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
                    help="samples per batch (default: the device's chunk size, 256 at 16x16 on a CPU)")
     p.add_argument("--dtype", default=None, help="network autocast dtype: bf16 or fp16 (Kac models; "
@@ -332,6 +360,9 @@ def _add_execution_args(p) -> None:
 
 
 def main(argv=None) -> int:
+    from kacfast.evaluation import REFERENCES
+    from kacfast.metrics import JUDGES
+
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
@@ -416,11 +447,16 @@ def main(argv=None) -> int:
     sa.set_defaults(func=cmd_sample)
 
     ev = sub.add_parser("eval", help=cmd_eval.__doc__)
-    _add_sampling_args(ev)
-    ev.add_argument("--reference", choices=("test", "train"), default="test",
-                    help="data split the samples are compared with (default test)")
+    _add_sampling_args(ev, sweep=True)
+    ev.add_argument("--reference", choices=REFERENCES, default="train",
+                    help="train (default): each seed's reference is a random part of the training "
+                         "split, disjoint from the floor row's images; test: the held-out split")
+    ev.add_argument("--judges", nargs="+", default=list(JUDGES), choices=list(JUDGES),
+                    help=f"feature spaces (default: {' '.join(JUDGES)})")
+    ev.add_argument("--format", choices=("table", "json"), default="table",
+                    help="a markdown table (default) or one JSON object per row")
     ev.add_argument("--classifier-steps", type=int, default=None,
-                    help="training steps of the metric classifier (default: the dataset's)")
+                    help="training steps of each judge (default: the dataset's)")
     ev.add_argument("--inception-weights", default=None,
                     help="local Inception weights file: adds the real FID (needs kacfast[fid])")
     ev.set_defaults(func=cmd_eval)

@@ -34,7 +34,11 @@ def test_cifar10_recipe_runs_at_tiny_size(tmp_path):
     assert smeta["objective"]["teacher_solver"] == "euler"  # later teachers are Euler-trained students
     first = load_trained(str(runs / "distill" / "stage-1-20"))[1]["objective"]
     assert first["guidance"] == 1.2 and first["teacher_steps"] == 100 and first["teacher_solver"] == "ab2"
-    scores = [json.loads((runs / "teacher" / "eval-2-ab2.json").read_text())] + [
-        json.loads(next((runs / "distill" / stage).glob("eval-*.json")).read_text())
+    files = [runs / "teacher" / "eval-2-ab2.jsonl"] + [
+        next((runs / "distill" / stage).glob("eval-*.jsonl"))
         for stage in ("stage-1-20", "stage-2-4", "stage-3-2", "stage-4-1")]
-    assert all("classifier_fd" in s and s["reference"] == "train" and s["n"] == 4 for s in scores)
+    for file in files:
+        floor, row = (json.loads(line) for line in file.read_text().splitlines())
+        assert floor["method"] == "data" and row["reference"] == "train" and row["n"] == 4
+        assert {"cnn_fd", "strided_fd", "cnn_precision"} <= set(row["metrics"])
+        assert len(row["metrics"]["cnn_fd"]["values"]) == 3

@@ -305,7 +305,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # CLI sample / eval
 # ----------------------------------------------------------------------------------------------
-def test_cli_sample_and_eval(tmp_path):
+def test_cli_sample(tmp_path):  # `kacfast eval`: tests/test_evaluation.py
     run = tmp_path / "run"
     subprocess.run(CLI + ["train", "--data", "gmm9", "--model", "mlp", "--steps", "20", "--out", str(run),
                           "--batch-size", "64", "--threads", "1", "--quiet"], check=True, timeout=600)
@@ -315,10 +315,6 @@ def test_cli_sample_and_eval(tmp_path):
     samples = np.load(npy)
     assert samples.shape == (30, 2) and samples.dtype == np.float32
     assert np.abs(samples).max() <= 1.0
-    out = subprocess.run(CLI + ["eval", "--ckpt", str(run), "--steps", "4", "--n", "200", "--quiet"],
-                         check=True, timeout=600, capture_output=True, text=True)
-    result = json.loads(out.stdout)
-    assert {"energy_distance", "sliced_w2", "modes_covered"} <= set(result)
     bad = subprocess.run(CLI + ["sample", "--ckpt", str(run), "--out", str(tmp_path / "s.png"), "--quiet"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "PNG output needs image samples" in bad.stderr
