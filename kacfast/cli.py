@@ -299,7 +299,7 @@ def cmd_eval(args) -> int:
             images = torch.cat([part for _, part in _generate(model, meta, run, labels, n)])
             return images, labels
 
-        rows.append(evaluator.evaluate(f"{name} w={w:g}", sample_fn, progress=not args.quiet,
+        rows.append(evaluator.evaluate(f"{name}, {args.steps} steps, w={w:g}", sample_fn, progress=not args.quiet,
                                        method=method, steps=args.steps, solver=run.solver, guidance=w,
                                        nfe=_nfe(method, args.steps, run.solver)))
         emit(rows[-1])

@@ -208,7 +208,7 @@ def test_cli_eval_table_and_json_on_points(tmp_path):
     out = subprocess.run(CLI + common + ["--format", "json"], check=True, timeout=600,
                          capture_output=True, text=True)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["row"] for r in rows] == ["data", "run w=1", "run w=2"]
+    assert [r["row"] for r in rows] == ["data", "run, 4 steps, w=1", "run, 4 steps, w=2"]
     assert [r.get("guidance") for r in rows] == [None, 1.0, 2.0] and rows[1]["nfe"] == 4
     for r in rows:
         assert set(r["metrics"]) == {"energy_distance", "sliced_w2", "modes_covered", "mode_fraction"}
