@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The MNIST-5k (16x16) results of the README, end to end, on a 2-core CPU (about 2.5 hours of
-# wall time; each job uses one thread, two jobs run side by side where the order allows).
+# The MNIST-5k (16x16) results of the README, end to end, on a 2-core CPU (trainings about 2.5 hours
+# of wall time, each job on one thread, two side by side where the order allows; the scores under
+# the quality protocol add about 40 minutes per 100-step sampler swept over 4 guidance values).
 #   bash benchmarks/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout}, RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
@@ -9,11 +10,11 @@ RUNS=${1:?usage: mnist_pipeline.sh RUNS_DIR}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 TRAIN="kacfast train --data mnist5k16 --model unet-tiny --steps 3600 --batch-size 64 --lr 5e-4 --threads 1 --quiet"
 DISTILL="kacfast distill --batch-size 64 --lr 2e-4 --threads 1 --quiet"
-EVAL="python $HERE/benchmarks/mnist_results.py run --runs $RUNS --out $RUNS/results.jsonl --grids $RUNS/grids"
+EVAL="python $HERE/benchmarks/mnist_results.py run --runs $RUNS --out $RUNS/results.jsonl --grids $RUNS/grids --threads 1 --compile"
 
 # 1. the Kac teacher and the EDM / DDPM baselines: same network, data, batch, steps, optimizer
 rm -f "$RUNS/distill.done"
-python -c "from kacfast.metrics import train_classifier; train_classifier('mnist5k16')"  # cached once
+python -c "from kacfast.metrics import load_judges; load_judges('mnist5k16')"  # both judges, cached once
 $TRAIN --method kac --out "$RUNS/kac" & KAC=$!
 $TRAIN --method edm --out "$RUNS/edm"
 wait $KAC
@@ -36,9 +37,9 @@ CORE_A=$!
 $TRAIN --method ddpm --out "$RUNS/ddpm"
 $EVAL --rows data kac-teacher-euler-100 kac-teacher-ab2-100 kac-teacher-euler-4 kac-teacher-euler-1 \
     edm-heun-35 edm-euler-4 edm-euler-2 edm-euler-1 ddim-100 ddim-20 ddim-4
-# DDPM's 1,000 steps on 250 samples, with the teacher and the data at the same size
+# DDPM's 1,000 steps on 250 samples per seed at w = 1.5, with the teacher and the data at the same size
 python "$HERE/benchmarks/mnist_results.py" run --runs "$RUNS" --out "$RUNS/results_n250.jsonl" \
-    --grids "$RUNS/grids250" --n 250 --rows data ddpm-1000 kac-teacher-euler-100
+    --grids "$RUNS/grids250" --n 250 --guidance 1.5 --threads 1 --rows data ddpm-1000 kac-teacher-euler-100
 while [ ! -f "$RUNS/distill.done" ]; do
     kill -0 $CORE_A 2>/dev/null || { echo "distillation failed: see above" >&2; exit 1; }
     sleep 10

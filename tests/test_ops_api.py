@@ -1,4 +1,5 @@
 """Op registration (opcheck, torch.compile), backend choice, fallback, and argument validation."""
+import math
 import subprocess
 import sys
 import textwrap
@@ -80,6 +81,12 @@ def test_missing_extension_falls_back_to_reference_with_one_warning():
     assert "fallback-ok ModuleNotFoundError" in out.stdout
 
 
+def nan_at(x, index=(1, 2)):
+    y = x.clone()
+    y[index] = math.nan
+    return y
+
+
 @pytest.mark.parametrize("backend", [b for b in ops.available_backends("cpu") if b != "triton"])
 def test_bad_inputs_raise_clear_errors(backend):
     x0 = torch.rand(4, 3)
@@ -101,6 +108,13 @@ def test_bad_inputs_raise_clear_errors(backend):
             (lambda: ops.kac_noise_target(x0, t[:3], 9.0, 3.0, seed=0), ValueError, "shape"),
             (lambda: ops.kac_noise_target(x0, t, 9.0, 3.0, T=0.0, seed=0), ValueError, "horizon T"),
             (lambda: ops.kac_noise_target(x0, t, 9.0, 3.0, clock="sqrt", seed=0), ValueError, "clock"),
+            (lambda: ops.kac_velocity(nan_at(x0), 0.5, 9.0, 3.0), ValueError, "x must be finite; found nan"),
+            (lambda: ops.kac_velocity(x0 / 0, 0.5, 9.0, 3.0), ValueError, "x must be finite; found inf"),
+            (lambda: ops.kac_noise_target(nan_at(x0), t, 9.0, 3.0, seed=0), ValueError, "x0 must be finite"),
+            (lambda: ops.guided_step(x0, x0, guidance=math.nan, h=0.1), ValueError, "guidance must be finite"),
+            (lambda: ops.guided_step(x0, x0, alpha=math.inf, h=0.1), ValueError, "alpha must be finite"),
+            (lambda: ops.guided_step(x0, x0, h=math.inf), ValueError, "h must be finite"),
+            (lambda: ops.guided_step(x0, x0, h=math.nan), ValueError, "h must be finite"),
         ]
         for call, exc, msg in cases:
             with pytest.raises(exc, match=msg):

@@ -209,6 +209,17 @@ def _check_range(t: torch.Tensor, name: str, low: float, high: float | None = No
     raise ValueError(f"{name} must lie in {bound}; found {t[bad].flatten()[0].item()}.")
 
 
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    """No NaN / inf in t (CPU, eager): one aminmax pass, as for the time checks; the kernels
+    would otherwise turn them into NaN outputs without a word."""
+    if not _values_checkable(t) or t.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(t))
+    if math.isfinite(lo) and math.isfinite(hi):
+        return
+    raise ValueError(f"{name} must be finite; found {t[~torch.isfinite(t)].flatten()[0].item()}.")
+
+
 def _leading_block(s: torch.Tensor, shape: torch.Size) -> bool:
     """True when s (already left-padded to len(shape) dims) covers a leading block of `shape`."""
     p = 0
@@ -243,6 +254,7 @@ def kac_velocity(x: torch.Tensor, s, a: float, c: float, eps: float = 1e-4) -> t
         raise ValueError(f"s of shape {tuple(s.shape)} does not broadcast to x of shape "
                          f"{tuple(x.shape)}.") from None
     _check_range(s, "s", 0.0)
+    _check_finite(x, "x")
     backend = resolve_backend(x.device)
     s = s.reshape((1,) * (x.dim() - s.dim()) + tuple(s.shape))
     if backend != "torch" and not _leading_block(s, x.shape):
@@ -314,6 +326,7 @@ def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: f
                          f"match x0 of shape {tuple(x0.shape)}, got {tuple(t.shape)}.")
     _check_same_device(t, x0, "t", "x0")
     _check_range(t, "t", 0.0, T)
+    _check_finite(x0, "x0")
     backend = resolve_backend(x0.device)
     return _op("kac_noise_target", backend)(
         x0.contiguous(), t.to(torch.float32).contiguous(), float(a), float(c), float(T),
@@ -353,8 +366,11 @@ def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None = 
                          f"([cond; uncond]), got {tuple(v.shape)}.")
     if v_prev is not None and v_prev.shape != x.shape:
         raise ValueError(f"v_prev must have x's shape {tuple(x.shape)}, got {tuple(v_prev.shape)}.")
-    if not h > 0:
-        raise ValueError(f"the step size h must be > 0, got {h}.")
+    if not (h > 0 and math.isfinite(h)):
+        raise ValueError(f"the step size h must be finite and > 0, got {h}.")
+    for name, value in (("guidance", guidance), ("alpha", alpha), ("beta", beta)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}.")
     backend = resolve_backend(x.device)
     return _op("kac_guided_step", backend)(
         x.contiguous(), v.contiguous(), None if v_prev is None else v_prev.contiguous(),
