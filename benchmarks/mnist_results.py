@@ -60,7 +60,7 @@ DISTILL_GUIDANCE = 1.5  # mnist_pipeline.sh distills every student with --guidan
 def _load_row(runs: str, run: str):
     """(model, meta) of a run directory, or of the shipped model the same pipeline trained."""
     from kacfast.pretrained import pretrained_path
-    from kacfast.training.load import load_trained
+    from kacfast.checkpoints import load_trained
 
     path = os.path.join(runs, run)
     if not os.path.isdir(path) and run in SHIPPED:

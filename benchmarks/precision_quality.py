@@ -19,6 +19,7 @@ import torch
 import kacfast
 from kacfast import metrics
 from kacfast.data import load_dataset
+from kacfast.facts import facts_of
 
 METRICS = ("classifier_fd", "classifier_kid", "conditional_accuracy")
 
@@ -35,8 +36,8 @@ def main() -> None:
         parser.error("--seeds must be >= 2 (the spread needs two) and --n >= 1.")
 
     model = kacfast.load_pretrained(args.model)
-    steps = model.pretrained["steps"]
-    guidance = model.pretrained["guidance"]
+    steps = facts_of(model).pretrained["steps"]
+    guidance = facts_of(model).pretrained["guidance"]
     classifier = metrics.train_classifier(args.data)
     reference, _ = load_dataset(args.data, split=args.reference, seed=1)
     labels = torch.arange(args.n) % model.num_classes

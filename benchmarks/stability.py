@@ -32,7 +32,8 @@ def _rms(v: torch.Tensor) -> float:
 @torch.no_grad()
 def kac_curve(model, labels, guidance, seed, steps=100):
     import kacfast
-    proc = model.kac_process
+    from kacfast.facts import facts_of
+    proc = facts_of(model).process
     states = []
     kacfast.sample(model, steps, labels=labels, guidance=guidance, seed=seed, clamp=False,
                    callback=lambda s: states.append((s["t"], s["t_next"], s["x"].clone())))
@@ -76,7 +77,7 @@ def ddpm_curve(model, labels, guidance, seed, steps=100):
 
 
 def main() -> None:
-    from kacfast.training.load import load_trained
+    from kacfast.checkpoints import load_trained
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", required=True)
     parser.add_argument("--out", required=True, help="PNG figure (needs matplotlib)")

@@ -13,9 +13,10 @@ import time
 
 import torch
 
+from kacfast.checkpoints import load_trained
 from kacfast.data import load_dataset
+from kacfast.facts import facts_of
 from kacfast.training.distill import DistillObjective
-from kacfast.training.load import load_trained
 
 
 def _mean_seconds(fn, warmup: int, repeats: int) -> float:
@@ -36,7 +37,7 @@ def main() -> None:
     stage = os.path.join(args.runs, "distill", "stage-2-4")
     teacher = load_trained(stage)[0]
     student = load_trained(stage)[0].train().requires_grad_(True)
-    objective = DistillObjective(teacher, teacher.kac_process, 4, 2)
+    objective = DistillObjective(teacher, facts_of(teacher).process, 4, 2)
     x, y = load_dataset("mnist5k16")
     x0, y0 = x[: args.batch_size], y[: args.batch_size]
     gen = torch.Generator().manual_seed(0)

@@ -15,6 +15,7 @@ import torch
 
 import kacfast
 from kacfast.baselines import EDMPrecond, ddim_sample, ddpm_sample, edm_nfe, edm_sample
+from kacfast.facts import attach_facts, facts_of
 from kacfast.models import build_model
 
 BATCH = 256
@@ -28,9 +29,7 @@ class TimedNet(torch.nn.Module):
         self.net = net
         self.num_classes = net.num_classes
         self.sample_shape = net.sample_shape
-        for name in ("kac_process", "kac_grid"):  # what kacfast.sample reads off a trained model
-            if hasattr(net, name):
-                setattr(self, name, getattr(net, name))
+        attach_facts(self, **vars(facts_of(net)))  # what kacfast.sample reads off a trained model
         self.seconds = 0.0
         self.calls = 0
 

@@ -3,12 +3,13 @@ from kacfast import ops
 from kacfast.process import KacProcess
 from kacfast.compiled import Sampler, compile_sampler
 from kacfast.sampling import integrate, nfe, quadratic_grid, sample, uniform_grid
-
+from kacfast.facts import ModelFacts, facts_of
 from kacfast.pretrained import list_pretrained, load_pretrained
 
 __version__ = "0.1.0"
-__all__ = ["KacProcess", "sample", "compile_sampler", "Sampler", "integrate", "uniform_grid", "quadratic_grid", "nfe", "ops",
-           "distill", "list_pretrained", "load_pretrained", "__version__"]
+__all__ = ["KacProcess", "sample", "compile_sampler", "Sampler", "integrate", "uniform_grid",
+           "quadratic_grid", "nfe", "ops", "distill", "list_pretrained", "load_pretrained",
+           "facts_of", "ModelFacts", "__version__"]
 
 
 def __getattr__(name):

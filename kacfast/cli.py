@@ -9,9 +9,11 @@ import time
 
 import torch
 
+from kacfast.facts import facts_of
+
 
 def _user_errors() -> tuple:
-    from kacfast.training.checkpoint import CheckpointError
+    from kacfast.checkpoints import CheckpointError
     return (ValueError, FileNotFoundError, CheckpointError)
 
 
@@ -38,13 +40,14 @@ def cmd_demo(args) -> int:
           f"{len(labels)} images per model, {torch.get_num_threads()} CPU thread(s)")
     for name in ("mnist16-distillkac-1step", "mnist16-kac-teacher"):
         model = kacfast.load_pretrained(name)
-        steps, guidance = model.pretrained["steps"], model.pretrained["guidance"]
+        entry = facts_of(model).pretrained
+        steps, guidance = entry["steps"], entry["guidance"]
         kacfast.sample(model, steps, labels=labels[:2], guidance=guidance, seed=args.seed)  # warm-up
         start = time.perf_counter()
         images = kacfast.sample(model, steps, labels=labels, guidance=guidance, seed=args.seed)
         seconds = time.perf_counter() - start
         grids.append(make_grid(images, nrow=10))
-        absorbed = model.pretrained.get("absorbed_guidance")
+        absorbed = entry.get("absorbed_guidance")
         how = f"guidance {absorbed:g} absorbed" if absorbed else f"guidance {guidance:g}"
         print(f"  {name:26s} {steps:>3} step(s), NFE {kacfast.nfe('euler', steps):>3}, {how + ':':23s} "
               f"{seconds:6.2f} s, {len(labels) / seconds:8.1f} images/s")
@@ -147,12 +150,12 @@ def cmd_distill(args) -> int:
     """Endpoint-only multi-stage distillation of a trained Kac teacher (DistillKac)."""
     from kacfast.data import load_dataset
     from kacfast.training.distill import DistillConfig, distill
-    from kacfast.training.load import load_trained
+    from kacfast.checkpoints import load_trained
 
     _setup_worker(args)
     teacher_path = _checkpoint(args.teacher)
     teacher, meta = load_trained(teacher_path, device=args.device)
-    process = getattr(teacher, "kac_process", None)
+    process = facts_of(teacher).process
     if process is None:
         raise ValueError(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
     data = meta.get("run", {}).get("data")
@@ -189,7 +192,7 @@ def _load(args):
     """(model, meta) of --ckpt, with the sampling flags checked before any work and --steps
     defaulting to the model's own (a student's grid, else 100)."""
     from kacfast._device import compile_mode, network_dtype
-    from kacfast.training.load import load_trained
+    from kacfast.checkpoints import load_trained
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}.")
@@ -199,7 +202,7 @@ def _load(args):
     compile_mode(args.compile)
     model, meta = load_trained(_checkpoint(args.ckpt), device=args.device)
     if args.steps is None:
-        grid = getattr(model, "kac_grid", None)
+        grid = facts_of(model).grid
         args.steps = len(grid) - 1 if grid else 100
     return model, meta
 
@@ -235,7 +238,7 @@ def _labels(args, model, n):
 
 def cmd_export(args) -> int:
     """Write a sampling-only copy of a run (EMA weights + metadata, no optimizer state)."""
-    from kacfast.training import export_weights
+    from kacfast.checkpoints import export_weights
     meta = export_weights(_checkpoint(args.ckpt), args.out, ema=not args.raw)
     size = os.path.getsize(args.out) / 2**20
     print(f"{args.ckpt} (step {meta['exported']['from_step']}) -> {args.out} ({size:.2f} MiB)")

@@ -56,7 +56,7 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
         labels: (n,) class labels for a conditional model, else None (then `n` samples).
         guidance: w (1 = none; otherwise one batched call on the (cond, null) pair per NFE).
         seed: seeds the prior / latents (and DDPM's per-step noise): same seed, same samples.
-        process: the Kac process (default: model.kac_process).
+        process: the Kac process (default: the model's facts).
         dtype, compile, max_batch: the network's autocast dtype, torch.compile mode and chunk
             size of `kacfast.sample` (Kac models only; the baselines run float32 eager).
     Returns:

@@ -17,6 +17,7 @@ import torch
 
 from kacfast import ops
 from kacfast._device import compile_mode, network_dtype
+from kacfast.facts import facts_of
 from kacfast.process import KacProcess
 
 __all__ = ["sample", "integrate", "uniform_grid", "quadratic_grid", "SOLVERS", "nfe", "plan_sampling",
@@ -207,11 +208,17 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
                   grid=None, clamp: bool = True, dtype=None) -> SamplingPlan:
     """Validate a request of `sample` / `compile_sampler` (same arguments) into a SamplingPlan."""
     _check_solver(solver)
-    process = process or getattr(model, "kac_process", None) or KacProcess()
+    facts = facts_of(model)
+    process = process or facts.process or KacProcess()
     device = torch.device(device) if device is not None else _model_device(model)
+    if facts.absorbed_guidance is not None and guidance != 1:
+        warnings.warn(f"this student absorbed guidance {facts.absorbed_guidance:g} during "
+                      f"distillation: sample it at guidance=1; guidance={guidance:g} guides it a "
+                      "second time (twice the network calls, and a stronger guidance than it "
+                      "was distilled for).", stacklevel=3)
     if grid is None:
         _check_steps(steps)
-        student_grid = getattr(model, "kac_grid", None)
+        student_grid = facts.grid
         use_student = student_grid is not None and len(student_grid) == steps + 1
         if student_grid is not None and not use_student:
             warnings.warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
@@ -267,17 +274,17 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
     """Generate samples with a Kac-flow model.
 
     Args:
-        model: `model(x, t, y=None) -> velocity`, t (B,) raw times in [0, T]. Optional attributes
-            read when present: `kac_process` (KacProcess), `sample_shape` (per-sample shape),
-            `num_classes` (null label for guidance), `kac_grid` (the time grid a distilled
-            student was trained on, used when it has steps + 1 points).
+        model: `model(x, t, y=None) -> velocity`, t (B,) raw times in [0, T]. Read when
+            present: `sample_shape` (per-sample shape), `num_classes` (null label for guidance)
+            and its `kacfast.checkpoints.ModelFacts` (the process; a distilled student's time
+            grid, used when it has steps + 1 points; the guidance it absorbed).
         steps: integration steps (NFE = steps x 1 for euler/ab2, x 2 for heun/midpoint).
         shape: per-sample shape, e.g. (1, 28, 28); default model.sample_shape.
         batch_size: number of samples (default len(labels), else 1).
         labels: class labels (B,) (integers: list or tensor) for conditional models.
         guidance: w in v = v_u + w (v_c - v_u); 1 = no guidance (one network call per NFE).
         solver: "euler", "ab2", "heun" or "midpoint".
-        process: the Kac process (default model.kac_process, else KacProcess()).
+        process: the Kac process (default: the model's facts, else KacProcess()).
         seed: seed of the prior's counter-based RNG (default: drawn from torch's global RNG).
         device: default: the model's device.
         progress: tqdm progress bar (over steps; over images when the request is chunked;

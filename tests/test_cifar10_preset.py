@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fake_data import fake_cifar
-from kacfast.training.load import load_trained
+from kacfast.checkpoints import load_trained
+from kacfast.facts import facts_of
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar10_paper.sh"
 
@@ -30,7 +31,7 @@ def test_cifar10_recipe_runs_at_tiny_size(tmp_path):
     assert sum(p.numel() for p in teacher.parameters()) > 35e6
     assert meta["step"] == 2 and meta["config"]["ema_decay"] == 0.9999
     student, smeta = load_trained(str(runs / "distill" / "stage-4-1"))
-    assert student.kac_grid == [1.0, 0.0]
+    assert facts_of(student).grid == (1.0, 0.0)
     assert smeta["objective"]["teacher_solver"] == "euler"  # later teachers are Euler-trained students
     first = load_trained(str(runs / "distill" / "stage-1-20"))[1]["objective"]
     assert first["guidance"] == 1.2 and first["teacher_steps"] == 100 and first["teacher_solver"] == "ab2"

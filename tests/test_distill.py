@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import kacfast
+from kacfast.checkpoints import CHECKPOINT_NAME, load_trained, read_checkpoint
+from kacfast.facts import attach_facts, facts_of
 from kacfast.models import build_model
-from kacfast.training import KacObjective, TrainConfig, read_checkpoint, save_checkpoint, train
-from kacfast.training.checkpoint import CHECKPOINT_NAME
+from kacfast.training import KacObjective, TrainConfig, save_checkpoint, train
 from kacfast.training.distill import DistillConfig, DistillObjective, distill, teacher_integrate
-from kacfast.training.load import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     ema = train(model, KacObjective(), (x, None), TrainConfig(steps=300, batch_size=256, lr=2e-3,
                 warmup=20, ckpt_every=300), str(out), progress=False)
-    ema.kac_process = kacfast.KacProcess()
+    attach_facts(ema, process=kacfast.KacProcess())
     return ema, (x, None), out
 
 
@@ -122,7 +122,7 @@ def test_one_step_student_tracks_the_teacher(tmp_path, teacher, start):
     config = DistillConfig(schedule=(8, 4, 2, 1), steps_per_stage=150, batch_size=256, lr=2e-3,
                            start=start, ckpt_every=150)
     student = distill(model, proc, data, config, str(tmp_path), progress=False)
-    assert student.kac_grid == [1.0, 0.0]
+    assert facts_of(student).grid == (1.0, 0.0)
     with torch.no_grad():
         reference = kacfast.sample(model, 8, batch_size=2000, seed=5, process=proc, clamp=False)
         one_step_teacher = kacfast.sample(model, 1, batch_size=2000, seed=5, process=proc, clamp=False)
@@ -149,8 +149,10 @@ def test_cli_distill_then_sample_the_student(tmp_path):
                          check=True, timeout=600, capture_output=True, text=True)
     assert "student:" in out.stdout
     student, meta = load_trained(str(tmp_path / "student" / "stage-2-1"))
-    assert student.kac_grid == [1.0, 0.0] and meta["objective"]["method"] == "distill"
+    assert facts_of(student).grid == (1.0, 0.0) and meta["objective"]["method"] == "distill"
     assert meta["objective"]["guidance"] == 1.0  # only stage 1 uses the guided teacher
+    # ... but every later student reproduces that guided teacher, and says so
+    assert meta["objective"]["absorbed_guidance"] == 1.5 and facts_of(student).absorbed_guidance == 1.5
     assert meta["config"]["precision"] == "bf16"  # every stage trains as the flags say
     first = load_trained(str(tmp_path / "student" / "stage-1-2"))[1]
     assert first["objective"]["guidance"] == 1.5

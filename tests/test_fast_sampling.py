@@ -412,7 +412,7 @@ def test_cli_export_takes_a_shipped_name(tmp_path):
     out = tmp_path / "student.safetensors"
     run = _cli("export", "--ckpt", "mnist16-distillkac-1step", "--out", str(out))
     assert run.returncode == 0, run.stderr
-    from kacfast.training.load import load_trained
+    from kacfast.checkpoints import load_trained
     model, _ = load_trained(str(out))
     shipped = kacfast.load_pretrained("mnist16-distillkac-1step")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),

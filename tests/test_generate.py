@@ -9,10 +9,11 @@ import torch
 
 import kacfast
 from kacfast.baselines import DDPMSchedule, EDMPrecond, ddim_sample, edm_nfe, edm_sample
+from kacfast.checkpoints import export_weights, load_trained
+from kacfast.facts import facts_of
 from kacfast.generate import SOLVERS_BY_METHOD, generate, generation_nfe, solver_for
 from kacfast.models import build_model
-from kacfast.training import EDMObjective, KacObjective, TrainConfig, export_weights, train
-from kacfast.training.load import load_trained
+from kacfast.training import EDMObjective, KacObjective, TrainConfig, train
 
 CLI = [sys.executable, "-m", "kacfast"]
 
@@ -116,7 +117,7 @@ def test_export_keeps_the_ema_model_and_drops_optimizer_state(tmp_path):
     exported, emeta = load_trained(str(tmp_path / "w.safetensors"))
     for p, q in zip(run_model.parameters(), exported.parameters()):
         assert torch.equal(p, q)
-    assert exported.kac_process == run_model.kac_process and emeta["step"] == 3
+    assert facts_of(exported).process == facts_of(run_model).process and emeta["step"] == 3
     assert os.path.getsize(tmp_path / "w.safetensors") < os.path.getsize(tmp_path / "run" / "checkpoint.safetensors")
 
 
@@ -134,11 +135,24 @@ def test_shipped_models_sample_as_is():
     total = sum(os.path.getsize(kacfast.pretrained.pretrained_path(n)) for n in SHIPPED)
     assert total <= 10 * 2**20
     student = kacfast.load_pretrained("mnist16-distillkac-1step")
-    assert student.kac_grid == [1.0, 0.0] and student.sample_shape == (1, 16, 16)
+    assert facts_of(student).grid == (1.0, 0.0) and student.sample_shape == (1, 16, 16)
     images = kacfast.sample(student, steps=1, labels=list(range(10)), seed=0)
     assert images.shape == (10, 1, 16, 16) and images.abs().max() <= 1
     teacher = kacfast.load_pretrained("mnist16-kac-teacher")
-    assert teacher.kac_process == student.kac_process and teacher.num_classes == 10
+    assert facts_of(teacher).process == facts_of(student).process and teacher.num_classes == 10
+    assert facts_of(student).absorbed_guidance == 1.5 and facts_of(teacher).absorbed_guidance is None
+    with pytest.warns(UserWarning, match="absorbed guidance 1.5 during distillation"):
+        kacfast.sample(student, 1, labels=[3], guidance=1.5, seed=0)
+
+
+@pytest.mark.skipif(len(SHIPPED) < 2, reason="the shipped model files are not in this checkout")
+def test_inference_loads_no_training_code():
+    code = ("import sys, kacfast; m = kacfast.load_pretrained('mnist16-distillkac-1step'); "
+            "kacfast.sample(m, 1, labels=[0, 1]); "
+            "print(sorted(k for k in sys.modules if k.startswith('kacfast.training')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         timeout=600)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.skipif(len(SHIPPED) < 2, reason="the shipped model files are not in this checkout")

@@ -5,6 +5,7 @@ from torch import nn
 
 import kacfast
 from kacfast import ops
+from kacfast.facts import attach_facts
 from kacfast.ops import _ext, reference
 from kacfast.sampling import SOLVERS
 
@@ -17,11 +18,12 @@ class DiracModel(nn.Module):
     def __init__(self, point: torch.Tensor, process: kacfast.KacProcess):
         super().__init__()
         self.register_buffer("point", point)
-        self.kac_process = process
+        self.process = process
+        attach_facts(self, process=process)
         self.sample_shape = tuple(point.shape)
 
     def forward(self, x, t, y=None):
-        return self.kac_process.velocity(x, t, self.point.expand_as(x))
+        return self.process.velocity(x, t, self.point.expand_as(x))
 
 
 class LabelShiftModel(nn.Module):
@@ -148,7 +150,7 @@ def test_ab2_matches_its_formula_on_a_linear_field():
 def test_sample_reads_model_attributes_and_is_reproducible():
     proc = kacfast.KacProcess(a=25.0, c=2.0, clock="t2")
     model = DiracModel(torch.zeros(2, 3), proc)
-    model.kac_grid = [1.0, 0.25, 0.0]  # a distilled student's own 2-step grid
+    attach_facts(model, grid=[1.0, 0.25, 0.0])  # a distilled student's own 2-step grid
     seen = []
     x1 = kacfast.sample(model, 2, batch_size=5, seed=7, callback=lambda d: seen.append(d["t"]))
     x2 = kacfast.sample(model, 2, batch_size=5, seed=7)

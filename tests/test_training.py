@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, load_trained, read_checkpoint
 from kacfast.models import build_model
-from kacfast.training import (CheckpointError, DDPMObjective, EDMObjective, KacObjective,
-                              TrainConfig, read_checkpoint, restore, save_checkpoint, train)
-from kacfast.training.checkpoint import CHECKPOINT_NAME
-from kacfast.training.load import load_trained
+from kacfast.training import (DDPMObjective, EDMObjective, KacObjective, TrainConfig, restore,
+                              save_checkpoint, train)
 
 CLI = [sys.executable, "-m", "kacfast"]
 

@@ -10,6 +10,8 @@ import os
 
 import torch
 
+from kacfast.facts import attach_facts
+
 __all__ = ["PRETRAINED", "list_pretrained", "load_pretrained", "pretrained_path"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,8 +60,9 @@ def pretrained_path(name: str) -> str:
 
 def load_pretrained(name: str, device: str | torch.device | None = None) -> torch.nn.Module:
     """A shipped model in eval mode, ready for `kacfast.sample(model, steps, labels=...)`; its
-    `pretrained` attribute holds the entry of PRETRAINED (recommended steps and guidance)."""
-    from kacfast.training.load import load_trained
+    facts (``kacfast.facts.facts_of(model).pretrained``) hold its entry of PRETRAINED
+    (recommended steps and guidance)."""
+    from kacfast.checkpoints import load_trained
     model, _ = load_trained(pretrained_path(name), device=device)
-    model.pretrained = dict(PRETRAINED[name], name=name)
-    return model
+    entry = dict(PRETRAINED[name], name=name)
+    return attach_facts(model, pretrained=entry, absorbed_guidance=entry.get("absorbed_guidance"))

@@ -1,23 +1,12 @@
-"""Checkpoints: one safetensors file holding the weights, EMA weights and optimizer tensors, with
-everything else (process, model config, step, data order, optimizer hyper-parameters) as JSON in
-its metadata. Written to a temporary file, fsynced, then renamed over the old one: a kill at any
-moment leaves either the previous checkpoint or the new one, never a mix."""
+"""Training checkpoints: the model, EMA and optimizer tensors of a run in one file (the format and
+the atomic writer are kacfast.checkpoints'), and all-or-nothing restore for exact resume."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-FORMAT = "kacfast-checkpoint-v1"
-CHECKPOINT_NAME = "checkpoint.safetensors"
+from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, read_checkpoint, write_checkpoint
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, truncated, corrupt or for another model."""
+__all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "restore", "read_checkpoint"]
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -53,43 +42,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, ema: torch.nn.Module |
     if optimizer is not None:
         opt_tensors, full_meta["optimizer"] = _optimizer_tensors(optimizer)
         tensors.update(opt_tensors)
-    header = {"format": FORMAT, "meta": json.dumps(full_meta, sort_keys=True)}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def read_checkpoint(path: str) -> tuple[dict, dict]:
-    """(meta, tensors) of a checkpoint file; CheckpointError with the reason if it is unusable."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}.")
-    try:
-        with safe_open(path, framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc}).") from None
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a kacfast checkpoint (format {header.get('format')!r}).")
-    try:
-        meta = json.loads(header["meta"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({exc}).") from None
-    return meta, tensors
+    write_checkpoint(path, tensors, full_meta)
 
 
 def _prefixed(tensors: dict, prefix: str) -> dict:
@@ -124,17 +77,3 @@ def restore(path: str, *, model, ema=None, optimizer=None) -> dict:
     if optimizer is not None:
         _restore_optimizer(optimizer, meta["optimizer"], tensors)
     return meta
-
-
-def export_weights(path: str, out: str, *, ema: bool = True) -> dict:
-    """Write a sampling-only copy of a run's checkpoint: the EMA (or raw) weights as the model and
-    the run's metadata without optimizer or data-order state. The result loads with load_trained
-    (and load_pretrained) like the run itself; returns its meta."""
-    from kacfast.training.load import load_trained
-    model, meta = load_trained(path, ema=ema)
-    kept = {k: v for k, v in meta.items() if k not in ("optimizer", "data_order")}
-    # a shipped file should not carry the exporting machine's paths
-    kept["run"] = {k: (os.path.basename(v) if k == "teacher" else v) for k, v in kept.get("run", {}).items()}
-    kept["exported"] = {"from_step": meta.get("step"), "weights": "ema" if ema else "model"}
-    save_checkpoint(out, model=model, ema=None, optimizer=None, meta=kept)
-    return kept

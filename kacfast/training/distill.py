@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from kacfast import ops
+from kacfast.facts import attach_facts, facts_of
 from kacfast.process import KacProcess
 from kacfast.sampling import guided_velocity_fn, uniform_grid
 from kacfast.training.loop import ExecutionConfig, TrainConfig, train
@@ -66,6 +67,10 @@ class DistillObjective:
         self.grid = uniform_grid(student_steps, process.T)
         self.interval = process.T / student_steps
         self.guidance, self.start = guidance, start
+        # what the student reproduces: this stage's guidance, or the one its teacher absorbed
+        absorbed = facts_of(teacher).absorbed_guidance if guidance == 1 else guidance
+        conditional = getattr(teacher, "num_classes", None) is not None
+        self.absorbed_guidance = absorbed if conditional and absorbed not in (None, 1) else None
         self.preview_sampler = (student_steps, "euler")  # the student's own grid is uniform
 
     def _start_points(self, x0, y, idx, generator, seed):
@@ -96,7 +101,8 @@ class DistillObjective:
     def describe(self) -> dict:
         return {"method": self.method, "process": self.process.to_dict(), "grid": self.grid,
                 "teacher_steps": self.teacher_steps, "student_steps": self.student_steps,
-                "guidance": self.guidance, "start": self.start, "teacher_solver": self.teacher_solver}
+                "guidance": self.guidance, "absorbed_guidance": self.absorbed_guidance,
+                "start": self.start, "teacher_solver": self.teacher_solver}
 
 
 @dataclass
@@ -138,7 +144,7 @@ class DistillConfig(ExecutionConfig):
 
 def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: str, *,
             resume: bool = False, progress: bool = True, run_info: dict | None = None):
-    """Run every stage of config.schedule; returns the last student (EMA weights, `kac_grid` set).
+    """Run every stage of config.schedule; returns the last student (EMA weights, its facts attached).
 
     Stage k writes out_dir/stage-{k}-{steps}/; with resume=True finished stages are read back and
     an interrupted stage continues from its last checkpoint.
@@ -152,7 +158,8 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
                                      # later teachers are students trained for Euler steps
                                      teacher_solver=config.teacher_solver if k == 1 else "euler")
         student = copy.deepcopy(current).train().requires_grad_(True)
-        student.kac_grid = objective.grid  # the grid it learns (not its teacher's)
+        attach_facts(student, grid=objective.grid,  # the grid it learns (not its teacher's)
+                     absorbed_guidance=objective.absorbed_guidance)
         stage_steps = config.steps_per_stage[k - 1]
         train_config = TrainConfig(steps=stage_steps, batch_size=config.batch_size,
                                    lr=config.lr, warmup=min(config.warmup, stage_steps),
@@ -162,5 +169,5 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
         stage_resume = resume and os.path.exists(os.path.join(stage_dir, "checkpoint.safetensors"))
         current = train(student, objective, data, train_config, stage_dir, resume=stage_resume,
                         progress=progress, run_info={**(run_info or {}), "stage": k})
-        current.kac_process = process
+        attach_facts(current, process=process)
     return current

@@ -27,8 +27,8 @@ import torch.distributed as dist
 
 from kacfast._device import COMPILE_MODES, compile_mode, cpu_has_bf16
 from kacfast.data import BatchSampler
-from kacfast.training.checkpoint import (CHECKPOINT_NAME, CheckpointError, read_checkpoint, restore,
-                                        save_checkpoint)
+from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, read_checkpoint
+from kacfast.training.checkpoint import restore, save_checkpoint
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -1,0 +1,121 @@
+"""Inference I/O: checkpoint files, the facts a trained model carries, loading and exporting.
+
+A checkpoint is one safetensors file holding the weights (and, for training runs, EMA weights
+and optimizer tensors), with everything else (process, model config, step, ...) as JSON in its
+metadata. This module imports no training code: ``kacfast.load_pretrained`` + ``kacfast.sample``
+never load ``kacfast.training``. Writing happens through a temporary file, fsynced and renamed
+over the old one: a kill at any moment leaves the previous file or the new one, never a mix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from kacfast.facts import ModelFacts, attach_facts, facts_of
+from kacfast.models import model_from_config
+from kacfast.process import KacProcess
+
+__all__ = ["CHECKPOINT_NAME", "CheckpointError", "ModelFacts", "facts_of", "attach_facts",
+           "write_checkpoint", "read_checkpoint", "load_trained", "export_weights"]
+
+FORMAT = "kacfast-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt or for another model."""
+
+
+def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically write ``tensors`` (CPU, contiguous) and ``meta`` (JSON-able) to ``path``."""
+    header = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_checkpoint(path: str) -> tuple[dict, dict]:
+    """(meta, tensors) of a checkpoint file; CheckpointError with the reason if it is unusable."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}.")
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc}).") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a kacfast checkpoint (format {header.get('format')!r}).")
+    try:
+        meta = json.loads(header["meta"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({exc}).") from None
+    return meta, tensors
+
+
+def _facts_from_meta(meta: dict) -> dict:
+    objective = meta.get("objective", {})
+    facts = {}
+    if "process" in objective:  # a Kac teacher or a distilled student
+        facts["process"] = KacProcess.from_dict(objective["process"])
+    if "grid" in objective:  # a distilled student: the step grid it was trained for
+        facts["grid"] = objective["grid"]
+    if objective.get("absorbed_guidance") not in (None, 1.0):
+        facts["absorbed_guidance"] = float(objective["absorbed_guidance"])
+    return facts
+
+
+def load_trained(path: str, *, ema: bool = True, device=None) -> tuple[torch.nn.Module, dict]:
+    """(model, meta) from a run directory or checkpoint file; EMA weights by default.
+
+    The model comes in eval mode without gradients, with its :class:`ModelFacts` (process, a
+    student's grid and absorbed guidance) attached, so ``kacfast.sample(model, steps)`` needs
+    nothing else.
+    """
+    file = os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path
+    meta, tensors = read_checkpoint(file)
+    spec = meta.get("model") or {}
+    if not spec.get("kind") or spec.get("config") is None:
+        raise CheckpointError(f"{file} does not record its model architecture.")
+    model = model_from_config(spec["kind"], spec["config"])
+    prefix = "ema/" if ema and any(k.startswith("ema/") for k in tensors) else "model/"
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{file}: weights do not match the recorded architecture "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    attach_facts(model, **_facts_from_meta(meta))
+    return model.to(device or "cpu").eval().requires_grad_(False), meta
+
+
+def export_weights(path: str, out: str, *, ema: bool = True) -> dict:
+    """Write a sampling-only copy of a run's checkpoint: the EMA (or raw) weights as the model and
+    the run's metadata without optimizer or data-order state. The result loads with load_trained
+    (and load_pretrained) like the run itself; returns its meta."""
+    model, meta = load_trained(path, ema=ema)
+    kept = {k: v for k, v in meta.items() if k not in ("optimizer", "data_order")}
+    # a shipped file should not carry the exporting machine's paths
+    kept["run"] = {k: (os.path.basename(v) if k == "teacher" else v) for k, v in kept.get("run", {}).items()}
+    kept["exported"] = {"from_step": meta.get("step"), "weights": "ema" if ema else "model"}
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_checkpoint(out, tensors, kept)
+    return kept
