@@ -174,7 +174,7 @@ def cmd_report(args) -> None:
     results.sort(key=lambda r: (order[r["row"]], r.get("guidance") or 0))
     for r in results:
         r["row"] = _label(r)
-    print(format_table(results))
+    print(format_table(results, args.metrics))
     judges = results[0]["judges"]
     print("\nEach sampler at its own best guidance (lowest FD of the judge; w in brackets):\n")
     print("| sampler | NFE | " + " | ".join(f"{j} FD (w)" for j in judges) + " |")
@@ -249,6 +249,8 @@ def main() -> None:
     rep.add_argument("--results", required=True)
     rep.add_argument("--plot", help="write the quality-vs-NFE plot here (needs matplotlib)")
     rep.add_argument("--plot-guidance", type=float, default=1.5)
+    rep.add_argument("--metrics", nargs="+", help="columns to show, e.g. fd precision recall accuracy "
+                     "(default: all, KID included)")
     speed = sub.add_parser("speed", help="images/s of --rows side by side (the last row is the unit)")
     speed.add_argument("--runs", required=True)
     speed.add_argument("--rows", nargs="+", default=["distillkac-1", "distillkac-4", "edm-heun-35"])

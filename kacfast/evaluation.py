@@ -230,15 +230,18 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}" if a >= 0.1 or value == 0 else f"{value:.4f}"
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], metrics_shown=None) -> str:
     """Markdown table of rows of one protocol: mean +- half-width of each 95% interval.
 
     The best model row of each column (the floor row excluded) is in bold; ``~`` marks model rows
     whose paired difference from it is not significant (its interval contains 0).
+    ``metrics_shown``: metric names to keep (e.g. ``("fd", "precision")``; default all).
     """
     if not rows:
         raise ValueError("no rows to format.")
     columns = _columns(rows)
+    if metrics_shown is not None:
+        columns = [(k, up) for k, up in columns if k in metrics_shown or k.split("_", 1)[-1] in metrics_shown]
     models = [r for r in rows if r.get("method") != "data"]
     best = {}
     for key, higher in columns:

@@ -147,6 +147,7 @@ def test_format_table_marks_best_and_ties():
     assert "**0.803 ± 0.0143**" in b  # highest recall
     assert "paired by seed" in table[-1]
     assert compare(rows[2], rows[1], "cnn_fd").excludes_zero()
+    assert format_table(rows, ["recall"]).splitlines()[0] == "| row | NFE | w | cnn recall |"
     with pytest.raises(ValueError, match="no rows"):
         format_table([])
 
