@@ -273,6 +273,7 @@ def cmd_eval(args) -> int:
     import json
 
     from kacfast.evaluation import Evaluator, Protocol, format_table
+    from kacfast.generate import generation_nfe, solver_for
 
     args.n = args.n if args.n is not None else 2000
     model, meta = _load(args)
@@ -285,6 +286,8 @@ def cmd_eval(args) -> int:
                           inception_weights=args.inception_weights)
     labels = _labels(args, model, args.n)
     method = meta.get("objective", {}).get("method", "kac")
+    args.solver = solver_for(method, args.solver)  # recorded in every row, so resolved up front
+    nfe = generation_nfe(method, args.steps, args.solver)
     name = os.path.basename(os.path.normpath(args.ckpt))
 
     def emit(row):
@@ -302,18 +305,13 @@ def cmd_eval(args) -> int:
             images = torch.cat([part for _, part in _generate(model, meta, run, labels, n)])
             return images, labels
 
-        rows.append(evaluator.evaluate(f"{name}, {args.steps} steps, w={w:g}", sample_fn, progress=not args.quiet,
-                                       method=method, steps=args.steps, solver=run.solver, guidance=w,
-                                       nfe=_nfe(method, args.steps, run.solver)))
+        rows.append(evaluator.evaluate(f"{name}, {args.steps} steps, w={w:g}", sample_fn,
+                                       progress=not args.quiet, method=method, steps=args.steps,
+                                       solver=args.solver, guidance=w, nfe=nfe))
         emit(rows[-1])
     if args.format == "table":
         print(format_table(rows))
     return 0
-
-
-def _nfe(method: str, steps: int, solver: str | None) -> int:
-    from kacfast.generate import generation_nfe, solver_for
-    return generation_nfe(method, steps, solver_for(method, solver))
 
 
 def _add_sampling_args(p, sweep: bool = False) -> None:
