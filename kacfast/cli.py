@@ -104,6 +104,10 @@ def _model_for_data(preset: str, x: torch.Tensor, num_classes, method: str, hori
     # The embedding is sized for inputs of order 1 times 1000: Kac times lie in [0, T] (scale
     # 1000 / T), EDM's c_noise = log(sigma)/4 in about [-1.6, 1.1]; DDPM passes steps 0..999.
     extra = {"kac": {"time_scale": 1000.0 / horizon}, "ddpm": {"time_scale": 1.0}}.get(method, {})
+    if preset.startswith("diffusers:"):
+        from kacfast.integrations.diffusers import unet_from_config_file
+        return unet_from_config_file(preset[len("diffusers:"):], in_channels=x.shape[1],
+                                     image_size=x.shape[-1], num_classes=num_classes, **extra)
     if preset == "mlp":
         return build_model("mlp", dim=x.shape[1], num_classes=num_classes, **extra)
     return build_model(preset, in_channels=x.shape[1], image_size=x.shape[-1],
@@ -237,7 +241,14 @@ def _labels(args, model, n):
 
 
 def cmd_export(args) -> int:
-    """Write a sampling-only copy of a run (EMA weights + metadata, no optimizer state)."""
+    """Write a sampling-only copy of a run (EMA weights + metadata, no optimizer state), or with
+    --format diffusers a KacPipeline folder with a model card."""
+    if args.format == "diffusers":
+        from kacfast.integrations.diffusers import export_pipeline
+        _checkpoint(args.ckpt)  # the same one-line error for a path that is not there
+        export_pipeline(args.ckpt, args.out, ema=not args.raw)
+        print(f"{args.ckpt} -> {args.out} (KacPipeline.from_pretrained({args.out!r}))")
+        return 0
     from kacfast.checkpoints import export_weights
     meta = export_weights(_checkpoint(args.ckpt), args.out, ema=not args.raw)
     size = os.path.getsize(args.out) / 2**20
@@ -363,6 +374,7 @@ def _add_execution_args(p) -> None:
 def main(argv=None) -> int:
     from kacfast.evaluation import REFERENCES
     from kacfast.metrics import JUDGES
+    from kacfast.models import PRESETS
 
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -382,13 +394,19 @@ def main(argv=None) -> int:
     noise.set_defaults(func=cmd_noise_demo)
     ex = sub.add_parser("export", help=cmd_export.__doc__)
     ex.add_argument("--ckpt", required=True, help="run directory, checkpoint file or shipped model")
-    ex.add_argument("--out", required=True, help="output .safetensors")
+    ex.add_argument("--out", required=True,
+                    help="output .safetensors (--format kacfast) or folder (--format diffusers)")
+    ex.add_argument("--format", choices=("kacfast", "diffusers"), default="kacfast",
+                    help="kacfast: one safetensors file (default); diffusers: a KacPipeline folder "
+                         "(needs kacfast[diffusers])")
     ex.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     ex.set_defaults(func=cmd_export)
 
     tr = sub.add_parser("train", help=cmd_train.__doc__)
     tr.add_argument("--data", required=True, help="gmm9, checkerboard, rings, digits, mnist5k, mnist5k16, cifar10, folder:PATH")
-    tr.add_argument("--model", required=True, help="mlp, unet-tiny, unet-small, unet-cifar10")
+    tr.add_argument("--model", required=True,
+                    help=f"a preset ({', '.join(PRESETS)}) or diffusers:CONFIG.json (a UNet2DModel "
+                         "config; needs kacfast[diffusers])")
     tr.add_argument("--steps", type=int, required=True)
     tr.add_argument("--out", required=True, help="run directory")
     tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")

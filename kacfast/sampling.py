@@ -20,7 +20,8 @@ from kacfast._device import compile_mode, network_dtype
 from kacfast.facts import facts_of
 from kacfast.process import KacProcess
 
-__all__ = ["sample", "integrate", "uniform_grid", "quadratic_grid", "SOLVERS", "nfe", "plan_sampling",
+__all__ = ["sample", "integrate", "one_call_step", "uniform_grid", "quadratic_grid", "SOLVERS",
+           "ONE_CALL_SOLVERS", "nfe", "plan_sampling",
            "SamplingPlan", "default_max_batch", "draw_seed"]
 
 # Elements (samples x per-sample size) per chunk of a large request when max_batch is None.
@@ -29,6 +30,8 @@ _CHUNK_ELEMENTS = {"cpu": 65_536, "cuda": 16_777_216}
 
 # network evaluations per step
 SOLVERS = {"euler": 1, "ab2": 1, "heun": 2, "midpoint": 2}
+# solvers whose step needs one velocity, at its start: they can be stepped from outside the loop
+ONE_CALL_SOLVERS = ("euler", "ab2")
 
 
 def nfe(solver: str, steps: int) -> int:
@@ -91,6 +94,26 @@ def guided_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: f
     return velocity
 
 
+def one_call_step(solver: str, x: torch.Tensor, v: torch.Tensor, h: float, history, *,
+                  guidance: float = 1.0, clamp: bool = False):
+    """One step of a one-call solver ("euler" or "ab2") from the velocity v evaluated at the
+    step's start: returns (x at t - h, history for the next step).
+
+    v is (B, ...) or the guided pair (2B, ...) (see guided_velocity_fn); history is None before
+    the first step and carries AB-2's (mixed velocity, step size) between steps, so that
+    `integrate` and a step-by-step caller (the diffusers scheduler) run the same arithmetic.
+    """
+    if solver == "euler":
+        return ops.guided_step(x, v, guidance=guidance, h=h, clamp=clamp)[0], None
+    if solver != "ab2":
+        raise ValueError(f"solver must be one of {ONE_CALL_SOLVERS}, got {solver!r}.")
+    v_prev, h_prev = history or (None, None)
+    r = 0.0 if h_prev is None else h / h_prev
+    x, v_mix = ops.guided_step(x, v, v_prev, guidance=guidance, h=h, alpha=1 + r / 2, beta=-r / 2,
+                               clamp=clamp, return_v=True)
+    return x, (v_mix, h)
+
+
 def integrate(velocity: Callable, x: torch.Tensor, grid: Sequence[float], *,
               solver: str = "euler", guidance: float = 1.0, clamp: bool = True,
               callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
@@ -114,19 +137,14 @@ def integrate(velocity: Callable, x: torch.Tensor, grid: Sequence[float], *,
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=f"kacfast {solver}", unit="step")
-    v_prev, h_prev = None, None
+    history = None
     for i in steps:
         t, t_next = times[i], times[i + 1]
         h = t - t_next
         last = clamp and i == len(times) - 2
         v = velocity(x, t)
-        if solver == "euler":
-            x, _ = ops.guided_step(x, v, guidance=guidance, h=h, clamp=last)
-        elif solver == "ab2":
-            r = 0.0 if h_prev is None else h / h_prev
-            x, v_prev = ops.guided_step(x, v, v_prev, guidance=guidance, h=h, alpha=1 + r / 2,
-                                        beta=-r / 2, clamp=last, return_v=True)
-            h_prev = h
+        if solver in ONE_CALL_SOLVERS:
+            x, history = one_call_step(solver, x, v, h, history, guidance=guidance, clamp=last)
         elif solver == "heun":
             x_euler, v1 = ops.guided_step(x, v, guidance=guidance, h=h, return_v=True)
             v2 = velocity(x_euler, t_next)
@@ -177,9 +195,11 @@ def eval_mode(model):
             model.train()
 
 
-def draw_seed() -> int:
-    """A prior seed from torch's global RNG (so torch.manual_seed makes unseeded calls repeat)."""
-    return int(torch.randint(0, 2**62, (1,)).item())
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A prior seed from `generator`, else torch's global RNG (so torch.manual_seed makes unseeded
+    calls repeat)."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
 
 
 @dataclass(frozen=True)

@@ -320,3 +320,32 @@ def test_cuda_guided_step_bitwise_equals_cpu(shape, dtype, guided, with_prev, cl
     _assert_bitwise(gpu[0], cpu[0], "guided_step x")
     _assert_bitwise(gpu[1], cpu[1], "guided_step v_mix")
 
+
+
+@requires_cuda_backend
+def test_step_by_step_sampling_does_not_synchronize():
+    """The loop a diffusers user writes (KacFlowScheduler.step, one_call_step underneath) reads no
+    device value on the host: step sizes are host floats, the timestep tensor is not read."""
+    from kacfast.sampling import one_call_step
+    x = torch.zeros(8, 1, 4, 4, device="cuda")
+    v = torch.ones(16, 1, 4, 4, device="cuda")
+    scheduler = None
+    try:
+        from kacfast.integrations.diffusers import KacFlowScheduler
+        scheduler = KacFlowScheduler(solver="ab2")
+        scheduler.set_timesteps(4, device="cuda")
+    except ImportError:  # the GPU machine may lack diffusers: the step underneath is still checked
+        pass
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        history, y = None, x
+        for _ in range(4):
+            y, history = one_call_step("ab2", y, v, 0.25, history, guidance=1.5)
+        if scheduler is not None:
+            for t in scheduler.timesteps:
+                x = scheduler.step(v, t, x, guidance_scale=1.5).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    if scheduler is not None:
+        assert torch.equal(x, y.clamp(-1, 1))

@@ -327,11 +327,16 @@ from kacfast.models import build_model
 from kacfast.training import KacObjective, TrainConfig, close_distributed, train
 
 
-def check_replicas(run_dir):
+def check_replicas(run_dir, backbone):
     torch.set_num_threads(1)
-    x = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+    shape = (2,) if backbone == "mlp" else (1, 8, 8)
+    x = torch.randn((512,) + shape, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)  # identical initial replicas (DDP also broadcasts rank 0's)
-    model = build_model("mlp", width=32, depth=2)
+    if backbone == "mlp":
+        model = build_model("mlp", width=32, depth=2)
+    else:  # a diffusers UNet2DModel through kacfast's adapter
+        model = build_model("diffusers-unet-tiny", image_size=8, num_classes=None,
+                            block_out_channels=[16, 16], norm_num_groups=8, attention_head_dim=8)
     train(model, KacObjective(), (x, None), TrainConfig(steps=5, batch_size=64, ckpt_every=5),
           run_dir, progress=False)
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -341,18 +346,22 @@ def check_replicas(run_dir):
     print("ranks-identical")
 
 
-check_replicas(sys.argv[1])
+check_replicas(sys.argv[1], sys.argv[2])
 close_distributed()
 """
 
 
-def test_ddp_ranks_hold_identical_weights(tmp_path):
+@pytest.mark.parametrize("backbone", ["mlp", "diffusers"])
+def test_ddp_ranks_hold_identical_weights(tmp_path, backbone):
     """Each rank trains on its own half of every global batch; all-reduced gradients keep the
-    replicas equal (without the all-reduce they would drift apart after one step)."""
+    replicas equal (without the all-reduce they would drift apart after one step). Also for a
+    diffusers UNet2DModel backbone."""
+    if backbone == "diffusers":
+        pytest.importorskip("diffusers")
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    out = subprocess.run(torchrun + [str(script), str(tmp_path / "run")], capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(torchrun + [str(script), str(tmp_path / "run"), backbone],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ranks-identical") == 2

@@ -12,6 +12,12 @@ Presets (`build_model(name, **overrides)`; an override replaces a config entry):
                   resolution (7x7 for 28x28), dropout 0.1, 10 classes (6.5M params).
     unet-cifar10  the reference CIFAR-10 network: 32x32x3, 128 ch, (1, 2, 2, 2), 2 ResBlocks/level,
                   attention at 16x16, 4 heads, dropout 0.1, 10 classes (35.75M params).
+    diffusers-unet-tiny
+                  a diffusers UNet2DModel of unet-tiny's size (32 ch, (1, 2), 1 ResBlock/level,
+                  attention at the lowest resolution and in the middle, 10 classes); kind
+                  "diffusers" (kacfast.integrations.diffusers.DiffusersUNet, needs
+                  kacfast[diffusers]). Any UNet2DModel config.json trains through the CLI's
+                  --model diffusers:CONFIG.json.
 For the UNet presets the attention resolutions follow `image_size` / `channel_mult` overrides
 (they are stored as levels, PRESETS[name]["attention_levels"]) unless attention_resolutions is
 overridden.
@@ -19,6 +25,7 @@ overridden.
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 
 from torch import nn
@@ -26,9 +33,10 @@ from torch import nn
 from kacfast.models.mlp import MLP
 from kacfast.models.unet import UNet
 
-__all__ = ["UNet", "MLP", "PRESETS", "MODELS", "build_model", "model_from_config"]
+__all__ = ["UNet", "MLP", "PRESETS", "MODELS", "build_model", "model_from_config", "model_class"]
 
-MODELS = {"unet": UNet, "mlp": MLP}
+#: kind -> network class, or "module:Class" for one behind an optional extra (imported on use)
+MODELS = {"unet": UNet, "mlp": MLP, "diffusers": "kacfast.integrations.diffusers:DiffusersUNet"}
 
 PRESETS: dict[str, dict] = {
     "mlp": {"kind": "mlp",
@@ -45,6 +53,12 @@ PRESETS: dict[str, dict] = {
                      "config": dict(in_channels=3, image_size=32, model_channels=128,
                                     channel_mult=[1, 2, 2, 2], num_res_blocks=2, num_heads=4,
                                     dropout=0.1, num_classes=10)},
+    "diffusers-unet-tiny": {"kind": "diffusers",
+                            "config": dict(in_channels=1, image_size=28, num_classes=10,
+                                           block_out_channels=[32, 64], layers_per_block=1,
+                                           down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+                                           up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+                                           attention_head_dim=64, dropout=0.0)},
 }
 
 
@@ -55,14 +69,24 @@ def _level_sizes(image_size: int, levels: int) -> list[int]:
     return sizes
 
 
-def model_from_config(kind: str, config: dict) -> nn.Module:
-    """Rebuild a model from its `kind` and `config` (e.g. read back from a checkpoint's JSON)."""
+def model_class(kind: str) -> type:
+    """The network class of `kind` (importing an optional extra's module on first use)."""
     if kind not in MODELS:
         raise ValueError(f"kind must be one of {tuple(MODELS)}, got {kind!r}.")
+    entry = MODELS[kind]
+    if isinstance(entry, str):
+        module, name = entry.split(":")
+        entry = getattr(importlib.import_module(module), name)
+    return entry
+
+
+def model_from_config(kind: str, config: dict) -> nn.Module:
+    """Rebuild a model from its `kind` and `config` (e.g. read back from a checkpoint's JSON)."""
+    cls = model_class(kind)
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}.")
     try:
-        return MODELS[kind](**config)
+        return cls(**config)
     except TypeError as err:  # unknown / missing keyword
         raise ValueError(f"config does not fit a {kind!r} model: {err}") from None
 
@@ -74,8 +98,10 @@ def build_model(preset: str, **overrides) -> nn.Module:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}.")
     entry = PRESETS[preset]
     kind, config = entry["kind"], copy.deepcopy(entry["config"])
-    params = list(inspect.signature(MODELS[kind]).parameters)
-    unknown = sorted(set(overrides) - set(params))
+    signature = inspect.signature(model_class(kind)).parameters
+    params = list(signature)
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+    unknown = [] if open_ended else sorted(set(overrides) - set(params))
     if unknown:
         raise ValueError(f"unknown override(s) {unknown} for preset {preset!r}; a {kind!r} model "
                          f"takes {params}.")

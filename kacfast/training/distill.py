@@ -15,16 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from kacfast import ops
 from kacfast.facts import attach_facts, facts_of
 from kacfast.process import KacProcess
-from kacfast.sampling import guided_velocity_fn, uniform_grid
+from kacfast.sampling import ONE_CALL_SOLVERS, guided_velocity_fn, one_call_step, uniform_grid
 from kacfast.training.loop import ExecutionConfig, TrainConfig, train
 
 STARTS = ("noise", "rollout")
 
 
-TEACHER_SOLVERS = ("euler", "ab2")
+TEACHER_SOLVERS = ONE_CALL_SOLVERS
 
 
 @torch.no_grad()
@@ -35,13 +34,9 @@ def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance:
     when there are labels."""
     w = guidance if y is not None else 1.0
     velocity = guided_velocity_fn(teacher, y, w, getattr(teacher, "num_classes", None))
-    v_prev = None
+    history = None
     for j in range(substeps):
-        v = velocity(x, t_start - j * h)
-        if solver == "ab2" and v_prev is not None:
-            x, v_prev = ops.guided_step(x, v, v_prev, guidance=w, h=h, alpha=1.5, beta=-0.5, return_v=True)
-        else:
-            x, v_prev = ops.guided_step(x, v, guidance=w, h=h, return_v=solver == "ab2")
+        x, history = one_call_step(solver, x, velocity(x, t_start - j * h), h, history, guidance=w)
     return x
 
 
