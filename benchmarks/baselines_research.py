@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kacfast.ops.reference import kac_variance
+from kacfast.formulas import kac_variance
 
 
 def kac_density(s: torch.Tensor, x: torch.Tensor, a: float, c: float) -> torch.Tensor:

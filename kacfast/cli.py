@@ -61,7 +61,7 @@ def cmd_noise_demo(args) -> int:
     """Kac noise and velocity at a glance: exactness, finite speed, and fused-op speed."""
     import kacfast
     from kacfast import ops
-    from kacfast.ops import reference
+    from kacfast.formulas import kac_variance
 
     proc = kacfast.KacProcess(a=args.a, c=args.c)
     print(f"kacfast {kacfast.__version__}: Kac process a={proc.a}, c={proc.c}, T={proc.T}; "
@@ -71,7 +71,7 @@ def cmd_noise_demo(args) -> int:
     for s in (0.05, 0.25, 1.0):
         x = ops.kac_noise(torch.full((args.n,), s), proc.a, proc.c, seed=args.seed)
         atom = (x.abs() >= proc.c * s * (1 - 1e-6)).float().mean().item()
-        print(f"   {s:<5} {x.var().item():<14.4f} {reference.kac_variance(s, proc.a, proc.c):<14.4f} "
+        print(f"   {s:<5} {x.var().item():<14.4f} {kac_variance(s, proc.a, proc.c):<14.4f} "
               f"{atom:<17.4f} {math.exp(-proc.a * s):<11.4f} {x.abs().max().item() / (proc.c * s):.4f}")
     print("\n2) Conditional velocity v_K(s, x): bounded by the speed c, jumps to c at the light cone")
     s = 0.5
@@ -167,7 +167,8 @@ def cmd_distill(args) -> int:
     per_stage = args.steps_per_stage[0] if len(args.steps_per_stage) == 1 else tuple(args.steps_per_stage)
     config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                           guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver, seed=args.seed,
+                           guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver,
+                           objective=args.objective, seed=args.seed,
                            ckpt_every=args.ckpt_every, sample_every=args.sample_every,
                            precision=args.precision, compile=args.compile,
                            channels_last=args.channels_last)
@@ -332,8 +333,10 @@ def _add_sampling_args(p, sweep: bool = False) -> None:
                    help="run directory, checkpoint file or shipped model (kacfast.list_pretrained())")
     p.add_argument("--steps", type=int, default=None,
                    help="integration steps (default: a distilled student's own, else 100)")
+    from kacfast.generate import solvers_for
     p.add_argument("--solver", default=None,
-                   help="kac: euler (default), ab2, heun, midpoint; edm: heun; ddpm: ddim (default), ddpm")
+                   help="; ".join(f"{m}: {', '.join(solvers_for(m))}" for m in ("kac", "edm", "ddpm"))
+                   + " (the first is the default)")
     if sweep:
         p.add_argument("--guidance", type=float, nargs="+", default=[1.0],
                        help="guidance strengths w, one row each (default 1)")
@@ -374,7 +377,10 @@ def _add_execution_args(p) -> None:
 def main(argv=None) -> int:
     from kacfast.evaluation import REFERENCES
     from kacfast.metrics import JUDGES
+    from kacfast.data import dataset_names
     from kacfast.models import PRESETS
+    from kacfast.sampling import one_call_solvers
+    from kacfast.training.distill_objectives import DISTILL_OBJECTIVES
 
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -403,7 +409,7 @@ def main(argv=None) -> int:
     ex.set_defaults(func=cmd_export)
 
     tr = sub.add_parser("train", help=cmd_train.__doc__)
-    tr.add_argument("--data", required=True, help="gmm9, checkerboard, rings, digits, mnist5k, mnist5k16, cifar10, folder:PATH")
+    tr.add_argument("--data", required=True, help=", ".join(dataset_names()))
     tr.add_argument("--model", required=True,
                     help=f"a preset ({', '.join(PRESETS)}) or diffusers:CONFIG.json (a UNet2DModel "
                          "config; needs kacfast[diffusers])")
@@ -445,7 +451,9 @@ def main(argv=None) -> int:
     di.add_argument("--guidance", type=float, default=1.0, help="teacher guidance in stage 1")
     di.add_argument("--start", choices=("noise", "rollout"), default="noise",
                     help="interval start points: forward-noised data or teacher roll-outs")
-    di.add_argument("--teacher-solver", choices=("euler", "ab2"), default="euler",
+    di.add_argument("--objective", choices=list(DISTILL_OBJECTIVES), default="endpoint-l2",
+                    help="distillation loss (default endpoint-l2: the paper's)")
+    di.add_argument("--teacher-solver", choices=one_call_solvers(), default="euler",
                     help="how the teacher is integrated over each interval (default euler)")
     di.add_argument("--ckpt-every", type=int, default=500)
     di.add_argument("--sample-every", type=int, default=1000,

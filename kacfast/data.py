@@ -38,17 +38,15 @@ import hashlib
 import math
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "load_dataset", "dataset_info", "gmm9_centers", "BatchSampler",
-           "default_root", "GMM9_SCALE", "GMM9_STD", "TEST_FRACTION"]
-
-DATASETS = ("gmm9", "checkerboard", "rings", "digits", "mnist5k", "mnist5k16", "cifar10", "folder:PATH")
-TOY_DATASETS = ("gmm9", "checkerboard", "rings")
+__all__ = ["DATASETS", "Dataset", "dataset_names", "load_dataset", "dataset_info", "gmm9_centers",
+           "BatchSampler", "default_root", "GMM9_SCALE", "GMM9_STD", "TEST_FRACTION"]
 
 #: gmm9 mode centres are GMM9_SCALE * {-1, 0, 1}^2 and each mode is an isotropic Gaussian of std
 #: GMM9_STD: the reference 3x3 grid on {-1, 0, 1}^2, shrunk so that every mode lies 4 std inside
@@ -89,53 +87,40 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         x: (N, 2) for the toys, (N, C, H, W) for images, float32 in [-1, 1]; y: (N,) int64.
     """
     kind, arg = _parse_name(name)
-    if kind in TOY_DATASETS:
-        if split not in ("train", "test"):
-            raise ValueError(f"{kind} has splits 'train' and 'test' (independent draws), got {split!r}.")
-        _only(kind, kwargs, {"n", "scale", "std", "clip"} if kind == "gmm9" else {"n"})
-        n = int(kwargs.pop("n", 50_000))
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}.")
-        gen = torch.Generator().manual_seed(_toy_seed(kind, split, seed))
-        return _TOY_LOADERS[kind](n, gen, **kwargs)
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}.")
-    if kind == "digits":
-        _only(kind, kwargs, set())
-        x, y = _digits_arrays()
+    if kind == "folder":
+        _check_split(kind, split, _FIXED_SPLITS)
+        _only("folder", kwargs, {"image_size", "channels"})
+        x, y = _load_folder(arg, kwargs.get("image_size"), kwargs.get("channels"))
         return _fixed_split(x, y, split)
-    if kind in ("mnist5k", "mnist5k16"):
-        _only(kind, kwargs, set())
-        x, y = _mnist5k_arrays(16 if kind == "mnist5k16" else 28)
-        return _fixed_split(x, y, split)
-    if kind == "cifar10":
-        _only(kind, kwargs, {"download"})
-        return _load_cifar10(split, root, bool(kwargs.get("download", False)))
-    _only("folder", kwargs, {"image_size", "channels"})
-    x, y = _load_folder(arg, kwargs.get("image_size"), kwargs.get("channels"))
-    return _fixed_split(x, y, split)
+    entry = DATASETS[kind]
+    _check_split(kind, split, entry.splits)
+    _only(kind, kwargs, set(entry.options))
+    return entry.load(kind, split, seed, root, **kwargs)
 
 
 def dataset_info(name: str, **kwargs) -> dict:
     """Static facts about a dataset: ``shape`` (one sample), ``num_classes`` and ``value_range``.
 
+    Also ``kind`` ("points" or "images") and ``classifier_steps`` (the judges' training steps).
     Needs no optional dependency except for ``folder:`` (which reads the folder and accepts the same
     ``image_size`` / ``channels`` keywords as :func:`load_dataset`).
     """
     kind, arg = _parse_name(name)
-    static = {
-        "gmm9": ((2,), 9), "checkerboard": ((2,), 8), "rings": ((2,), len(RINGS_RADII)),
-        "digits": ((1, 8, 8), 10), "mnist5k": ((1, 28, 28), 10), "mnist5k16": ((1, 16, 16), 10),
-        "cifar10": ((3, 32, 32), 10),
-    }
-    if kind in static:
-        shape, num_classes = static[kind]
-    else:
+    if kind == "folder":
         files, classes = _folder_files(arg)
-        shape = _folder_sample_shape(files, kwargs.get("image_size"), kwargs.get("channels"))
-        num_classes = max(len(classes), 1)
-    return {"name": name, "shape": tuple(shape), "num_classes": num_classes,
-            "value_range": (-1.0, 1.0), "kind": "points" if kind in TOY_DATASETS else "images"}
+        entry = Dataset(_load_folder, _folder_sample_shape(files, kwargs.get("image_size"),
+                                                           kwargs.get("channels")),
+                        max(len(classes), 1))
+    else:
+        entry = DATASETS[kind]
+    return {"name": name, "shape": tuple(entry.shape), "num_classes": entry.num_classes,
+            "value_range": (-1.0, 1.0), "kind": entry.kind,
+            "classifier_steps": entry.classifier_steps}
+
+
+def dataset_names() -> list[str]:
+    """The names load_dataset takes (``folder:PATH`` stands for any image folder)."""
+    return list(DATASETS) + ["folder:PATH"]
 
 
 def gmm9_centers(scale: float = GMM9_SCALE) -> torch.Tensor:
@@ -182,7 +167,14 @@ def _rings(n, gen):
     return x.clamp(-1.0, 1.0), y
 
 
-_TOY_LOADERS = {"gmm9": _gmm9, "checkerboard": _checkerboard, "rings": _rings}
+def _toy(draw: Callable) -> Callable:
+    """A 2-D toy's loader: n points (default 50,000) from the stream of (name, split, seed)."""
+    def load(name, split, seed, root, n=50_000, **params):
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}.")
+        return draw(n, torch.Generator().manual_seed(_toy_seed(name, split, seed)), **params)
+    return load
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +217,13 @@ def _test_mask(y: np.ndarray) -> np.ndarray:
             k = max(k, 1)
         mask[idx[rng.permutation(len(idx))[:k]]] = True
     return mask
+
+
+def _fixed(arrays: Callable) -> Callable:
+    """A fixed image set's loader: the held-out split of arrays() -> (x, y)."""
+    def load(name, split, seed, root):
+        return _fixed_split(*arrays(), split)
+    return load
 
 
 def _fixed_split(x: np.ndarray, y: np.ndarray, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +275,52 @@ def _load_cifar10(split: str, root, download: bool) -> tuple[torch.Tensor, torch
         ys.append(np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64))
     x = torch.from_numpy(np.concatenate(xs)).float().div_(127.5).sub_(1.0)
     return x, torch.from_numpy(np.concatenate(ys))
+
+
+# ----------------------------------------------------------------------------------------------
+# the table
+# ----------------------------------------------------------------------------------------------
+_FIXED_SPLITS = ("train", "test", "all")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An entry of DATASETS: everything kacfast needs to know about a dataset.
+
+    load: (name, split, seed, root, **options) -> (x, y): float32 (N, *shape) in [-1, 1] and
+        int64 (N,) labels; split and options are checked before it is called.
+    shape: one sample's shape; num_classes: labels 0..num_classes-1.
+    kind: "images" (scored by the judges of kacfast.metrics) or "points" (2-D: energy distance,
+        sliced W2, mode coverage).
+    splits: the splits load takes; options: the keyword options it takes.
+    classifier_steps: training steps of each judge on it (images only).
+    """
+    load: Callable
+    shape: tuple
+    num_classes: int
+    kind: str = "images"
+    splits: tuple = _FIXED_SPLITS
+    options: tuple = ()
+    classifier_steps: int | None = 3000
+
+
+#: name -> Dataset. Add one here (see CONTRIBUTING.md) and load_dataset, dataset_info, the CLI,
+#: the training loop and the judges take it. ``folder:PATH`` is handled apart (its facts come from
+#: the folder).
+DATASETS: dict[str, Dataset] = {
+    "gmm9": Dataset(_toy(_gmm9), (2,), 9, "points", ("train", "test"), ("n", "scale", "std", "clip"),
+                    None),
+    "checkerboard": Dataset(_toy(_checkerboard), (2,), 8, "points", ("train", "test"), ("n",), None),
+    "rings": Dataset(_toy(_rings), (2,), len(RINGS_RADII), "points", ("train", "test"), ("n",), None),
+    "digits": Dataset(_fixed(_digits_arrays), (1, 8, 8), 10, classifier_steps=600),
+    "mnist5k": Dataset(_fixed(functools.partial(_mnist5k_arrays, 28)), (1, 28, 28), 10,
+                       classifier_steps=1000),
+    "mnist5k16": Dataset(_fixed(functools.partial(_mnist5k_arrays, 16)), (1, 16, 16), 10,
+                         classifier_steps=1000),
+    "cifar10": Dataset(lambda name, split, seed, root, download=False:
+                       _load_cifar10(split, root, bool(download)),
+                       (3, 32, 32), 10, options=("download",), classifier_steps=8000),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,9 +420,15 @@ def _parse_name(name: str) -> tuple[str, str | None]:
         if not path:
             raise ValueError("'folder:' needs a path, e.g. 'folder:/data/my_images'.")
         return "folder", path
-    if name not in DATASETS or name == "folder:PATH":
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}.")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}.")
     return name, None
+
+
+def _check_split(kind: str, split: str, splits: tuple) -> None:
+    if split not in splits:
+        what = " (independent draws)" if "all" not in splits else ""
+        raise ValueError(f"{kind} has splits {', '.join(map(repr, splits))}{what}, got {split!r}.")
 
 
 def _only(kind: str, kwargs: dict, allowed: set) -> None:

@@ -10,19 +10,28 @@ from __future__ import annotations
 import torch
 
 from kacfast.process import KacProcess
+from kacfast.sampling import SOLVERS, nfe
 
-__all__ = ["generate", "SOLVERS_BY_METHOD", "solver_for", "generation_nfe"]
+__all__ = ["generate", "METHODS", "BASELINE_SOLVERS", "solvers_for", "solver_for",
+           "generation_nfe"]
 
-#: solvers that apply to each training method; the first is the default.
-SOLVERS_BY_METHOD = {"kac": ("euler", "ab2", "heun", "midpoint"), "edm": ("heun", "euler"),
-                     "ddpm": ("ddim", "ddpm"), "distill": ("euler", "ab2", "heun", "midpoint")}
+#: training methods of the models generate samples
+METHODS = ("kac", "distill", "edm", "ddpm")
+#: the baselines' own samplers (the first is the default); Kac teachers and students take every
+#: entry of kacfast.sampling.SOLVERS (euler first)
+BASELINE_SOLVERS = {"edm": ("heun", "euler"), "ddpm": ("ddim", "ddpm")}
+
+
+def solvers_for(method: str) -> tuple[str, ...]:
+    """The solvers that apply to a model trained with `method`; the first is the default."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    return BASELINE_SOLVERS.get(method) or tuple(SOLVERS)
 
 
 def solver_for(method: str, solver: str | None = None) -> str:
     """The solver to use for a model trained with `method` (its first listed solver by default)."""
-    if method not in SOLVERS_BY_METHOD:
-        raise ValueError(f"method must be one of {tuple(SOLVERS_BY_METHOD)}, got {method!r}.")
-    choices = SOLVERS_BY_METHOD[method]
+    choices = solvers_for(method)
     if solver is None:
         return choices[0]
     if solver not in choices:
@@ -34,7 +43,6 @@ def generation_nfe(method: str, steps: int, solver: str | None = None) -> int:
     """Network evaluations per sample (a guided pair counts once: it is one batched call).
     EDM's Heun takes 2 per step except the last (`steps` = 18 -> 35 NFE), its Euler 1."""
     from kacfast.baselines import edm_nfe
-    from kacfast.sampling import nfe
     solver = solver_for(method, solver)
     if method == "edm":
         return edm_nfe(steps, solver)
@@ -52,7 +60,7 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
 
     Args:
         steps: integration steps (EDM Heun: NFE = 2 steps - 1; DDPM: timesteps); see generation_nfe.
-        solver: see SOLVERS_BY_METHOD (default: the method's first).
+        solver: see solvers_for (default: the method's first).
         labels: (n,) class labels for a conditional model, else None (then `n` samples).
         guidance: w (1 = none; otherwise one batched call on the (cond, null) pair per NFE).
         seed: seeds the prior / latents (and DDPM's per-step noise): same seed, same samples.

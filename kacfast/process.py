@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from kacfast import ops
-from kacfast.ops.reference import CLOCKS, schedule
+from kacfast.formulas import CLOCKS, schedule
 
 
 @dataclass(frozen=True)

@@ -18,26 +18,105 @@ import torch
 from kacfast import ops
 from kacfast._device import compile_mode, network_dtype
 from kacfast.facts import facts_of
+from kacfast.formulas import guidance_mix
 from kacfast.process import KacProcess
 
 __all__ = ["sample", "integrate", "one_call_step", "uniform_grid", "quadratic_grid", "SOLVERS",
-           "ONE_CALL_SOLVERS", "nfe", "plan_sampling",
+           "Solver", "one_call_solvers", "nfe", "guided_velocity_fn", "mixed_velocity_fn", "plan_sampling",
            "SamplingPlan", "default_max_batch", "draw_seed"]
 
 # Elements (samples x per-sample size) per chunk of a large request when max_batch is None.
 # CPU: see default_max_batch; CUDA: large enough to fill an H200 with a small UNet.
 _CHUNK_ELEMENTS = {"cpu": 65_536, "cuda": 16_777_216}
 
-# network evaluations per step
-SOLVERS = {"euler": 1, "ab2": 1, "heun": 2, "midpoint": 2}
-# solvers whose step needs one velocity, at its start: they can be stepped from outside the loop
-ONE_CALL_SOLVERS = ("euler", "ab2")
+
+
+# ----------------------------------------------------------------------------------------------
+# solvers: one table, read by integrate, nfe, the distillation teacher, the diffusers scheduler,
+# generate and the CLI. Each step is fused guided steps (guidance mix + update in one pass).
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Solver:
+    """An entry of SOLVERS.
+
+    nfe: network calls per step (a guided pair is one batched call).
+    step: (velocity, x, t, t_next, history, *, guidance, clamp) -> (x at t_next, history);
+        velocity(x, t) as from guided_velocity_fn; t a float or per-sample times (B,); history
+        None at the first step, then whatever the previous step returned; clamp: clip to [-1, 1].
+    from_velocity: for one-call solvers, the step from the velocity at its start,
+        (x, v, h, history, *, guidance, clamp) -> (x at t - h, history); what a caller that
+        evaluates the network itself (the diffusers scheduler) steps with. None otherwise.
+    """
+    nfe: int
+    step: Callable
+    from_velocity: Callable | None = None
+
+
+def _euler(x, v, h, history, *, guidance, clamp):
+    return ops.guided_step(x, v, guidance=guidance, h=h, clamp=clamp)[0], None
+
+
+def _ab2(x, v, h, history, *, guidance, clamp):
+    # Adams-Bashforth 2 for a variable step: x' = x - h ((1 + r/2) v - (r/2) v_prev), r = h / h_prev;
+    # its first step (no history) is Euler
+    v_prev, h_prev = history or (None, None)
+    r = 0.0 if h_prev is None else h / h_prev
+    x, v_mix = ops.guided_step(x, v, v_prev, guidance=guidance, h=h, alpha=1 + r / 2, beta=-r / 2,
+                               clamp=clamp, return_v=True)
+    return x, (v_mix, h)
+
+
+def _one_call(from_velocity: Callable) -> Callable:
+    def step(velocity, x, t, t_next, history, *, guidance, clamp):
+        return from_velocity(x, velocity(x, t), t - t_next, history, guidance=guidance, clamp=clamp)
+    return step
+
+
+def _heun(velocity, x, t, t_next, history, *, guidance, clamp):
+    h = t - t_next
+    x_euler, v1 = ops.guided_step(x, velocity(x, t), guidance=guidance, h=h, return_v=True)
+    x, _ = ops.guided_step(x, velocity(x_euler, t_next), v1, guidance=guidance, h=h, alpha=0.5,
+                           beta=0.5, clamp=clamp)
+    return x, None
+
+
+def _midpoint(velocity, x, t, t_next, history, *, guidance, clamp):
+    h = t - t_next
+    x_mid, _ = ops.guided_step(x, velocity(x, t), guidance=guidance, h=h / 2)
+    x, _ = ops.guided_step(x, velocity(x_mid, t - h / 2), guidance=guidance, h=h, clamp=clamp)
+    return x, None
+
+
+#: name -> Solver. Add one here (see CONTRIBUTING.md) and every sampler, the CLI and generate
+#: take it; a one-call solver (from_velocity set) also the distillation teacher and the scheduler.
+SOLVERS: dict[str, Solver] = {
+    "euler": Solver(1, _one_call(_euler), _euler),
+    "ab2": Solver(1, _one_call(_ab2), _ab2),
+    "heun": Solver(2, _heun),
+    "midpoint": Solver(2, _midpoint),
+}
+
+
+def one_call_solvers() -> tuple[str, ...]:
+    """Solvers that step from one velocity at the step's start (euler, ab2, and any added)."""
+    return tuple(name for name, solver in SOLVERS.items() if solver.from_velocity is not None)
+
+
+def one_call_step(solver: str, x: torch.Tensor, v: torch.Tensor, h: float, history, *,
+                  guidance: float = 1.0, clamp: bool = False):
+    """One step of a one-call solver from the velocity v at the step's start: (x at t - h,
+    history for the next step). v is (B, ...) or the guided pair (2B, ...); history is None
+    before the first step (see Solver)."""
+    from_velocity = SOLVERS[solver].from_velocity if solver in SOLVERS else None
+    if from_velocity is None:
+        raise ValueError(f"solver must be one of {one_call_solvers()}, got {solver!r}.")
+    return from_velocity(x, v, h, history, guidance=guidance, clamp=clamp)
 
 
 def nfe(solver: str, steps: int) -> int:
     """Network function evaluations of `steps` steps of `solver` (guided or not: one batched call)."""
     _check_solver(solver)
-    return SOLVERS[solver] * steps
+    return SOLVERS[solver].nfe * steps
 
 
 def uniform_grid(steps: int, T: float = 1.0) -> list[float]:
@@ -94,24 +173,20 @@ def guided_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: f
     return velocity
 
 
-def one_call_step(solver: str, x: torch.Tensor, v: torch.Tensor, h: float, history, *,
-                  guidance: float = 1.0, clamp: bool = False):
-    """One step of a one-call solver ("euler" or "ab2") from the velocity v evaluated at the
-    step's start: returns (x at t - h, history for the next step).
+def mixed_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: float,
+                      null_label: int | None) -> Callable:
+    """Like guided_velocity_fn, with the guidance mixed in: f(x, t) -> (B, ...) =
+    u + w (c - u) of the one batched call. For samplers whose update is not a fused guided step
+    (the EDM and DDPM baselines, where the network output is a denoiser or a noise estimate)."""
+    call = guided_velocity_fn(model, labels, guidance, null_label)
+    if guidance == 1.0:
+        return call
 
-    v is (B, ...) or the guided pair (2B, ...) (see guided_velocity_fn); history is None before
-    the first step and carries AB-2's (mixed velocity, step size) between steps, so that
-    `integrate` and a step-by-step caller (the diffusers scheduler) run the same arithmetic.
-    """
-    if solver == "euler":
-        return ops.guided_step(x, v, guidance=guidance, h=h, clamp=clamp)[0], None
-    if solver != "ab2":
-        raise ValueError(f"solver must be one of {ONE_CALL_SOLVERS}, got {solver!r}.")
-    v_prev, h_prev = history or (None, None)
-    r = 0.0 if h_prev is None else h / h_prev
-    x, v_mix = ops.guided_step(x, v, v_prev, guidance=guidance, h=h, alpha=1 + r / 2, beta=-r / 2,
-                               clamp=clamp, return_v=True)
-    return x, (v_mix, h)
+    def mixed(x: torch.Tensor, t) -> torch.Tensor:
+        cond, uncond = call(x, t).chunk(2)
+        return guidance_mix(cond, uncond, guidance)
+
+    return mixed
 
 
 def integrate(velocity: Callable, x: torch.Tensor, grid: Sequence[float], *,
@@ -123,7 +198,7 @@ def integrate(velocity: Callable, x: torch.Tensor, grid: Sequence[float], *,
         velocity: v(x, t) -> (B, ...) or guided (2B, ...) (see guided_velocity_fn).
         x: state at grid[0], (B, ...).
         grid: decreasing times (python floats or a 1-D tensor).
-        solver: "euler", "ab2" (1 NFE/step), "heun", "midpoint" (2 NFE/step).
+        solver: a SOLVERS name: "euler", "ab2" (1 NFE/step), "heun", "midpoint" (2 NFE/step).
         guidance: w in v_u + w (v_c - v_u); only used when velocity returns the (2B, ...) pair.
         clamp: clamp to [-1, 1] after the last step (images); False for roll-outs.
         callback: called after each step with {'x', 'i', 't', 't_next'}.
@@ -137,23 +212,11 @@ def integrate(velocity: Callable, x: torch.Tensor, grid: Sequence[float], *,
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=f"kacfast {solver}", unit="step")
-    history = None
+    history, step = None, SOLVERS[solver].step
     for i in steps:
         t, t_next = times[i], times[i + 1]
-        h = t - t_next
-        last = clamp and i == len(times) - 2
-        v = velocity(x, t)
-        if solver in ONE_CALL_SOLVERS:
-            x, history = one_call_step(solver, x, v, h, history, guidance=guidance, clamp=last)
-        elif solver == "heun":
-            x_euler, v1 = ops.guided_step(x, v, guidance=guidance, h=h, return_v=True)
-            v2 = velocity(x_euler, t_next)
-            x, _ = ops.guided_step(x, v2, v1, guidance=guidance, h=h, alpha=0.5, beta=0.5,
-                                   clamp=last)
-        else:  # midpoint
-            x_mid, _ = ops.guided_step(x, v, guidance=guidance, h=h / 2)
-            x, _ = ops.guided_step(x, velocity(x_mid, t - h / 2), guidance=guidance, h=h,
-                                   clamp=last)
+        x, history = step(velocity, x, t, t_next, history, guidance=guidance,
+                          clamp=clamp and i == len(times) - 2)
         if callback is not None:
             callback({"x": x, "i": i, "t": t, "t_next": t_next})
     return x

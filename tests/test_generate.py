@@ -11,7 +11,7 @@ import kacfast
 from kacfast.baselines import DDPMSchedule, EDMPrecond, ddim_sample, edm_nfe, edm_sample
 from kacfast.checkpoints import export_weights, load_trained
 from kacfast.facts import facts_of
-from kacfast.generate import SOLVERS_BY_METHOD, generate, generation_nfe, solver_for
+from kacfast.generate import METHODS, generate, generation_nfe, solver_for, solvers_for
 from kacfast.models import build_model
 from kacfast.training import EDMObjective, KacObjective, TrainConfig, train
 
@@ -46,8 +46,9 @@ def test_generate_calls_the_network_nfe_times(method, solver, steps, expected_nf
 
 
 def test_solver_for_defaults_and_errors():
-    assert {m: solver_for(m) for m in SOLVERS_BY_METHOD} == {
+    assert {m: solver_for(m) for m in METHODS} == {
         "kac": "euler", "edm": "heun", "ddpm": "ddim", "distill": "euler"}
+    assert solvers_for("kac") == solvers_for("distill") == ("euler", "ab2", "heun", "midpoint")
     with pytest.raises(ValueError, match="does not apply to edm models"):
         solver_for("edm", "ab2")
     with pytest.raises(ValueError, match="method must be one of"):

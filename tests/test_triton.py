@@ -12,6 +12,7 @@ import torch  # noqa: E402
 
 import kacfast.ops as ko  # noqa: E402
 from kacfast.ops import _ext, reference  # noqa: E402
+from kacfast.formulas import CLOCKS  # noqa: E402
 from kacfast.ops.triton import kac as tk  # noqa: E402  (registers torch.ops.kacfast.triton_*)
 
 SHAPES = [(1,), (1023,), (3, 5, 7)]
@@ -204,7 +205,7 @@ def test_noise_target_matches_reference(shape, dtype, clock):
     with ko.use_backend("triton"):
         x_t, u = ko.kac_noise_target(x0, t, a, c, T, clock, seed=SEED, offset=4)
     x_op, u_op = torch.ops.kacfast.triton_kac_noise_target(
-        x0, t, a, c, T, reference.CLOCKS.index(clock), 1e-4, SEED, 4)
+        x0, t, a, c, T, CLOCKS.index(clock), 1e-4, SEED, 4)
     x_ref, u_ref = reference.kac_noise_target(x0, t, a, c, T, clock, 1e-4, SEED, 4)
     assert x_t.dtype == dtype and u.dtype == dtype and x_t.shape == x0.shape
     torch.testing.assert_close(x_t, x_op, rtol=0, atol=0)

@@ -32,9 +32,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kacfast.baselines.edm import (_check_int, _check_labels, _check_latents, _guided_call,
-                                   _progress, _time_dtype)
-from kacfast.sampling import eval_mode
+from kacfast.baselines.edm import (_check_int, _check_labels, _check_latents, _progress,
+                                   _time_dtype)
+from kacfast.sampling import eval_mode, mixed_velocity_fn
 
 __all__ = ["DDPMSchedule", "ddpm_sample", "ddim_sample", "ddpm_loss", "TIMESTEP_SPACINGS"]
 
@@ -159,10 +159,11 @@ def _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule, 
     ts = schedule.timesteps(num_steps, spacing).tolist()
     pairs = list(zip(ts, ts[1:] + [-1]))
     batch, in_dtype, t_dtype = latents.shape[0], latents.dtype, _time_dtype(latents)
+    call = mixed_velocity_fn(eps_model, labels, guidance, getattr(eps_model, "num_classes", None))
 
     def eps(x: torch.Tensor, t: int) -> torch.Tensor:
         tt = torch.full((batch,), float(t), dtype=t_dtype, device=latents.device)
-        return _guided_call(eps_model, x.to(in_dtype), tt, labels, guidance).to(torch.float64)
+        return call(x.to(in_dtype), tt).to(torch.float64)
 
     return schedule, pairs, eps
 

@@ -18,8 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kacfast.ops.reference import guidance_mix
-from kacfast.sampling import eval_mode
+from kacfast.sampling import eval_mode, mixed_velocity_fn
 
 __all__ = ["edm_sigmas", "edm_sample", "edm_nfe", "EDMPrecond", "edm_loss"]
 
@@ -70,18 +69,6 @@ def _check_labels(fn: str, model, latents: torch.Tensor, class_labels, guidance)
             raise ValueError(f"{fn}: guidance != 1 needs a model with an int `num_classes` attribute "
                              f"(the null label), got {num_classes!r}.")
     return class_labels
-
-
-def _guided_call(model: Callable, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                 guidance: float) -> torch.Tensor:
-    """model(x, t, labels), or u + w (c - u) from one batched call on cat([x, x]) with labels
-    cat([labels, null]) (null = model.num_classes) when guidance != 1."""
-    if guidance == 1:
-        return model(x, t, labels)
-    null = torch.full_like(labels, model.num_classes)
-    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
-    cond, uncond = out.chunk(2)
-    return guidance_mix(cond, uncond, guidance)
 
 
 def _time_dtype(latents: torch.Tensor) -> torch.dtype:
@@ -179,10 +166,11 @@ def edm_sample(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor 
     sigmas = edm_sigmas(num_steps, sigma_min, sigma_max, rho, device=latents.device)
     labels = _check_labels(fn, net, latents, class_labels, guidance)
     batch, in_dtype, t_dtype = latents.shape[0], latents.dtype, _time_dtype(latents)
+    call = mixed_velocity_fn(net, labels, guidance, getattr(net, "num_classes", None))
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         s = torch.full((batch,), sigma, dtype=t_dtype, device=latents.device)
-        return _guided_call(net, x.to(in_dtype), s, labels, guidance).to(torch.float64)
+        return call(x.to(in_dtype), s).to(torch.float64)
 
     grid = sigmas.tolist()
     x_next = latents.to(torch.float64) * grid[0]

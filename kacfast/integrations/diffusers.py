@@ -44,7 +44,7 @@ from kacfast.facts import attach_facts, facts_of
 from kacfast.models import model_from_config
 from kacfast.models.unet import check_inputs
 from kacfast.process import KacProcess
-from kacfast.sampling import (ONE_CALL_SOLVERS, draw_seed, eval_mode, guided_velocity_fn,
+from kacfast.sampling import (draw_seed, eval_mode, guided_velocity_fn, one_call_solvers,
                               one_call_step, plan_sampling, quadratic_grid, uniform_grid)
 
 __all__ = ["DiffusersUNet", "unet_from_config_file", "KacFlowScheduler", "KacVelocityModel",
@@ -227,8 +227,8 @@ class KacFlowScheduler(SchedulerMixin, ConfigMixin):
                  eps: float = 1e-4, solver: str = "euler", timestep_spacing: str = "linspace",
                  clip_sample: bool = True):
         self.process = KacProcess(a=a, c=c, T=T, clock=clock, eps=eps)
-        if solver not in ONE_CALL_SOLVERS:
-            raise ValueError(f"KacFlowScheduler: solver must be one of {ONE_CALL_SOLVERS}, got "
+        if solver not in one_call_solvers():
+            raise ValueError(f"KacFlowScheduler: solver must be one of {one_call_solvers()}, got "
                              f"{solver!r} (two-call solvers: use kacfast.sample).")
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"KacFlowScheduler: timestep_spacing must be one of "

@@ -22,7 +22,7 @@ Modules: :mod:`~kacfast.metrics.classifier` (the judges), :mod:`~kacfast.metrics
 (FD, KID, precision / recall), :mod:`~kacfast.metrics.points` (2-D), :mod:`~kacfast.metrics.inception`,
 :mod:`~kacfast.metrics.intervals` (confidence intervals over seeds).
 """
-from kacfast.metrics.classifier import (DEFAULT_CLASSIFIER_STEPS, JUDGES, Classifier, classifier_features,
+from kacfast.metrics.classifier import (JUDGES, Classifier, classifier_features,
                                         conditional_accuracy, evaluate_classifier, load_classifier,
                                         load_judges, train_classifier)
 from kacfast.metrics.distances import (classifier_fd, frechet_distance, gaussian_stats, image_metrics, kid,
@@ -36,6 +36,6 @@ __all__ = [
     "JUDGES", "load_judges", "gaussian_stats", "frechet_distance", "classifier_fd", "sqrtm_psd",
     "trace_sqrtm_product", "kid", "precision_recall", "conditional_accuracy", "image_metrics",
     "energy_distance", "sliced_w2", "mode_coverage", "point_metrics", "inception_fid",
-    "inception_features", "DEFAULT_CLASSIFIER_STEPS", "Interval", "seed_interval",
+    "inception_features", "Interval", "seed_interval",
     "paired_difference", "t_quantile",
 ]

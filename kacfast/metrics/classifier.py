@@ -31,8 +31,6 @@ from torch import nn
 
 from kacfast import data as _data
 
-#: default training steps (batch 64) per dataset; other datasets use 3000.
-DEFAULT_CLASSIFIER_STEPS = {"digits": 600, "mnist5k": 1000, "mnist5k16": 1000, "cifar10": 8000}
 _ARCH_VERSION = 1
 
 
@@ -183,8 +181,9 @@ def train_classifier(dataset_name: str, steps: int | None = None, seed: int = 0,
 
     Args:
         dataset_name: an image dataset of :func:`kacfast.data.load_dataset`.
-        steps: optimisation steps; default :data:`DEFAULT_CLASSIFIER_STEPS` (digits 600, mnist5k
-            1000: measured 9 s / 61 s on one busy CPU core, 100 % / 99.2 % test accuracy).
+        steps: optimisation steps (batch 64); default the dataset's ``classifier_steps`` in
+            :data:`kacfast.data.DATASETS` (digits 600, mnist5k 1000: measured 9 s / 61 s on one
+            busy CPU core, 100 % / 99.2 % test accuracy).
         seed: seeds initialisation, batch order, dropout and augmentation.
         cache_dir: default ``~/.cache/kacfast/classifiers``; ``False`` disables caching.
         arch: ``"cnn"`` or ``"strided"`` (:class:`Classifier`); the strided net caches under
@@ -199,11 +198,12 @@ def train_classifier(dataset_name: str, steps: int | None = None, seed: int = 0,
     Returns:
         The classifier in eval mode; ``model.meta`` holds ``test_accuracy`` and ``train_seconds``.
     """
-    kind = "folder" if dataset_name.startswith("folder:") else dataset_name
-    if dataset_name in _data.TOY_DATASETS:
+    info = _data.dataset_info(dataset_name, **{k: v for k, v in data_kwargs.items()
+                                               if k in ("image_size", "channels")})
+    if info["kind"] == "points":
         raise ValueError(f"{dataset_name} is a 2-D point set: use energy_distance / sliced_w2 / "
                          "mode_coverage, not a classifier.")
-    steps = int(steps if steps is not None else DEFAULT_CLASSIFIER_STEPS.get(kind, 3000))
+    steps = int(steps if steps is not None else info["classifier_steps"])
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     settings = {"dataset": dataset_name, "seed": int(seed), "steps": steps, "batch_size": batch_size,
@@ -222,10 +222,7 @@ def train_classifier(dataset_name: str, steps: int | None = None, seed: int = 0,
 
     x, y = _data.load_dataset(dataset_name, "train", seed=0, **data_kwargs)
     x_test, y_test = _data.load_dataset(dataset_name, "test", seed=0, **data_kwargs)
-    num_classes = int(_data.dataset_info(dataset_name, **{k: v for k, v in data_kwargs.items()
-                                                          if k in ("image_size", "channels")})
-                      ["num_classes"])
-    num_classes = max(num_classes, int(y.max()) + 1)
+    num_classes = max(int(info["num_classes"]), int(y.max()) + 1)
 
     used_threads = torch.get_num_threads() if threads is None else int(threads)
     start = time.perf_counter()

@@ -14,16 +14,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from kacfast.ops import _ext, _fake, reference
-from kacfast.ops.reference import CLOCKS
+from kacfast.formulas import CLOCKS
 
 __all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "guided_step", "use_backend",
-           "resolve_backend", "available_backends", "BACKENDS", "reference"]
+           "resolve_backend", "available_backends", "BACKENDS", "Backend", "reference"]
 
-BACKENDS = ("torch", "cpu", "cuda", "triton")
 _DEFAULT_BACKEND = os.environ.get("KACFAST_BACKEND", "auto")
 _forced: list[str] = []
 
@@ -81,38 +82,80 @@ _REFERENCE_OPS = {"kac_velocity": _reference_velocity, "kac_noise": _reference_n
                   "kac_guided_step": _reference_guided_step}
 
 
-def _op(name: str, backend: str):
-    """The callable of op `name` on `backend`; all share the C++ schema's argument list."""
-    if backend == "torch":
-        return _REFERENCE_OPS[name]
-    if backend == "triton":
-        return getattr(_triton_module(), name)
-    return getattr(torch.ops.kacfast, name)
-
-
 def _triton_module():
     from kacfast.ops import triton as triton_ops
     return triton_ops
 
 
+def _extension_op(name: str):
+    return getattr(torch.ops.kacfast, name)
+
+
+def _cpu_why_not(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return "the tensors are not on the CPU"
+    if not _ext.available():
+        return f"the C++ extension did not load ({_ext.why_unavailable()})"
+    return None
+
+
+def _cuda_why_not(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return "the tensors are not on a GPU"
+    if not _ext.has_cuda():
+        return "the extension was built without its CUDA kernels"
+    return None
+
+
+def _triton_why_not(device: torch.device) -> str | None:
+    if not _triton_module().available(device):
+        return "triton is not installed, or the tensors are on the CPU without TRITON_INTERPRET=1"
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An entry of BACKENDS.
+
+    op: op name ("kac_velocity", "kac_noise", "kac_noise_seeded", "kac_noise_target",
+        "kac_guided_step") -> its callable, with the C++ schema's argument list.
+    why_not: device -> None when the backend runs on tensors of that device in this process,
+        else the reason (one clause, for the error message).
+    auto: device types on which the automatic choice takes it (the first such in table order).
+    """
+    op: Callable[[str], Callable]
+    why_not: Callable[[torch.device], str | None]
+    auto: tuple[str, ...] = ()
+
+
+#: name -> Backend, in the order of the automatic choice; "torch" (the reference) is the fallback.
+#: Add one here (see CONTRIBUTING.md) and use_backend, KACFAST_BACKEND and the tests take it.
+BACKENDS: dict[str, Backend] = {
+    "torch": Backend(_REFERENCE_OPS.__getitem__, lambda device: None),
+    "cpu": Backend(_extension_op, _cpu_why_not, auto=("cpu",)),
+    "cuda": Backend(_extension_op, _cuda_why_not, auto=("cuda",)),
+    "triton": Backend(lambda name: getattr(_triton_module(), name), _triton_why_not,
+                      auto=("cuda",)),
+}
+
+
+def _op(name: str, backend: str):
+    """The callable of op `name` on `backend`; all share the C++ schema's argument list."""
+    return BACKENDS[backend].op(name)
+
+
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """Backends that can run on tensors of `device` in this process."""
     dev = torch.device(device)
-    names = ["torch"]
-    if dev.type == "cpu" and _ext.available():
-        names.append("cpu")
-    if dev.type == "cuda" and _ext.has_cuda():
-        names.append("cuda")
-    if _triton_module().available(dev):
-        names.append("triton")
-    return names
+    return [name for name, backend in BACKENDS.items() if backend.why_not(dev) is None]
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Pin every kacfast op to backend `name` ("torch", "cpu", "cuda", "triton" or "auto")."""
-    if name not in BACKENDS + ("auto",):
-        raise ValueError(f"unknown kacfast backend {name!r}; choose one of {BACKENDS + ('auto',)}.")
+    """Pin every kacfast op to backend `name` (a BACKENDS name or "auto")."""
+    if name not in BACKENDS and name != "auto":
+        raise ValueError(f"unknown kacfast backend {name!r}; choose one of "
+                         f"{tuple(BACKENDS) + ('auto',)}.")
     _forced.append(name)
     try:
         yield
@@ -124,22 +167,15 @@ def resolve_backend(device: torch.device) -> str:
     """The backend an op on tensors of `device` runs on now (after pins and the environment)."""
     name = _forced[-1] if _forced else _DEFAULT_BACKEND
     if name == "auto":
-        if device.type == "cpu" and _ext.available():
-            return "cpu"
-        if device.type == "cuda" and _ext.has_cuda():
-            return "cuda"
-        if device.type == "cuda" and _triton_module().available(device):
-            return "triton"
+        for candidate, backend in BACKENDS.items():
+            if device.type in backend.auto and backend.why_not(device) is None:
+                return candidate
         _ext.warn_once()
         return "torch"
     if name not in BACKENDS:
-        raise ValueError(f"KACFAST_BACKEND={name!r} is not one of {BACKENDS + ('auto',)}.")
-    if name != "torch" and name not in available_backends(device):
-        reason = {"cpu": f"the C++ extension did not load ({_ext.why_unavailable()})"
-                         if not _ext.available() else "the tensors are not on the CPU",
-                  "cuda": "the extension has no CUDA kernels or the tensors are not on a GPU",
-                  "triton": "triton is not installed, or the tensors are on the CPU without "
-                            "TRITON_INTERPRET=1"}[name]
+        raise ValueError(f"KACFAST_BACKEND={name!r} is not one of {tuple(BACKENDS) + ('auto',)}.")
+    reason = BACKENDS[name].why_not(device)
+    if reason is not None:
         raise RuntimeError(f"kacfast backend {name!r} cannot run on {device} tensors: {reason}.")
     return name
 

@@ -8,32 +8,15 @@ continued fraction.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-CLOCKS = ("t", "t2")
+from kacfast.formulas import guidance_mix, schedule
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 _PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 _POISSON_CHUNK = 32.0
 _POISSON_CAP = 256
-
-
-def schedule(t: torch.Tensor, T: float, clock: str = "t"):
-    """Signal f(t) = 1 - t/T and clock g(t) = t ("t") or T (t/T)^2 ("t2"), with derivatives.
-
-    Returns (f, df, g, dg), each broadcast like `t`.
-    """
-    tau = t / T
-    f = 1.0 - tau
-    df = torch.full_like(t, -1.0 / T)
-    if clock == "t2":
-        return f, df, T * tau * tau, 2.0 * tau
-    if clock != "t":
-        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}.")
-    return f, df, t.clone(), torch.ones_like(t)
 
 
 def philox4x32_10(counter: tuple, key: tuple) -> tuple:
@@ -184,16 +167,6 @@ def kac_noise_target(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, T: f
     x_t = f * x0f + k
     u = df * x0f + dg * kac_velocity(k, g, a, c, eps)
     return x_t.to(x0.dtype), u.to(x0.dtype)
-
-
-def kac_variance(s: float, a: float, c: float) -> float:
-    """Var X(s) = (c^2/a) [s - (1 - e^{-2as}) / (2a)]."""
-    return c * c / a * (s - (1.0 - math.exp(-2.0 * a * s)) / (2.0 * a))
-
-
-def guidance_mix(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
-    """Classifier-free guidance u + w (c - u) (w = 1: the conditional output)."""
-    return uncond + w * (cond - uncond)
 
 
 def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None, guidance: float,

@@ -2,7 +2,7 @@
 Reading, loading and exporting trained models is inference I/O: kacfast.checkpoints."""
 from kacfast.training.checkpoint import restore, save_checkpoint
 from kacfast.training.loop import ExecutionConfig, TrainConfig, close_distributed, train
-from kacfast.training.objectives import DDPMObjective, EDMObjective, KacObjective
+from kacfast.training.objectives import DDPMObjective, EDMObjective, KacObjective, Objective
 
-__all__ = ["TrainConfig", "ExecutionConfig", "train", "close_distributed", "KacObjective",
+__all__ = ["TrainConfig", "ExecutionConfig", "train", "close_distributed", "Objective", "KacObjective",
            "EDMObjective", "DDPMObjective", "save_checkpoint", "restore"]

@@ -7,10 +7,32 @@ preview grids (cheap enough to run every sample_every steps).
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from kacfast.baselines import EDMPrecond, ddpm_loss, edm_loss
 from kacfast.process import KacProcess
+
+
+class Objective(Protocol):
+    """What the training loop needs from an objective (teacher, baseline or distillation stage).
+
+    method: "kac", "edm", "ddpm" or "distill": how generate samples the trained model.
+    preview_sampler: (steps, solver) of the preview grids the loop draws.
+    loss(net, x0, y, generator, seed): scalar loss of one (local) batch; x0 (B, ...) data, y (B,)
+        labels or None; generator and seed are fresh per (run seed, rank, step), so a resumed run
+        redraws the same randomness.
+    describe(): JSON-able identity stored in checkpoints (a run resumes only with an equal one).
+    """
+
+    method: str
+    preview_sampler: tuple[int, str]
+
+    def loss(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator,
+             seed: int) -> torch.Tensor: ...
+
+    def describe(self) -> dict: ...
 
 
 class KacObjective:

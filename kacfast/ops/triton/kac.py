@@ -17,13 +17,13 @@ kernels also run in the CPU interpreter.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from kacfast.ops import _fake
+from kacfast.ops.triton.launch import launch
 
 __all__ = ["kac_velocity", "kac_noise", "kac_noise_seeded", "kac_noise_target"]
 
@@ -296,27 +296,6 @@ def _noise_target_kernel(x0_ptr, t_ptr, xt_ptr, u_ptr, N, inner, a, c, T, eps, k
     tl.store(u_ptr + offs, (df * x0 + dg * v).to(u_ptr.dtype.element_ty), mask=mask)
 
 
-# ------------------------------------------------------------------------------------------------
-# Launch helpers
-# ------------------------------------------------------------------------------------------------
-def _block(device: torch.device) -> int:
-    # The interpreter pays per program in Python, the GPU per lock-step lane: bigger blocks on CPU.
-    return 1024 if device.type == "cpu" else 128
-
-
-def _launch(kernel, device: torch.device, n: int, *args, **constexprs):
-    block = _block(device)
-    grid = (triton.cdiv(n, block),)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            kernel[grid](*args, BLOCK=block, num_warps=4, enable_fp_fusion=False, **constexprs)
-    else:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError("kacfast triton kernels run on CPU tensors only under "
-                               "TRITON_INTERPRET=1 (set before triton is imported).")
-        kernel[grid](*args, BLOCK=block, **constexprs)
-
-
 def _split_seed(seed: int) -> tuple[int, int]:
     return seed & _MASK32, (seed >> 32) & _MASK32
 
@@ -336,7 +315,7 @@ def _kac_velocity_op(x: torch.Tensor, s: torch.Tensor, a: float, c: float,
     if s.numel() == 0 or n % s.numel() != 0:
         raise ValueError(f"s with {s.numel()} elements does not cover a leading block of x with "
                          f"{n} elements.")
-    _launch(_velocity_kernel, x.device, n, x, s, out, n, n // s.numel(), float(a), float(c),
+    launch(_velocity_kernel, x.device, n, x, s, out, n, n // s.numel(), float(a), float(c),
             float(eps))
     return out
 
@@ -352,7 +331,7 @@ def _noise(s: torch.Tensor, a: float, c: float, dtype: torch.dtype, seed: int, o
         return out
     k0, k1 = _split_seed(seed)
     # Without rng the kernel never reads rng_ptr: any pointer does.
-    _launch(_noise_kernel, s.device, n, s, out, s if rng is None else rng, n, float(a), float(c),
+    launch(_noise_kernel, s.device, n, s, out, s if rng is None else rng, n, float(a), float(c),
             k0, k1, offset & _MASK32, SEED_IN_MEMORY=rng is not None)
     return out
 
@@ -389,7 +368,7 @@ def _kac_noise_target_op(x0: torch.Tensor, t: torch.Tensor, a: float, c: float, 
         raise ValueError(f"t with {t.numel()} elements does not cover a leading block of x0 "
                          f"with {n} elements.")
     k0, k1 = _split_seed(seed)
-    _launch(_noise_target_kernel, x0.device, n, x0, t, x_t, u, n, n // t.numel(), float(a),
+    launch(_noise_target_kernel, x0.device, n, x0, t, x_t, u, n, n // t.numel(), float(a),
             float(c), float(T), float(eps), k0, k1, offset & _MASK32, CLOCK=int(clock))
     return x_t, u
 

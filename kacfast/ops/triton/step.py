@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kacfast.ops import _fake
-from kacfast.ops.triton.kac import _launch  # device guard, block size, no FMA fusion
+from kacfast.ops.triton.launch import launch
 
 __all__ = ["kac_guided_step"]
 
@@ -45,7 +45,7 @@ def kac_guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | Non
     if n == 0:
         return x_new, v_mix
     v_flat = v.reshape(-1)
-    _launch(_guided_step_kernel, x.device, n, x, v_flat, v_flat[n:] if guided else v_flat,
+    launch(_guided_step_kernel, x.device, n, x, v_flat, v_flat[n:] if guided else v_flat,
             v_prev if v_prev is not None else x, x_new, v_mix if return_v else x_new, n, guidance,
             h, alpha, beta, GUIDED=guided, HAS_PREV=v_prev is not None, CLAMP=clamp,
             WRITE_V=return_v)

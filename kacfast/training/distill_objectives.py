@@ -1,0 +1,128 @@
+"""Distillation objectives of DistillKac, one stage each: where the interval start points come
+from, the frozen teacher's roll-out over the interval, and the distance between the endpoints.
+The multi-stage driver (kacfast.training.distill) picks one by name from DISTILL_OBJECTIVES."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kacfast.facts import facts_of
+from kacfast.process import KacProcess
+from kacfast.sampling import guided_velocity_fn, one_call_solvers, one_call_step, uniform_grid
+
+__all__ = ["DistillObjective", "PseudoHuberDistillObjective", "DISTILL_OBJECTIVES",
+           "teacher_integrate", "STARTS"]
+
+STARTS = ("noise", "rollout")
+
+
+@torch.no_grad()
+def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance: float,
+                      solver: str = "euler"):
+    """Roll the teacher out from per-sample times t_start (B,) over `substeps` steps of h with
+    fused guided steps: "euler", or "ab2" (Adams-Bashforth 2, its first step Euler). Guided only
+    when there are labels."""
+    w = guidance if y is not None else 1.0
+    velocity = guided_velocity_fn(teacher, y, w, getattr(teacher, "num_classes", None))
+    history = None
+    for j in range(substeps):
+        x, history = one_call_step(solver, x, velocity(x, t_start - j * h), h, history, guidance=w)
+    return x
+
+
+class DistillObjective:
+    """The paper's endpoint loss (DistillKac, kac-math.md section 8) for one stage: the student's
+    single Euler step over an interval of uniform_grid(student_steps, T) against the frozen
+    teacher's N-substep roll-out over the same interval, mean squared error of the endpoints.
+
+    A variant changes only what it must: `distance` (the per-element endpoint distance,
+    reduced by mean), or `loss` for a different target. `name` is its key in DISTILL_OBJECTIVES
+    (recorded in checkpoints: a run resumes only with the same objective).
+    """
+
+    method = "distill"
+    name = "endpoint-l2"
+
+    def __init__(self, teacher, process: KacProcess, teacher_steps: int, student_steps: int,
+                 guidance: float = 1.0, start: str = "noise", teacher_solver: str = "euler"):
+        if teacher_steps % student_steps:
+            raise ValueError(f"student steps ({student_steps}) must divide teacher steps "
+                             f"({teacher_steps}).")
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {start!r}.")
+        if teacher_solver not in one_call_solvers():
+            raise ValueError(f"teacher_solver must be one of {one_call_solvers()}, got "
+                             f"{teacher_solver!r}.")
+        self.teacher_solver = teacher_solver
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.process = process
+        self.teacher_steps, self.student_steps = teacher_steps, student_steps
+        self.substeps = teacher_steps // student_steps
+        self.grid = uniform_grid(student_steps, process.T)
+        self.interval = process.T / student_steps
+        self.guidance, self.start = guidance, start
+        # what the student reproduces: this stage's guidance, or the one its teacher absorbed
+        absorbed = facts_of(teacher).absorbed_guidance if guidance == 1 else guidance
+        conditional = getattr(teacher, "num_classes", None) is not None
+        self.absorbed_guidance = absorbed if conditional and absorbed not in (None, 1) else None
+        self.preview_sampler = (student_steps, "euler")  # the student's own grid is uniform
+
+    def _start_points(self, x0, y, idx, generator, seed):
+        t_start = torch.tensor(self.grid, device=x0.device)[idx]
+        if self.start == "noise":
+            return self.process.noise_target(x0, t_start, seed=seed)[0], t_start
+        # teacher roll-out from the prior, read off at the student's grid points
+        x = self.process.prior(x0.shape, seed=seed, device=x0.device, dtype=x0.dtype)
+        states = [x]
+        h = self.interval / self.substeps
+        for i in range(self.student_steps - 1):
+            t = torch.full((x0.shape[0],), self.grid[i], device=x0.device)
+            x = teacher_integrate(self.teacher, x, t, y, h, self.substeps, self.guidance,
+                                  self.teacher_solver)
+            states.append(x)
+        picked = torch.stack(states)[idx, torch.arange(x0.shape[0], device=x0.device)]
+        return picked, t_start
+
+    def loss(self, net, x0, y, generator, seed):
+        idx = torch.randint(0, self.student_steps, (x0.shape[0],), generator=generator,
+                            device=x0.device)
+        x, t = self._start_points(x0, y, idx, generator, seed)
+        target = teacher_integrate(self.teacher, x, t, y, self.interval / self.substeps,
+                                   self.substeps, self.guidance, self.teacher_solver)
+        pred = x - self.interval * net(x, t, y)
+        return self.distance(pred.float(), target.float())
+
+    def distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar distance between student and teacher endpoints (B, ...), float32."""
+        return (pred - target).square().mean()
+
+    def describe(self) -> dict:
+        return {"method": self.method, "loss": self.name, "process": self.process.to_dict(),
+                "grid": self.grid,
+                "teacher_steps": self.teacher_steps, "student_steps": self.student_steps,
+                "guidance": self.guidance, "absorbed_guidance": self.absorbed_guidance,
+                "start": self.start, "teacher_solver": self.teacher_solver}
+
+
+
+
+class PseudoHuberDistillObjective(DistillObjective):
+    """The endpoint loss with the pseudo-Huber distance of improved consistency training (Song &
+    Dhariwal 2023): sqrt(||pred - target||^2 + c^2) - c per sample, c = 0.00054 sqrt(d) for d
+    values per sample; quadratic for small errors, linear for large ones (less pull from outlier
+    endpoints)."""
+
+    name = "endpoint-pseudo-huber"
+
+    def distance(self, pred, target):
+        per_sample = (pred - target).flatten(1).square().sum(1)
+        c = 0.00054 * math.sqrt(pred[0].numel())
+        return ((per_sample + c * c).sqrt() - c).mean()
+
+
+#: name -> distillation objective class, the paper's loss first. Each takes (teacher, process,
+#: teacher_steps, student_steps, guidance, start, teacher_solver) and follows
+#: kacfast.training.objectives.Objective. Add one here (see CONTRIBUTING.md) and DistillConfig,
+#: `kacfast distill --objective` and the tests take it.
+DISTILL_OBJECTIVES = {cls.name: cls for cls in (DistillObjective, PseudoHuberDistillObjective)}
