@@ -3,7 +3,7 @@
 # of wall time, each job on one thread, two side by side where the order allows; the scores under
 # the quality protocol add about 40 minutes per 100-step sampler swept over 4 guidance values).
 #   bash benchmarks/mnist_pipeline.sh RUNS_DIR
-# Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout}, RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
+# Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25}, RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
 RUNS=${1:?usage: mnist_pipeline.sh RUNS_DIR}
@@ -46,6 +46,13 @@ while [ ! -f "$RUNS/distill.done" ]; do
 done
 $EVAL --rows distillkac-20 distillkac-4 distillkac-2 distillkac-1
 wait $CORE_A
+# 4. the same teacher recipe on a diffusers UNet2DModel of the same size, and a student that absorbs
+#    the teacher's best guidance of the sweep (1.25) instead of 1.5
+$TRAIN --method kac --model diffusers-unet-tiny --out "$RUNS/kac-diffusers" &
+$DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25" --schedule 100 20 4 2 1 \
+    --steps-per-stage 200 300 500 600 --guidance 1.25
+wait
+$EVAL --rows kac-diffusers-euler-100 distillkac-1-w1.25
 python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
 python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
 python "$HERE/benchmarks/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \

@@ -11,6 +11,10 @@ baselines trained with the same network, data and budget), distill/stage-K-STEPS
 from the 4-step student with teacher roll-out start points). Rows whose run directory is missing
 fall back to the shipped model trained by the same pipeline (the Kac teacher, the 1-step student).
 
+Two rows come from separate runs: kac-diffusers/ (the Kac teacher's recipe on the
+diffusers-unet-tiny preset, a UNet2DModel) and distill-w1.25/ (the DistillKac schedule absorbing
+guidance 1.25, the teacher's best w in the sweep, instead of 1.5).
+
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
 at every --guidance (students absorbed theirs: one row, sampled at w = 1), plus the real-vs-real
@@ -40,6 +44,8 @@ ROWS = {
     "single-stage-1": ("single/stage-1-1", "distill", 1, "euler"),
     "rollout-2": ("rollout/stage-1-2", "distill", 2, "euler"),
     "rollout-1": ("rollout/stage-2-1", "distill", 1, "euler"),
+    "distillkac-1-w1.25": ("distill-w1.25/stage-4-1", "distill", 1, "euler"),
+    "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
     "edm-heun-35": ("edm", "edm", 18, "heun"),
@@ -54,7 +60,6 @@ ROWS = {
 
 
 SHIPPED = {"kac": "mnist16-kac-teacher", "distill/stage-4-1": "mnist16-distillkac-1step"}
-DISTILL_GUIDANCE = 1.5  # mnist_pipeline.sh distills every student with --guidance 1.5 (first stage)
 
 
 def _load_row(runs: str, run: str):
@@ -93,6 +98,7 @@ def _done(path: str) -> set[tuple]:
 
 def cmd_run(args) -> None:
     from kacfast.evaluation import Evaluator, Protocol, balanced_labels
+    from kacfast.facts import facts_of
     from kacfast.generate import generation_nfe
     from kacfast.images import make_grid, save_png
 
@@ -112,7 +118,7 @@ def cmd_run(args) -> None:
         else:
             run, method, steps, solver = ROWS[row]
             model, _ = _load_row(args.runs, run)
-            absorbed = DISTILL_GUIDANCE if method == "distill" else None
+            absorbed = facts_of(model).absorbed_guidance if method == "distill" else None
             jobs = [(None if absorbed else w, absorbed) for w in ([1.0] if absorbed else args.guidance)]
         for guidance, absorbed in jobs:
             key = (row, guidance, args.n, tuple(args.seeds), args.reference)
@@ -151,6 +157,8 @@ LABELS = {
     "kac-teacher-euler-4": "Kac teacher, Euler", "kac-teacher-euler-1": "Kac teacher, Euler",
     "distillkac-20": "DistillKac student", "distillkac-4": "DistillKac student",
     "distillkac-2": "DistillKac student", "distillkac-1": "DistillKac student",
+    "distillkac-1-w1.25": "DistillKac student",
+    "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
     "rollout-1": "DistillKac student, roll-out starts in 4 -> 2",

@@ -108,11 +108,11 @@ def dataset_info(name: str, **kwargs) -> dict:
     kind, arg = _parse_name(name)
     if kind == "folder":
         files, classes = _folder_files(arg)
-        entry = Dataset(_load_folder, _folder_sample_shape(files, kwargs.get("image_size"),
-                                                           kwargs.get("channels")),
-                        max(len(classes), 1))
-    else:
-        entry = DATASETS[kind]
+        shape = _folder_sample_shape(files, kwargs.get("image_size"), kwargs.get("channels"))
+        return {"name": name, "shape": tuple(shape), "num_classes": max(len(classes), 1),
+                "value_range": (-1.0, 1.0), "kind": "images",
+                "classifier_steps": Dataset.classifier_steps}  # the field's default
+    entry = DATASETS[kind]
     return {"name": name, "shape": tuple(entry.shape), "num_classes": entry.num_classes,
             "value_range": (-1.0, 1.0), "kind": entry.kind,
             "classifier_steps": entry.classifier_steps}
@@ -427,8 +427,7 @@ def _parse_name(name: str) -> tuple[str, str | None]:
 
 def _check_split(kind: str, split: str, splits: tuple) -> None:
     if split not in splits:
-        what = " (independent draws)" if "all" not in splits else ""
-        raise ValueError(f"{kind} has splits {', '.join(map(repr, splits))}{what}, got {split!r}.")
+        raise ValueError(f"{kind} has splits {', '.join(map(repr, splits))}, got {split!r}.")
 
 
 def _only(kind: str, kwargs: dict, allowed: set) -> None:

@@ -41,7 +41,7 @@ class Solver:
 
     nfe: network calls per step (a guided pair is one batched call).
     step: (velocity, x, t, t_next, history, *, guidance, clamp) -> (x at t_next, history);
-        velocity(x, t) as from guided_velocity_fn; t a float or per-sample times (B,); history
+        velocity(x, t) as from guided_velocity_fn; t, t_next floats (integrate's grid); history
         None at the first step, then whatever the previous step returned; clamp: clip to [-1, 1].
     from_velocity: for one-call solvers, the step from the velocity at its start,
         (x, v, h, history, *, guidance, clamp) -> (x at t - h, history); what a caller that

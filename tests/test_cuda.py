@@ -333,6 +333,7 @@ def test_step_by_step_sampling_does_not_synchronize():
     try:
         from kacfast.integrations.diffusers import KacFlowScheduler
         scheduler = KacFlowScheduler(solver="ab2")
+        scheduler.set_begin_index(2)  # left from an earlier loop: set_timesteps must clear it
         scheduler.set_timesteps(4, device="cuda")
     except ImportError:  # the GPU machine may lack diffusers: the step underneath is still checked
         pass

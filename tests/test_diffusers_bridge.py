@@ -89,6 +89,21 @@ def test_scheduler_contract(tmp_path):
     assert loaded.step_index == 2 and loaded.scale_model_input(x, 0.5) is x
 
 
+def test_scheduler_state_and_timestep_round_trip():
+    scheduler = KacFlowScheduler(T=0.7, timestep_spacing="quadratic")
+    scheduler.set_timesteps(5)
+    read_back = scheduler.timesteps.clone()  # float32: T = 0.7 is a rounding step off
+    scheduler.set_timesteps(timesteps=read_back)
+    assert scheduler.num_inference_steps == 5
+    assert scheduler.timesteps.tolist() == pytest.approx(kacfast.quadratic_grid(5, 0.7)[:-1])
+    scheduler.set_begin_index(3)
+    scheduler.set_timesteps(2)  # starts over: no begin index left from the last loop
+    assert scheduler.begin_index is None and scheduler.step_index is None
+    with pytest.raises(ValueError, match="needs model_output = cat"):
+        scheduler.step(torch.zeros(2, 3), scheduler.timesteps[0], torch.zeros(2, 3),
+                       guidance_scale=1.5)
+
+
 def test_training_pair_is_the_fused_noise_target():
     scheduler = KacFlowScheduler()
     x0 = torch.rand(6, 1, 4, 4) * 2 - 1
@@ -164,14 +179,15 @@ def test_exported_student_pipeline_reloads_offline_and_matches_kacfast_sample(tm
         pipe(class_labels=[12])
 
 
-def test_pipeline_takes_a_plain_unet2dmodel():
+def test_pipeline_takes_a_plain_unet2dmodel_and_the_schedulers_spacing():
     unet = tiny_unet2d()
-    pipe = KacPipeline(unet=unet, scheduler=KacFlowScheduler(solver="ab2"))
+    pipe = KacPipeline(unet=unet, scheduler=KacFlowScheduler(solver="ab2",
+                                                             timestep_spacing="quadratic"))
     pipe.set_progress_bar_config(disable=True)
     images = pipe(class_labels=[1, 2, 3], num_inference_steps=3, guidance_scale=1.5, seed=4,
                   output_type="pt").images
     ref = kacfast.sample(DiffusersUNet.from_unet(unet), 3, labels=[1, 2, 3], guidance=1.5,
-                         solver="ab2", seed=4)
+                         solver="ab2", seed=4, grid=kacfast.quadratic_grid(3))
     assert torch.equal(images, (ref / 2 + 0.5).clamp(0, 1))
 
 

@@ -13,6 +13,7 @@ from kacfast.facts import attach_facts, facts_of
 from kacfast.models import build_model
 from kacfast.training import KacObjective, TrainConfig, save_checkpoint, train
 from kacfast.training.distill import DistillConfig, DistillObjective, distill, teacher_integrate
+from kacfast.training.distill_objectives import DISTILL_OBJECTIVES
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,18 @@ def test_compiled_distillation_matches_eager(compiled_distills):
         np.testing.assert_allclose(compiled_loss, eager_loss, rtol=0, atol=1e-4)
 
 
+def test_pseudo_huber_distance_is_the_ict_formula(teacher):
+    objective = DISTILL_OBJECTIVES["endpoint-pseudo-huber"](teacher[0], kacfast.KacProcess(), 4, 2)
+    pred, target = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    c = 0.00054 * (3 * 4 * 4) ** 0.5
+    expected = torch.stack([((p - q).square().sum() + c * c).sqrt() - c for p, q in zip(pred, target)])
+    torch.testing.assert_close(objective.distance(pred, target), expected.mean())
+    assert objective.describe()["loss"] == "endpoint-pseudo-huber"
+    assert "loss" not in DistillObjective(teacher[0], kacfast.KacProcess(), 4, 2).describe()
+    with pytest.raises(ValueError, match="objective must be one of"):
+        DistillConfig(objective="l3")
+
+
 def test_schedule_and_objective_validation(teacher):
     with pytest.raises(ValueError, match="dividing the previous"):
         DistillConfig(schedule=(10, 4))
@@ -115,12 +128,13 @@ def test_teacher_roll_out_is_the_sampler_on_the_sub_grid(teacher, solver):
     torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("start", ["noise", "rollout"])
-def test_one_step_student_tracks_the_teacher(tmp_path, teacher, start):
+@pytest.mark.parametrize("start,objective", [("noise", "endpoint-l2"), ("rollout", "endpoint-l2"),
+                                             ("noise", "endpoint-pseudo-huber")])
+def test_one_step_student_tracks_the_teacher(tmp_path, teacher, start, objective):
     model, data, _ = teacher
     proc = kacfast.KacProcess()
     config = DistillConfig(schedule=(8, 4, 2, 1), steps_per_stage=150, batch_size=256, lr=2e-3,
-                           start=start, ckpt_every=150)
+                           start=start, ckpt_every=150, objective=objective)
     student = distill(model, proc, data, config, str(tmp_path), progress=False)
     assert facts_of(student).grid == (1.0, 0.0)
     with torch.no_grad():

@@ -100,14 +100,25 @@ def test_the_cli_help_lists_what_the_tables_hold(extended, capsys):
 
 
 def test_a_backend_is_one_table_entry(monkeypatch):
-    """A backend that runs the reference ops under another name: pinned, listed, and used."""
-    monkeypatch.setitem(ops.BACKENDS, "reference-copy", ops.Backend(
-        op=ops.BACKENDS["torch"].op, why_not=lambda device: None))
-    assert "reference-copy" in ops.available_backends("cpu")
+    """A backend that runs the reference ops under another name, counting its calls: pinned,
+    listed, dispatched to, and refused where its why_not says so."""
+    calls = []
+
+    def counted(name):
+        op = ops.BACKENDS["torch"].op(name)
+        return lambda *args: calls.append(name) or op(*args)
+
+    monkeypatch.setitem(ops.BACKENDS, "counting", ops.Backend(
+        op=counted, why_not=lambda device: None if device.type == "cpu" else "CPU only"))
+    assert "counting" in ops.available_backends("cpu")
+    assert "counting" not in ops.available_backends("meta")
     x = torch.linspace(-0.9, 0.9, 64).reshape(8, 8)
-    with ops.use_backend("reference-copy"):
-        assert ops.resolve_backend(x.device) == "reference-copy"
+    with ops.use_backend("counting"):
+        assert ops.resolve_backend(x.device) == "counting"
         ours = ops.kac_velocity(x, 0.5, 9.0, 3.0)
+        with pytest.raises(RuntimeError, match="cannot run on meta tensors: CPU only"):
+            ops.resolve_backend(torch.device("meta"))
+    assert calls == ["kac_velocity"]
     with ops.use_backend("torch"):
         ref = ops.kac_velocity(x, 0.5, 9.0, 3.0)
     assert torch.equal(ours, ref)

@@ -266,16 +266,19 @@ class KacFlowScheduler(SchedulerMixin, ConfigMixin):
         else:
             times = [float(t) for t in (timesteps.tolist() if isinstance(timesteps, torch.Tensor)
                                         else timesteps)]
-            outside = [t for t in times if not 0 < t <= T]
+            # float32 timesteps read back (scheduler.timesteps) may sit a rounding step off T
+            tolerance = 1e-6 * T
+            outside = [t for t in times if not 0 < t <= T + tolerance]
             if not times or outside:
                 raise ValueError(f"timesteps must lie in (0, T = {T:g}], got {outside or times}.")
-            if abs(times[0] - T) > 1e-9 * T or any(b >= a for a, b in zip(times, times[1:])):
+            if abs(times[0] - T) > tolerance or any(b >= a for a, b in zip(times, times[1:])):
                 raise ValueError(f"timesteps must decrease strictly from T = {T:g}, got {times}.")
-            grid = times + [0.0]
+            grid = [float(T)] + times[1:] + [0.0]
         self._grid = grid
         self.num_inference_steps = len(grid) - 1
         self.timesteps = torch.tensor(grid[:-1], dtype=torch.float32, device=device)
         self._step_index = None
+        self._begin_index = None
         self._history = None
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
@@ -344,6 +347,10 @@ class KacFlowScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"step got timestep {value:g}, but the next of the scheduler's "
                                  f"timesteps is {expected:g}: step through scheduler.timesteps "
                                  "in order (set_timesteps starts over).")
+        if guidance_scale != 1 and model_output.shape[:1] != (2 * sample.shape[0],):
+            raise ValueError(f"guidance_scale={guidance_scale:g} needs model_output = "
+                             f"cat([v_cond, v_uncond]) of batch {2 * sample.shape[0]}, got batch "
+                             f"{model_output.shape[0] if model_output.dim() else 0}.")
         i = self._step_index
         if i >= self.num_inference_steps:
             raise ValueError(f"all {self.num_inference_steps} steps were taken: call "
@@ -354,9 +361,6 @@ class KacFlowScheduler(SchedulerMixin, ConfigMixin):
                                             guidance=guidance_scale, clamp=last)
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
-
-    def __len__(self) -> int:
-        return self.num_inference_steps or 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,7 +442,7 @@ class KacPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, class_labels=None, num_inference_steps: int | None = None,
-                 guidance_scale: float = 1.0, *, batch_size: int | None = None,
+                 guidance_scale: float | None = None, *, batch_size: int | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None,
                  output_type: str = "pil", return_dict: bool = True):
         """Generate images.
@@ -448,7 +452,8 @@ class KacPipeline(DiffusionPipeline):
                 for an unconditional model.
             num_inference_steps: default: a distilled student's own step count, else the
                 model's recommended steps (``unet.config.steps``), else 1.
-            guidance_scale: w in v_u + w (v_c - v_u); 1 = one network call per step.
+            guidance_scale: w in v_u + w (v_c - v_u); 1 = one network call per step. Default:
+                the model's recommended guidance (``unet.config.guidance``), else 1.
             batch_size: images of an unconditional model (default 1).
             generator / seed: the prior's seed (``seed`` wins; a generator gives one draw of it).
                 ``seed=s`` gives the images of ``kacfast.sample(model, steps, seed=s)``.
@@ -462,12 +467,19 @@ class KacPipeline(DiffusionPipeline):
         model = self.velocity_model()
         if len(getattr(model, "sample_shape", ())) != 3:
             raise ValueError("KacPipeline makes images: its unet must have a (C, H, W) sample_shape.")
+        config = getattr(model, "config", None)
+        student_grid = facts_of(model).grid
         if num_inference_steps is None:
-            grid = facts_of(model).grid
-            recommended = getattr(getattr(model, "config", None), "steps", None)
-            num_inference_steps = len(grid) - 1 if grid else recommended or 1
+            recommended = getattr(config, "steps", None)
+            num_inference_steps = len(student_grid) - 1 if student_grid else recommended or 1
+        if guidance_scale is None:
+            guidance_scale = getattr(config, "guidance", None) or 1.0
+        grid = None  # a student's own grid when it has this many steps, else the spacing's
+        if not (student_grid and len(student_grid) == num_inference_steps + 1):
+            grid = TIMESTEP_SPACINGS[self.scheduler.config.timestep_spacing](
+                num_inference_steps, self.scheduler.config.T)
         dtype = self.unet.dtype if self.unet.dtype != torch.float32 else None
-        plan = plan_sampling(model, num_inference_steps, labels=class_labels,
+        plan = plan_sampling(model, num_inference_steps, grid=grid, labels=class_labels,
                              batch_size=batch_size, guidance=guidance_scale,
                              solver=self.scheduler.config.solver, process=self.scheduler.process,
                              device=self._execution_device, clamp=self.scheduler.config.clip_sample,
@@ -517,7 +529,7 @@ def export_pipeline(ckpt: str, out: str, *, ema: bool = True) -> KacPipeline:
         raise ValueError(f"{ckpt} is not an image model: KacPipeline makes images.")
     entry = facts.pretrained or {}
     steps = len(facts.grid) - 1 if facts.grid else entry.get("steps", 100)
-    guidance = entry.get("guidance", 1.0 if facts.grid else 1.5)
+    guidance = entry.get("guidance", 1.0) if network.num_classes else 1.0
     unet = KacVelocityModel.from_network(network, steps=steps, guidance=guidance)
     process = facts.process
     scheduler = KacFlowScheduler(a=process.a, c=process.c, T=process.T, clock=process.clock,
@@ -537,7 +549,7 @@ def _model_card(ckpt: str, out: str, network, meta: dict | None, entry: dict, st
     description = entry.get("description") or (
         f"Kac flow {'student (distilled, ' + str(steps) + ' step(s))' if facts.grid else 'teacher'}"
         f" exported from {os.path.basename(os.path.normpath(ckpt))}.")
-    labels = "list(range(10))" if network.num_classes else "None"
+    labels = f"list(range({network.num_classes}))" if network.num_classes else "None, batch_size=4"
     if entry.get("commands"):
         trained = "\n".join(f"    {c}" for c in entry["commands"])
     else:
@@ -566,7 +578,8 @@ pipe = KacPipeline.from_pretrained("{out}")
 images = pipe(class_labels={labels}, num_inference_steps={steps}, guidance_scale={guidance:g}, seed=0).images
 ```
 
-The same seed gives the same images as `kacfast.sample(pipe.unet, {steps}, labels=..., seed=0)`.
+The same seed gives the images of `kacfast.sample(pipe.unet, {steps}, labels=..., guidance={guidance:g}, seed=0)`
+(mapped from [-1, 1] to [0, 1]).
 
 ## Model
 

@@ -36,9 +36,9 @@ class DistillObjective:
     single Euler step over an interval of uniform_grid(student_steps, T) against the frozen
     teacher's N-substep roll-out over the same interval, mean squared error of the endpoints.
 
-    A variant changes only what it must: `distance` (the per-element endpoint distance,
-    reduced by mean), or `loss` for a different target. `name` is its key in DISTILL_OBJECTIVES
-    (recorded in checkpoints: a run resumes only with the same objective).
+    A variant changes only what it must: `distance` (student vs teacher endpoints -> scalar), or
+    `loss` for a different target. `name` is its key in DISTILL_OBJECTIVES (recorded in
+    checkpoints: a run resumes only with the same objective).
     """
 
     method = "distill"
@@ -98,7 +98,10 @@ class DistillObjective:
         return (pred - target).square().mean()
 
     def describe(self) -> dict:
-        return {"method": self.method, "loss": self.name, "process": self.process.to_dict(),
+        # the paper's loss is recorded without a "loss" key, as before objectives had names:
+        # its older runs still resume
+        named = {} if self.name == DistillObjective.name else {"loss": self.name}
+        return {"method": self.method, **named, "process": self.process.to_dict(),
                 "grid": self.grid,
                 "teacher_steps": self.teacher_steps, "student_steps": self.student_steps,
                 "guidance": self.guidance, "absorbed_guidance": self.absorbed_guidance,
