@@ -262,7 +262,8 @@ def test_cli_train_passes_execution_flags(tmp_path, monkeypatch):
     main(common)
     main(common + ["--precision", "bf16", "--compile", "--channels-last"])
     main(common + ["--compile", "max-autotune"])
-    assert [c.execution() for c in seen] == [
+    assert [{k: getattr(c, k) for k in ("precision", "compile", "channels_last")}
+            for c in seen] == [
         {"precision": "auto", "compile": False, "channels_last": False},
         {"precision": "bf16", "compile": "default", "channels_last": True},
         {"precision": "auto", "compile": "max-autotune", "channels_last": False}]

@@ -18,35 +18,33 @@ from kacfast.facts import attach_facts
 from kacfast.process import KacProcess
 from kacfast.training.distill_objectives import (DISTILL_OBJECTIVES, DistillObjective,
                                                  teacher_integrate)
-from kacfast.training.loop import ExecutionConfig, TrainConfig, train
+from kacfast.training.loop import RunConfig, TrainConfig, train
 
 __all__ = ["DistillConfig", "distill", "DistillObjective", "teacher_integrate"]
 
 
-@dataclass
-class DistillConfig(ExecutionConfig):
-    """Multi-stage schedule and per-stage training settings (batch_size is global), plus the
-    keyword-only ExecutionConfig fields precision, compile, channels_last that every stage's
-    TrainConfig gets.
+@dataclass(kw_only=True)
+class DistillConfig(RunConfig):
+    """Multi-stage schedule, plus the RunConfig fields every stage's TrainConfig gets (batch_size,
+    lr, warmup per stage and capped at its step count, ema_decay, seed (stage k runs seed + k),
+    ckpt_every, sample_every) and the ExecutionConfig fields (all keyword-only).
 
+    schedule: step counts, each dividing the previous (default 100 20 4 2 1).
     steps_per_stage: optimisation steps of every stage (an int) or of each stage (one per stage,
     len(schedule) - 1 of them: the late, cheap stages usually deserve more).
+    guidance: the first teacher's guidance (the student absorbs it); start: "noise" or
+    "rollout" interval start points; teacher_solver: the first teacher's one-call solver.
     objective: a DISTILL_OBJECTIVES name ("endpoint-l2", the paper's loss, by default).
     """
 
     schedule: tuple = (100, 20, 4, 2, 1)
     steps_per_stage: int | tuple = 1000
-    batch_size: int = 128
-    lr: float = 1e-4
-    warmup: int = 100  # per stage, capped at the stage's step count
     guidance: float = 1.0
     start: str = "noise"
     teacher_solver: str = "euler"
     objective: str = "endpoint-l2"
-    ema_decay: float = 0.999
-    seed: int = 0
-    ckpt_every: int = 500
-    sample_every: int = 1000
+    lr: float = 1e-4  # distillation's own defaults
+    warmup: int = 100
 
     def __post_init__(self):
         super().__post_init__()
@@ -84,11 +82,9 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
         attach_facts(student, grid=objective.grid,  # the grid it learns (not its teacher's)
                      absorbed_guidance=objective.absorbed_guidance)
         stage_steps = config.steps_per_stage[k - 1]
-        train_config = TrainConfig(steps=stage_steps, batch_size=config.batch_size,
-                                   lr=config.lr, warmup=min(config.warmup, stage_steps),
-                                   ema_decay=config.ema_decay, label_dropout=0.0, seed=config.seed + k,
-                                   ckpt_every=config.ckpt_every, sample_every=config.sample_every,
-                                   **config.execution())
+        train_config = TrainConfig(steps=stage_steps, label_dropout=0.0, **{
+            **config.run_settings(), "warmup": min(config.warmup, stage_steps),
+            "seed": config.seed + k})
         stage_resume = resume and os.path.exists(os.path.join(stage_dir, "checkpoint.safetensors"))
         current = train(student, objective, data, train_config, stage_dir, resume=stage_resume,
                         progress=progress, run_info={**(run_info or {}), "stage": k})

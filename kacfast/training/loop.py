@@ -63,37 +63,51 @@ class ExecutionConfig:
         if not isinstance(self.channels_last, bool):
             raise ValueError(f"channels_last must be True or False, got {self.channels_last!r}.")
 
-    def execution(self) -> dict:
-        """This config's ExecutionConfig fields, as keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in fields(ExecutionConfig)}
 
+@dataclass(kw_only=True)
+class RunConfig(ExecutionConfig):
+    """What every optimisation run sets, a teacher's run and each distillation stage alike
+    (keyword-only; plus the ExecutionConfig fields). batch_size is global (split across DDP
+    ranks); warmup: linear LR warm-up steps; sample_every: preview grid of the EMA model every
+    N steps (image data only; 0 = never)."""
 
-@dataclass
-class TrainConfig(ExecutionConfig):
-    """Hyper-parameters of a run (plus the keyword-only ExecutionConfig fields precision,
-    compile, channels_last). batch_size is global (split across DDP ranks)."""
-
-    steps: int
     batch_size: int = 128
     lr: float = 2e-4
-    weight_decay: float = 0.0
     warmup: int = 200
-    grad_clip: float = 1.0
     ema_decay: float = 0.999
-    label_dropout: float = 0.1
     seed: int = 0
     ckpt_every: int = 500
-    log_every: int = 25
-    sample_every: int = 1000  # preview grid of the EMA model (image data only); 0 = never
+    sample_every: int = 1000
 
     def __post_init__(self):
         super().__post_init__()
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}.")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}.")
+
+    def run_settings(self) -> dict:
+        """This config's RunConfig fields (execution fields included), as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(RunConfig)}
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    """Hyper-parameters of a run: steps (required) and the loop's own settings, plus the
+    RunConfig and ExecutionConfig fields (all keyword-only)."""
+
+    steps: int
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    label_dropout: float = 0.1
+    log_every: int = 25
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}.")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}.")
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
