@@ -274,9 +274,9 @@ def test_cli_trains_a_unet2dmodel_config_and_checks_it_against_the_data(tmp_path
 
 
 def test_readme_diffusers_examples_run(tmp_path, monkeypatch):
-    """The README's three examples: the pipeline (after the export it names), the hand-written
-    loop (which asserts its own equality with kacfast.sample), and training a UNet2DModel (2 steps
-    instead of 3600)."""
+    """The README's three examples: the pipeline (by shipped name, and by the folder the export it
+    names writes), the hand-written loop (which asserts its own equality with kacfast.sample), and
+    training a UNet2DModel (2 steps instead of 3600)."""
     import os
     import re
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,6 +289,11 @@ def test_readme_diffusers_examples_run(tmp_path, monkeypatch):
     scope = {}
     exec(compile(blocks[0], "README pipeline", "exec"), scope)
     assert len(scope["images"]) == 3 and scope["images"][0].size == (16, 16)
+    folder = {}
+    exec(compile(blocks[0].replace('"mnist16-distillkac-1step"', '"mnist16-1step"'),
+                 "README pipeline, folder", "exec"), folder)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(scope["images"], folder["images"]))
     exec(compile(blocks[1], "README scheduler", "exec"), {})
     assert "steps=3600" in blocks[2]
     exec(compile(blocks[2].replace("steps=3600", "steps=2"), "README training", "exec"), {})

@@ -48,7 +48,7 @@ from kacfast.sampling import (draw_seed, eval_mode, guided_velocity_fn, one_call
                               one_call_step, plan_sampling, quadratic_grid, uniform_grid)
 
 __all__ = ["DiffusersUNet", "unet_from_config_file", "KacFlowScheduler", "KacVelocityModel",
-           "KacPipeline", "export_pipeline", "TIMESTEP_SPACINGS"]
+           "KacPipeline", "pipeline_from", "export_pipeline", "TIMESTEP_SPACINGS"]
 
 #: set_timesteps(n) grids: "linspace" (uniform in t, kacfast's default) or "quadratic".
 TIMESTEP_SPACINGS = {"linspace": uniform_grid, "quadratic": quadratic_grid}
@@ -427,6 +427,20 @@ class KacPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "KacPipeline":
+        """A pipeline folder (``save_pretrained`` / ``kacfast export --format diffusers``), or
+        the name of a shipped kacfast model (``kacfast.list_pretrained()``), built offline from
+        the file installed with kacfast."""
+        from kacfast.pretrained import PRETRAINED
+        name = str(pretrained_model_name_or_path)
+        if name in PRETRAINED and not os.path.exists(name):
+            if kwargs:
+                raise ValueError(f"{name} is a shipped kacfast model: it takes no loading options "
+                                 f"(got {sorted(kwargs)}); export it to a folder for those.")
+            return pipeline_from(name)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def velocity_model(self) -> nn.Module:
         """The unet under kacfast's contract ``model(x, t, y)``, carrying the scheduler's process."""
         process = self.scheduler.process
@@ -508,11 +522,25 @@ class KacPipeline(DiffusionPipeline):
 # ----------------------------------------------------------------------------------------------
 # export
 # ----------------------------------------------------------------------------------------------
-def export_pipeline(ckpt: str, out: str, *, ema: bool = True) -> KacPipeline:
-    """Write a Kac teacher or student as a KacPipeline folder with a model card (README.md).
+def pipeline_from(ckpt: str, *, ema: bool = True) -> KacPipeline:
+    """A KacPipeline of a Kac teacher or student: ckpt is a shipped model's name, a run directory
+    or a checkpoint file (EMA weights unless ema=False)."""
+    return _pipeline_and_record(ckpt, ema)[0]
 
-    ckpt: a shipped model's name, a run directory or a checkpoint file. The folder loads offline
-    with ``KacPipeline.from_pretrained(out)``."""
+
+def export_pipeline(ckpt: str, out: str, *, ema: bool = True) -> KacPipeline:
+    """Write a Kac teacher or student (see pipeline_from) as a KacPipeline folder with a model
+    card (README.md). The folder loads offline with ``KacPipeline.from_pretrained(out)``."""
+    pipe, network, meta, entry = _pipeline_and_record(ckpt, ema)
+    pipe.save_pretrained(out, safe_serialization=True)
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(_model_card(ckpt, out, network, meta, entry, pipe.unet.config.steps,
+                            pipe.unet.config.guidance))
+    return pipe
+
+
+def _pipeline_and_record(ckpt: str, ema: bool):
+    """(pipeline, network, checkpoint meta or None for a shipped model, its PRETRAINED entry)."""
     from kacfast.checkpoints import load_trained
     from kacfast.pretrained import PRETRAINED, load_pretrained
 
@@ -534,11 +562,7 @@ def export_pipeline(ckpt: str, out: str, *, ema: bool = True) -> KacPipeline:
     process = facts.process
     scheduler = KacFlowScheduler(a=process.a, c=process.c, T=process.T, clock=process.clock,
                                  eps=process.eps)
-    pipe = KacPipeline(unet=unet, scheduler=scheduler)
-    pipe.save_pretrained(out, safe_serialization=True)
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(_model_card(ckpt, out, network, meta, entry, steps, guidance))
-    return pipe
+    return KacPipeline(unet=unet, scheduler=scheduler), network, meta, entry
 
 
 def _model_card(ckpt: str, out: str, network, meta: dict | None, entry: dict, steps: int,
