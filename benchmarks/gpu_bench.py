@@ -20,7 +20,7 @@ from kacfast.baselines import EDMPrecond, ddim_sample, ddpm_sample, edm_sample
 from kacfast.models import build_model
 from kacfast.ops import reference
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites"))
 from baselines_research import build_cdf_table, research_noise_target  # noqa: E402
 
 

@@ -22,7 +22,8 @@ import kacfast
 from kacfast.models import build_model
 from kacfast.process import KacProcess
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.join(_HERE, "experiments")]
 from gpu_bench import _section, markdown_table  # noqa: E402
 from sampler_overhead import per_call_ms  # noqa: E402
 

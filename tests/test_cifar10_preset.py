@@ -1,5 +1,6 @@
-"""The paper's CIFAR-10 recipe (benchmarks/cifar10_paper.sh), run end to end at a tiny size: one
-torchrun process (gloo) on the CPU, the full unet-cifar10 network, a fake CIFAR-10, a few steps."""
+"""The paper's CIFAR-10 recipe (benchmarks/experiments/cifar10_paper.sh), run end to end at a tiny
+size: one torchrun process (gloo) on the CPU, the full unet-cifar10 network, a fake CIFAR-10, a few
+steps."""
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from fake_data import fake_cifar
 from kacfast.checkpoints import load_trained
 from kacfast.facts import facts_of
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar10_paper.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "cifar10_paper.sh"
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 `list_pretrained()` names them, `load_pretrained(name)` returns a model that `kacfast.sample` takes
 as is (it carries its Kac process, and a student its step grid). Each entry records the commands
-that reproduce its file (benchmarks/mnist_pipeline.sh runs them all).
+that reproduce its file (benchmarks/experiments/mnist_pipeline.sh runs them all).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _DISTILL = ("kacfast distill --teacher runs/kac --out runs/distill --schedule 10
             "--steps-per-stage 200 300 500 600 --batch-size 64 --lr 2e-4 --guidance 1.5 --threads 1")
 
 _SCORED = ("mnist5k16, 3 seeds x 1,000 class-balanced samples against the training split, 95% "
-           "intervals (`python benchmarks/mnist_results.py run ...`, README 'Quality under two "
+           "intervals (`python benchmarks/experiments/mnist_results.py run ...`, README 'Quality under two "
            "judges'); real-vs-real floor: cnn FD 0.28 +- 0.18, strided FD 0.60 +- 0.26")
 
 #: name -> file, description, the commands that made it, how to sample it (guidance: the best of

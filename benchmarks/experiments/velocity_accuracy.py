@@ -1,6 +1,6 @@
 """Float32 accuracy of kac_velocity against a float64 i0e/i1e evaluation (the README's figure).
 
-    python benchmarks/velocity_accuracy.py [--backend cpu]
+    python benchmarks/experiments/velocity_accuracy.py [--backend cpu]
 
 Grid: a in {0.5, 2, 9, 25, 50} x c in {0.5, 1, 3, 5} x 60 log-spaced s in [1e-4, 1] x 806 points
 across [-c s, c s] (including 1 - 1e-3 ... 1 - 1e-6 of the cone). Points within 1e-6 (relative) of

@@ -6,7 +6,7 @@ outside the network; last, the speed-up of the median over the group's baseline 
 extra_info["baseline"] is true). A benchmark that timed several rows interleaved
 (extra_info["side_by_side"]) gets a second table of those rows.
 
-    python benchmarks/report.py FILE.json
+    python benchmarks/suites/report.py FILE.json
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 test_bench_fast_sampling.py for the share of time outside the network, free of that table's
 run-to-run noise (this VM's speed drifts by several ms per call between rounds).
 
-    python benchmarks/sampler_overhead.py [--batches 64 200] [--repeats 200]
+    python benchmarks/experiments/sampler_overhead.py [--batches 64 200] [--repeats 200]
 """
 from __future__ import annotations
 

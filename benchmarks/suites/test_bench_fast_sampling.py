@@ -2,8 +2,8 @@
 teacher, float32 eager against compiled (frozen weights) and bf16 autocast, and one call of 1,000
 labels against 1,000 images sampled by hand in chunks of several sizes.
 
-    python -m pytest benchmarks/test_bench_fast_sampling.py --benchmark-json=fast.json
-    python benchmarks/report.py fast.json
+    python -m pytest benchmarks/suites/test_bench_fast_sampling.py --benchmark-json=fast.json
+    python benchmarks/suites/report.py fast.json
 
 Each test runs its rows interleaved, round by round (see `side_by_side`), and report.py prints
 them as one table: images/s, speed-up over the first row, the share of wall time outside the

@@ -8,7 +8,7 @@
 #            (pip install 'kacfast[fid]'; no download): the teacher at 100 AB-2 steps, each student
 #
 #   KACFAST_DATA=/data NPROC=8 INCEPTION_WEIGHTS=/w/weights-inception-2015-12-05-6726825d.pth \
-#       bash benchmarks/cifar10_paper.sh RUNS
+#       bash benchmarks/experiments/cifar10_paper.sh RUNS
 # CIFAR-10 must be at $KACFAST_DATA/cifar-10-batches-py (python -c "from kacfast.data import
 # load_dataset; load_dataset('cifar10', download=True)" fetches it, with torchvision and a network).
 # Every size below can be overridden from the environment; tests/test_cifar10_preset.py runs this

@@ -4,8 +4,8 @@ Workload: x0 (64, 3, 32, 32) float32 uniform in [-1, 1], t (64,) uniform in [0, 
 Rows: the float64 research baseline (inverse-CDF table), torch.compile of the PyTorch reference,
 and each kacfast backend available on CPU (triton excluded: its CPU interpreter is not a fast path).
 
-    python -m pytest benchmarks/test_bench_noise_target.py --benchmark-json=FILE -q
-    python benchmarks/report.py FILE
+    python -m pytest benchmarks/suites/test_bench_noise_target.py --benchmark-json=FILE -q
+    python benchmarks/suites/report.py FILE
 """
 import pytest
 import torch

@@ -1,8 +1,8 @@
 """Stability figure: how fast sampling trajectories move, Kac flow versus EDM and DDPM ODEs.
 
-    python benchmarks/stability.py --runs RUNS --out docs/stability.png [--json docs/stability.json]
+    python benchmarks/experiments/stability.py --runs RUNS --out docs/stability.png [--json docs/stability.json]
 
-Each trained model (RUNS/kac, RUNS/edm, RUNS/ddpm from benchmarks/mnist_pipeline.sh) is sampled
+Each trained model (RUNS/kac, RUNS/edm, RUNS/ddpm from benchmarks/experiments/mnist_pipeline.sh) is sampled
 with 100 Euler-type steps at guidance 1.5 on --n class-balanced images, and along the trajectory we
 record the per-pixel RMS velocity dx/dtau, tau being the method's own time rescaled to a unit
 horizon (the scale at which "few steps" are taken):

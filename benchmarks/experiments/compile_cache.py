@@ -1,7 +1,7 @@
 """First-call compile time of the shipped student's compiled sampler (batch 200, CPU), in a fresh
 process with an empty inductor cache and in a second process that finds the first one's cache.
 
-    python benchmarks/compile_cache.py
+    python benchmarks/experiments/compile_cache.py
 """
 from __future__ import annotations
 

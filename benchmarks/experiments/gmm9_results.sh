@@ -2,7 +2,7 @@
 # The README's 2-D tables (9-mode Gaussian grid) under the quality protocol: the MLP teacher, its
 # DistillKac students 100 -> 20 -> 4 -> 2 -> 1 and the teacher at 1 step, each scored by
 # `kacfast eval` (3 seeds x 10,000 samples, 95% intervals, the real-vs-real floor row).
-#   bash benchmarks/gmm9_results.sh RUNS_DIR     # trains what RUNS_DIR lacks, then scores
+#   bash benchmarks/experiments/gmm9_results.sh RUNS_DIR     # trains what RUNS_DIR lacks, then scores
 # Writes RUNS_DIR/gmm9-results.jsonl and prints the table.
 set -euo pipefail
 RUNS=${1:?usage: gmm9_results.sh RUNS_DIR}

@@ -1,8 +1,8 @@
 """End-to-end sampling throughput on one network: Kac few-step and 100-step samplers against EDM,
 DDPM and DDIM, with the share of wall time spent outside the network.
 
-    python -m pytest benchmarks/test_bench_sampling.py --benchmark-json=sampling.json
-    python benchmarks/report.py sampling.json
+    python -m pytest benchmarks/suites/test_bench_sampling.py --benchmark-json=sampling.json
+    python benchmarks/suites/report.py sampling.json
 
 The network is the `unet-tiny` preset at 8x8x1 (the digits shape; class-conditional, random weights:
 throughput does not depend on training), batch 256, no guidance, float32, torch.no_grad. On this

@@ -1,8 +1,8 @@
 """How much of a distillation step the student's loss takes (does a fused student-loss op pay?).
 
-    python benchmarks/student_loss_share.py --runs RUNS
+    python benchmarks/experiments/student_loss_share.py --runs RUNS
 
-Times one DistillKac training step (stage 4 -> 2 of benchmarks/mnist_pipeline.sh: the 4-step
+Times one DistillKac training step (stage 4 -> 2 of benchmarks/experiments/mnist_pipeline.sh: the 4-step
 student as teacher, batch 64, forward + backward) and, separately, the loss alone
 (x - D v vs the teacher's endpoint: one axpy and a squared error, forward + backward) on tensors of
 the same shape; one thread.

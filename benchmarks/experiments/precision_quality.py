@@ -2,7 +2,7 @@
 network (same seeds, same labels), scored with the project's classifier, beside the float32
 seed-to-seed spread (the metric's noise at this sample size).
 
-    python benchmarks/precision_quality.py [--model mnist16-distillkac-1step] [--n 2000] [--seeds 5]
+    python benchmarks/experiments/precision_quality.py [--model mnist16-distillkac-1step] [--n 2000] [--seeds 5]
 
 Prints one JSON object: per precision the classifier FD / KID / conditional accuracy of each seed
 against the training split (held-out split with --reference test), their mean and standard

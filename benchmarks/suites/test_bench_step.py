@@ -1,8 +1,8 @@
 """Guided sampler step: the fused op against eager PyTorch, torch.compile of the same update, and a
 plain copy of the same bytes (the memory-bandwidth ceiling), side by side in one run.
 
-    python -m pytest benchmarks/test_bench_step.py --benchmark-json=step.json
-    python benchmarks/report.py step.json
+    python -m pytest benchmarks/suites/test_bench_step.py --benchmark-json=step.json
+    python benchmarks/suites/report.py step.json
 
 Workload: batch 256 of 3x32x32 float32 images, guidance 1.5 (v is the (2B, ...) [cond; uncond]
 pair); "euler" reads x and v and writes x'; "ab2" also reads v_prev and writes v_mix.

@@ -1,11 +1,11 @@
 """MNIST-5k results: every sampler of the README's tables under the quality protocol.
 
-    python benchmarks/mnist_results.py run --runs RUNS --out RESULTS.jsonl [--rows NAME ...]
+    python benchmarks/experiments/mnist_results.py run --runs RUNS --out RESULTS.jsonl [--rows NAME ...]
         [--guidance 1 1.25 1.5 2] [--n 1000] [--seeds 0 1 2] [--reference train] [--compile]
-    python benchmarks/mnist_results.py report --results RESULTS.jsonl [--plot docs/quality_vs_nfe.png]
-    python benchmarks/mnist_results.py speed --runs RUNS [--rows distillkac-1 edm-heun-35]
+    python benchmarks/experiments/mnist_results.py report --results RESULTS.jsonl [--plot docs/quality_vs_nfe.png]
+    python benchmarks/experiments/mnist_results.py speed --runs RUNS [--rows distillkac-1 edm-heun-35]
 
-RUNS holds the run directories of benchmarks/mnist_pipeline.sh: kac/, edm/, ddpm/ (teachers and
+RUNS holds the run directories of benchmarks/experiments/mnist_pipeline.sh: kac/, edm/, ddpm/ (teachers and
 baselines trained with the same network, data and budget), distill/stage-K-STEPS/ (DistillKac
 100 -> 20 -> 4 -> 2 -> 1), single/stage-1-1/ (one stage 100 -> 1) and rollout/ (stages 4 -> 2 -> 1
 from the 4-step student with teacher roll-out start points). Rows whose run directory is missing

@@ -2,15 +2,15 @@
 # The MNIST-5k (16x16) results of the README, end to end, on a 2-core CPU (trainings about 2.5 hours
 # of wall time, each job on one thread, two side by side where the order allows; the scores under
 # the quality protocol add about 40 minutes per 100-step sampler swept over 4 guidance values).
-#   bash benchmarks/mnist_pipeline.sh RUNS_DIR
+#   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25}, RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
 RUNS=${1:?usage: mnist_pipeline.sh RUNS_DIR}
-HERE=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
 TRAIN="kacfast train --data mnist5k16 --model unet-tiny --steps 3600 --batch-size 64 --lr 5e-4 --threads 1 --quiet"
 DISTILL="kacfast distill --batch-size 64 --lr 2e-4 --threads 1 --quiet"
-EVAL="python $HERE/benchmarks/mnist_results.py run --runs $RUNS --out $RUNS/results.jsonl --grids $RUNS/grids --threads 1 --compile"
+EVAL="python $HERE/benchmarks/experiments/mnist_results.py run --runs $RUNS --out $RUNS/results.jsonl --grids $RUNS/grids --threads 1 --compile"
 
 # 1. the Kac teacher and the EDM / DDPM baselines: same network, data, batch, steps, optimizer
 rm -f "$RUNS/distill.done"
@@ -38,7 +38,7 @@ $TRAIN --method ddpm --out "$RUNS/ddpm"
 $EVAL --rows data kac-teacher-euler-100 kac-teacher-ab2-100 kac-teacher-euler-4 kac-teacher-euler-1 \
     edm-heun-35 edm-euler-4 edm-euler-2 edm-euler-1 ddim-100 ddim-20 ddim-4
 # DDPM's 1,000 steps on 250 samples per seed at w = 1.5, with the teacher and the data at the same size
-python "$HERE/benchmarks/mnist_results.py" run --runs "$RUNS" --out "$RUNS/results_n250.jsonl" \
+python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/results_n250.jsonl" \
     --grids "$RUNS/grids250" --n 250 --guidance 1.5 --threads 1 --rows data ddpm-1000 kac-teacher-euler-100
 while [ ! -f "$RUNS/distill.done" ]; do
     kill -0 $CORE_A 2>/dev/null || { echo "distillation failed: see above" >&2; exit 1; }
@@ -53,14 +53,14 @@ $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25" --schedule 100 20 4 2
     --steps-per-stage 200 300 500 600 --guidance 1.25
 wait
 $EVAL --rows kac-diffusers-euler-100 distillkac-1-w1.25
-python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
-python "$HERE/benchmarks/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
-python "$HERE/benchmarks/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
+python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
+python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
+python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
     --rows distillkac-1 distillkac-2 distillkac-4 edm-euler-4 ddim-4 edm-heun-35
-python "$HERE/benchmarks/mnist_results.py" speed --runs "$RUNS" --n 100 --repeats 1 --threads 2 \
+python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 100 --repeats 1 --threads 2 \
     --rows distillkac-1 distillkac-20 edm-euler-2 edm-euler-1 kac-teacher-euler-100 kac-teacher-ab2-100 \
     ddim-100 ddim-20 ddpm-1000 edm-heun-35
-python "$HERE/benchmarks/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
+python "$HERE/benchmarks/experiments/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
 kacfast export --ckpt "$RUNS/distill/stage-4-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
-python "$HERE/benchmarks/student_loss_share.py" --runs "$RUNS"
+python "$HERE/benchmarks/experiments/student_loss_share.py" --runs "$RUNS"
