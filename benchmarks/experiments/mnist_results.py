@@ -63,13 +63,14 @@ SHIPPED = {"kac": "mnist16-kac-teacher", "distill/stage-4-1": "mnist16-distillka
 
 
 def _load_row(runs: str, run: str):
-    """(model, meta) of a run directory, or of the shipped model the same pipeline trained."""
-    from kacfast.pretrained import pretrained_path
+    """(model, meta) of a run directory, or (model, None) of the shipped model the same pipeline
+    trained (loaded with its PRETRAINED facts: the guidance a student absorbed)."""
     from kacfast.checkpoints import load_trained
+    from kacfast.pretrained import load_pretrained
 
     path = os.path.join(runs, run)
     if not os.path.isdir(path) and run in SHIPPED:
-        path = pretrained_path(SHIPPED[run])
+        return load_pretrained(SHIPPED[run]), None
     return load_trained(path)
 
 
