@@ -19,6 +19,7 @@ from kacfast.integrations.diffusers import (DiffusersUNet, KacFlowScheduler, Kac
                                             KacVelocityModel, export_pipeline)
 from kacfast.models import build_model  # noqa: E402
 from kacfast.training import KacObjective, TrainConfig, train  # noqa: E402
+from kacfast.training.distill import DistillConfig  # noqa: E402
 
 CLI = [sys.executable, "-m", "kacfast"]
 TINY_UNET = dict(block_out_channels=[32, 32], layers_per_block=1, norm_num_groups=8,
@@ -225,16 +226,19 @@ def test_diffusers_unet_is_a_kacfast_network():
         DiffusersUNet(image_size=8, not_an_argument=1)
 
 
+def _small_data():
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(64, 1, 8, 8, generator=gen) * 2 - 1, torch.randint(0, 3, (64,), generator=gen)
+
+
 def _small_run(out, steps, resume=False):
     torch.manual_seed(0)
     model = DiffusersUNet(image_size=8, num_classes=3, **TINY_UNET)
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.rand(64, 1, 8, 8, generator=gen) * 2 - 1, torch.randint(0, 3, (64,), generator=gen)
     config = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup=1, ckpt_every=2)
-    train(model, KacObjective(), (x, y), config, str(out), resume=resume, progress=False)
+    train(model, KacObjective(), _small_data(), config, str(out), resume=resume, progress=False)
 
 
-def test_unet2d_training_resumes_bit_identically(tmp_path):
+def test_unet2d_training_resumes_bit_identically_and_distills(tmp_path):
     _small_run(tmp_path / "straight", 4)
     _small_run(tmp_path / "resumed", 2)
     _small_run(tmp_path / "resumed", 4, resume=True)
@@ -245,6 +249,13 @@ def test_unet2d_training_resumes_bit_identically(tmp_path):
     model, _ = load_trained(str(tmp_path / "straight"))
     assert isinstance(model, DiffusersUNet)
     assert kacfast.sample(model, 2, labels=[0, 1, 2], guidance=1.5, seed=0).shape == (3, 1, 8, 8)
+    student = kacfast.distill(model, kacfast.KacProcess(), _small_data(),
+                              DistillConfig(schedule=(2, 1), steps_per_stage=2, batch_size=16,
+                                            guidance=1.5, ckpt_every=2),
+                              str(tmp_path / "distill"), progress=False)
+    assert isinstance(student, DiffusersUNet)
+    assert kacfast.facts_of(student).absorbed_guidance == 1.5
+    assert kacfast.sample(student, 1, labels=[0, 1, 2], seed=0).shape == (3, 1, 8, 8)
 
 
 def _cli_train(tmp_path, config: dict, *extra):
