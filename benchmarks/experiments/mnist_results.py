@@ -11,9 +11,11 @@ baselines trained with the same network, data and budget), distill/stage-K-STEPS
 from the 4-step student with teacher roll-out start points). Rows whose run directory is missing
 fall back to the shipped model trained by the same pipeline (the Kac teacher, the 1-step student).
 
-Two rows come from separate runs: kac-diffusers/ (the Kac teacher's recipe on the
+Separate runs: kac-diffusers/ (the Kac teacher's recipe on the
 diffusers-unet-tiny preset, a UNet2DModel) and distill-w1.25/ (the DistillKac schedule absorbing
-guidance 1.25, the teacher's best w in the sweep, instead of 1.5).
+guidance 1.25, the teacher's best w in the sweep, instead of 1.5; its 20-, 4-, 2- and 1-step
+students are rows); distill-w1.25-huber/ is the same schedule with the pseudo-Huber endpoint
+distance instead of the paper's L2.
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -44,7 +46,11 @@ ROWS = {
     "single-stage-1": ("single/stage-1-1", "distill", 1, "euler"),
     "rollout-2": ("rollout/stage-1-2", "distill", 2, "euler"),
     "rollout-1": ("rollout/stage-2-1", "distill", 1, "euler"),
+    "distillkac-20-w1.25": ("distill-w1.25/stage-1-20", "distill", 20, "euler"),
+    "distillkac-4-w1.25": ("distill-w1.25/stage-2-4", "distill", 4, "euler"),
+    "distillkac-2-w1.25": ("distill-w1.25/stage-3-2", "distill", 2, "euler"),
     "distillkac-1-w1.25": ("distill-w1.25/stage-4-1", "distill", 1, "euler"),
+    "distillkac-1-w1.25-huber": ("distill-w1.25-huber/stage-4-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
