@@ -135,7 +135,11 @@ def cmd_train(args) -> int:
     num_classes = int(y.max()) + 1 if args.conditional else None
     torch.manual_seed(args.seed)
     model = _model_for_data(args.model, x, num_classes, args.method, args.T).to(args.device)
-    objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock)),
+    if args.time_distribution != "uniform" and args.method != "kac":
+        raise SystemExit(f"--time-distribution is the Kac teacher's setting; --method {args.method} "
+                         "draws its own noise levels.")
+    objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock),
+                                             time_distribution=args.time_distribution),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup=args.warmup, ema_decay=args.ema_decay,
@@ -381,6 +385,7 @@ def main(argv=None) -> int:
     from kacfast.models import PRESETS
     from kacfast.sampling import one_call_solvers
     from kacfast.training.distill_objectives import DISTILL_OBJECTIVES
+    from kacfast.training.objectives import TIME_DISTRIBUTIONS
 
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -431,6 +436,9 @@ def main(argv=None) -> int:
     tr.add_argument("--c", type=float, default=3.0, help="Kac speed (default 3)")
     tr.add_argument("--T", type=float, default=1.0, help="horizon (default 1)")
     tr.add_argument("--clock", choices=("t", "t2"), default="t")
+    tr.add_argument("--time-distribution", choices=list(TIME_DISTRIBUTIONS), default="uniform",
+                    help="how the Kac teacher draws training times (default uniform on [0, T]; "
+                         "logit-normal: T * sigmoid(N(0, 1)))")
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -130,6 +130,48 @@ def test_resume_refuses_a_different_objective(tmp_path):
         train(small_mlp(), KacObjective(), (x, y), cfg, str(tmp_path), progress=False)
 
 
+@pytest.mark.parametrize("name, middle_share", [("uniform", 0.5), ("logit-normal", 0.727)])
+def test_kac_objective_draws_training_times_from_its_distribution(name, middle_share):
+    """The loss sees t = T * s, s from TIME_DISTRIBUTIONS[name] on the step's generator; the share
+    of times in the middle half of [0, T] is 0.5 uniform, P(|N(0,1)| < logit(3/4)) = 0.727
+    logit-normal."""
+    from kacfast.process import KacProcess
+    from kacfast.training.objectives import TIME_DISTRIBUTIONS
+
+    seen = []
+
+    def network(x, t, y):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    objective = KacObjective(KacProcess(T=2.0), time_distribution=name)
+    x0 = torch.zeros(100_000, 2)
+    objective.loss(network, x0, None, torch.Generator().manual_seed(3), seed=0)
+    t = seen[0]
+    expected = 2.0 * TIME_DISTRIBUTIONS[name](x0.shape[0], torch.Generator().manual_seed(3), "cpu")
+    assert torch.equal(t, expected)
+    assert 0 < t.min() and t.max() < 2.0
+    assert abs(((t > 0.5) & (t < 1.5)).float().mean().item() - middle_share) < 0.01
+
+
+def test_time_distribution_is_part_of_a_run_and_checked(tmp_path):
+    assert KacObjective().describe().keys() == {"method", "process"}  # older runs keep resuming
+    assert KacObjective(time_distribution="logit-normal").describe()["time_distribution"] == "logit-normal"
+    with pytest.raises(ValueError, match="time_distribution must be one of"):
+        KacObjective(time_distribution="beta")
+    x, y = toy_data()
+    cfg = TrainConfig(steps=3, batch_size=32, ckpt_every=3)
+    train(small_mlp(), KacObjective(), (x, y), cfg, str(tmp_path / "run"), progress=False)
+    with pytest.raises(CheckpointError, match="was trained with objective"):
+        train(small_mlp(), KacObjective(time_distribution="logit-normal"), (x, y),
+              TrainConfig(steps=6, batch_size=32), str(tmp_path / "run"), resume=True, progress=False)
+    bad = subprocess.run(CLI + ["train", "--data", "gmm9", "--model", "mlp", "--steps", "2", "--method",
+                                "edm", "--time-distribution", "logit-normal", "--out", str(tmp_path / "edm")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--time-distribution is the Kac teacher's setting" in bad.stderr
+    assert not (tmp_path / "edm").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # execution settings: precision, torch.compile, channels_last
 # ----------------------------------------------------------------------------------------------

@@ -65,17 +65,19 @@ ROWS = {
 }
 
 
+# The shipped models the 16x16 pipeline trained, by run directory
 SHIPPED = {"kac": "mnist16-kac-teacher", "distill/stage-4-1": "mnist16-distillkac-1step"}
+SHIPPED_DATA = "mnist5k16"
 
 
-def _load_row(runs: str, run: str):
-    """(model, meta) of a run directory, or (model, None) of the shipped model the same pipeline
-    trained (loaded with its PRETRAINED facts: the guidance a student absorbed)."""
+def _load_row(runs: str, run: str, data: str = SHIPPED_DATA):
+    """(model, meta) of a run directory, or, for the 16x16 data, (model, None) of the shipped model
+    the same pipeline trained (loaded with its PRETRAINED facts: the guidance a student absorbed)."""
     from kacfast.checkpoints import load_trained
     from kacfast.pretrained import load_pretrained
 
     path = os.path.join(runs, run)
-    if not os.path.isdir(path) and run in SHIPPED:
+    if not os.path.isdir(path) and run in SHIPPED and data == SHIPPED_DATA:
         return load_pretrained(SHIPPED[run]), None
     return load_trained(path)
 
@@ -124,7 +126,7 @@ def cmd_run(args) -> None:
             jobs = [(None, None)]
         else:
             run, method, steps, solver = ROWS[row]
-            model, _ = _load_row(args.runs, run)
+            model, _ = _load_row(args.runs, run, args.data)
             absorbed = facts_of(model).absorbed_guidance if method == "distill" else None
             jobs = [(None if absorbed else w, absorbed) for w in ([1.0] if absorbed else args.guidance)]
         for guidance, absorbed in jobs:
@@ -164,7 +166,9 @@ LABELS = {
     "kac-teacher-euler-4": "Kac teacher, Euler", "kac-teacher-euler-1": "Kac teacher, Euler",
     "distillkac-20": "DistillKac student", "distillkac-4": "DistillKac student",
     "distillkac-2": "DistillKac student", "distillkac-1": "DistillKac student",
-    "distillkac-1-w1.25": "DistillKac student",
+    "distillkac-20-w1.25": "DistillKac student", "distillkac-4-w1.25": "DistillKac student",
+    "distillkac-2-w1.25": "DistillKac student", "distillkac-1-w1.25": "DistillKac student",
+    "distillkac-1-w1.25-huber": "DistillKac student, pseudo-Huber endpoint distance",
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
@@ -217,7 +221,7 @@ def cmd_report(args) -> None:
         line_plot({k: sorted(v) for k, v in families.items()}, args.plot,
                   xlabel="network evaluations per image (NFE)", ylabel=f"{judge} FD (lower is better)",
                   xscale="log", hline=None if floor is None else (floor, "data floor"), marker="o",
-                  title=f"MNIST-5k 16x16, guidance {args.plot_guidance:g} (students: absorbed)")
+                  title=f"{results[0]['dataset']}, guidance {args.plot_guidance:g} (students: absorbed)")
         print(f"\nplot -> {args.plot}")
 
 
@@ -229,7 +233,7 @@ def cmd_speed(args) -> None:
 
     torch.set_num_threads(args.threads)
     labels = torch.arange(args.n) % 10
-    models = {row: _load_row(args.runs, ROWS[row][0])[0] for row in args.rows}
+    models = {row: _load_row(args.runs, ROWS[row][0], args.data)[0] for row in args.rows}
     times = {row: [] for row in args.rows}
     for _ in range(args.repeats):
         for row in args.rows:
@@ -273,6 +277,7 @@ def main() -> None:
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--guidance", type=float, default=1.5)
     speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--data", default="mnist5k16", help="the data the runs were trained on")
     speed.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     {"run": cmd_run, "report": cmd_report, "speed": cmd_speed}[args.cmd](args)

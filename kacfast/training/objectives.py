@@ -35,25 +35,48 @@ class Objective(Protocol):
     def describe(self) -> dict: ...
 
 
-class KacObjective:
-    """loss = mean((v_theta(x_t, t, y) - u)^2), t ~ U[0, T], (x_t, u) from the fused noise_target op.
+def _uniform_times(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device)
 
-    The Kac noise comes from the op's counter-based stream keyed by the step's seed.
+
+def _logit_normal_times(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    # sigmoid of N(0, 1) (Esser et al. 2024): more weight in the middle of [0, T], less at the ends
+    return torch.sigmoid(torch.randn(n, generator=generator, device=device))
+
+
+#: How the Kac teacher draws training times, as fractions of T in (0, 1): name -> (n, generator,
+#: device) -> (n,) float32.
+TIME_DISTRIBUTIONS = {"uniform": _uniform_times, "logit-normal": _logit_normal_times}
+
+
+class KacObjective:
+    """loss = mean((v_theta(x_t, t, y) - u)^2), (x_t, u) from the fused noise_target op.
+
+    t = T * s with s from `time_distribution` (a TIME_DISTRIBUTIONS name; default "uniform":
+    t ~ U[0, T], the paper's). The Kac noise comes from the op's counter-based stream keyed by the
+    step's seed.
     """
 
     method = "kac"
     preview_sampler = (50, "euler")
 
-    def __init__(self, process: KacProcess | None = None):
+    def __init__(self, process: KacProcess | None = None, time_distribution: str = "uniform"):
+        if time_distribution not in TIME_DISTRIBUTIONS:
+            raise ValueError(f"time_distribution must be one of {tuple(TIME_DISTRIBUTIONS)}, got "
+                             f"{time_distribution!r}.")
         self.process = process or KacProcess()
+        self.time_distribution = time_distribution
 
     def loss(self, net, x0, y, generator: torch.Generator, seed: int) -> torch.Tensor:
-        t = torch.rand(x0.shape[0], generator=generator, device=x0.device) * self.process.T
+        t = TIME_DISTRIBUTIONS[self.time_distribution](x0.shape[0], generator, x0.device) * self.process.T
         x_t, u = self.process.noise_target(x0, t, seed=seed)
         return (net(x_t, t, y).float() - u.float()).square().mean()
 
     def describe(self) -> dict:
-        return {"method": self.method, "process": self.process.to_dict()}
+        identity = {"method": self.method, "process": self.process.to_dict()}
+        if self.time_distribution != "uniform":  # runs from before the setting keep resuming
+            identity["time_distribution"] = self.time_distribution
+        return identity
 
 
 class EDMObjective:
