@@ -100,6 +100,49 @@ def test_pseudo_huber_distance_is_the_ict_formula(teacher):
         DistillConfig(objective="l3")
 
 
+def test_random_feature_distance_is_pixels_plus_frozen_normalised_features(teacher):
+    objective = DISTILL_OBJECTIVES["endpoint-random-features"](teacher[0], kacfast.KacProcess(), 4, 2)
+    gen = torch.Generator().manual_seed(2)
+    pred = torch.randn(3, 1, 12, 12, generator=gen).requires_grad_(True)
+    target = torch.randn(3, 1, 12, 12, generator=gen)
+    assert objective.distance(target, target).item() == 0
+    value = objective.distance(pred, target)
+    # by hand: the same seeded network, LPIPS-style unit features at each ReLU
+    net = objective._features(1, "cpu")
+    assert not any(p.requires_grad for p in net.parameters())
+    assert [m.out_channels for m in net if isinstance(m, torch.nn.Conv2d)] == [32, 64, 128]
+    levels, a, b = [], pred.detach(), target
+    for layer in net:
+        a, b = layer(a), layer(b)
+        if isinstance(layer, torch.nn.ReLU):
+            levels.append((torch.nn.functional.normalize(a, dim=1, eps=1e-5)
+                           - torch.nn.functional.normalize(b, dim=1, eps=1e-5)).square().sum(1).mean())
+    feature_term = torch.stack(levels).mean()
+    assert 0 < feature_term < 4  # squared distance of unit vectors
+    torch.testing.assert_close(value.detach(), (pred.detach() - target).square().mean() + feature_term)
+    # the weights come from the fixed seed: a second objective measures the same distance
+    other = DISTILL_OBJECTIVES["endpoint-random-features"](teacher[0], kacfast.KacProcess(), 4, 2)
+    torch.testing.assert_close(other.distance(pred, target), value)
+    value.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert objective.describe()["loss"] == "endpoint-random-features"
+    with pytest.raises(ValueError, match="compares images"):
+        objective.distance(torch.randn(4, 2), torch.randn(4, 2))
+
+
+def test_random_feature_objective_distills_an_image_teacher(tmp_path):
+    torch.manual_seed(0)
+    image_teacher = build_model("unet-tiny", image_size=8, num_classes=None)
+    attach_facts(image_teacher, process=kacfast.KacProcess())
+    data = (torch.rand(64, 1, 8, 8) * 2 - 1, None)
+    config = DistillConfig(schedule=(2, 1), steps_per_stage=3, batch_size=16, ckpt_every=3,
+                           objective="endpoint-random-features")
+    student = distill(image_teacher, kacfast.KacProcess(), data, config, str(tmp_path), progress=False)
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "stage-1-1" / "log.jsonl")]
+    assert losses and all(np.isfinite(losses))
+    assert kacfast.sample(student, 1, batch_size=4, seed=0).shape == (4, 1, 8, 8)
+
+
 def test_schedule_and_objective_validation(teacher):
     with pytest.raises(ValueError, match="dividing the previous"):
         DistillConfig(schedule=(10, 4))

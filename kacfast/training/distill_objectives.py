@@ -11,7 +11,8 @@ from kacfast.facts import facts_of
 from kacfast.process import KacProcess
 from kacfast.sampling import guided_velocity_fn, one_call_solvers, one_call_step, uniform_grid
 
-__all__ = ["DistillObjective", "PseudoHuberDistillObjective", "DISTILL_OBJECTIVES",
+__all__ = ["DistillObjective", "PseudoHuberDistillObjective", "RandomFeatureDistillObjective",
+           "DISTILL_OBJECTIVES",
            "teacher_integrate", "STARTS"]
 
 STARTS = ("noise", "rollout")
@@ -108,8 +109,6 @@ class DistillObjective:
                 "start": self.start, "teacher_solver": self.teacher_solver}
 
 
-
-
 class PseudoHuberDistillObjective(DistillObjective):
     """The endpoint loss with the pseudo-Huber distance of improved consistency training (Song &
     Dhariwal 2023): sqrt(||pred - target||^2 + c^2) - c per sample, c = 0.00054 sqrt(d) for d
@@ -124,8 +123,53 @@ class PseudoHuberDistillObjective(DistillObjective):
         return ((per_sample + c * c).sqrt() - c).mean()
 
 
+class RandomFeatureDistillObjective(DistillObjective):
+    """The endpoint loss in pixels plus a distance in a frozen random feature space: a 3-level
+    convolutional network (3x3 convolutions of 32, 64, 128 channels, ReLU, 2x average pooling
+    between levels) with Kaiming-normal weights from a fixed seed, never trained. At each level the
+    features are unit-normalised over channels per pixel (as LPIPS does) and compared by squared
+    distance, summed over channels, averaged over pixels and levels. Random features share no
+    weights, data or training with the evaluation judges, so the loss cannot fit them. Images only
+    (B, C, H, W)."""
+
+    name = "endpoint-random-features"
+    widths = (32, 64, 128)
+    weight_seed = 0
+
+    def _features(self, channels: int, device) -> torch.nn.Module:
+        cached = getattr(self, "_feature_net", None)
+        if cached is None or cached[0].in_channels != channels:
+            generator = torch.Generator().manual_seed(self.weight_seed)
+            layers, width_in = [], channels
+            for level, width in enumerate(self.widths):
+                conv = torch.nn.Conv2d(width_in, width, 3, padding=1, bias=False)
+                conv.weight.data = torch.randn(conv.weight.shape, generator=generator) * math.sqrt(
+                    2.0 / (width_in * 9))
+                layers += [conv, torch.nn.ReLU()] + ([torch.nn.AvgPool2d(2)] if level < 2 else [])
+                width_in = width
+            cached = torch.nn.Sequential(*layers).requires_grad_(False)
+            self._feature_net = cached
+        return cached.to(device)
+
+    def distance(self, pred, target):
+        if pred.dim() != 4:
+            raise ValueError(f"{self.name} compares images (B, C, H, W); got endpoints of shape "
+                             f"{tuple(pred.shape)}.")
+        pixels = super().distance(pred, target)
+        net = self._features(pred.shape[1], pred.device)
+        levels, a, b = [], pred, target
+        for layer in net:
+            a, b = layer(a), layer(b)
+            if isinstance(layer, torch.nn.ReLU):
+                a_unit = a / (a.square().sum(1, keepdim=True) + 1e-10).sqrt()
+                b_unit = b / (b.square().sum(1, keepdim=True) + 1e-10).sqrt()
+                levels.append((a_unit - b_unit).square().sum(1).mean())
+        return pixels + torch.stack(levels).mean()
+
+
 #: name -> distillation objective class, the paper's loss first. Each takes (teacher, process,
 #: teacher_steps, student_steps, guidance, start, teacher_solver) and follows
 #: kacfast.training.objectives.Objective. Add one here (see CONTRIBUTING.md) and DistillConfig,
 #: `kacfast distill --objective` and the tests take it.
-DISTILL_OBJECTIVES = {cls.name: cls for cls in (DistillObjective, PseudoHuberDistillObjective)}
+DISTILL_OBJECTIVES = {cls.name: cls for cls in (DistillObjective, PseudoHuberDistillObjective,
+                                                RandomFeatureDistillObjective)}
