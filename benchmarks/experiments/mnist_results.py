@@ -14,8 +14,9 @@ fall back to the shipped model trained by the same pipeline (the Kac teacher, th
 Separate runs: kac-diffusers/ (the Kac teacher's recipe on the
 diffusers-unet-tiny preset, a UNet2DModel) and distill-w1.25/ (the DistillKac schedule absorbing
 guidance 1.25, the teacher's best w in the sweep, instead of 1.5; its 20-, 4-, 2- and 1-step
-students are rows); distill-w1.25-huber/ is the same schedule with the pseudo-Huber endpoint
-distance instead of the paper's L2.
+students are rows); distill-w1.25-huber/ and distill-w1.25-features/ are the same schedule with
+the pseudo-Huber endpoint distance and with L2 plus a random-feature distance instead of the
+paper's L2.
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -51,6 +52,7 @@ ROWS = {
     "distillkac-2-w1.25": ("distill-w1.25/stage-3-2", "distill", 2, "euler"),
     "distillkac-1-w1.25": ("distill-w1.25/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-huber": ("distill-w1.25-huber/stage-4-1", "distill", 1, "euler"),
+    "distillkac-1-w1.25-features": ("distill-w1.25-features/stage-4-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
@@ -169,6 +171,7 @@ LABELS = {
     "distillkac-20-w1.25": "DistillKac student", "distillkac-4-w1.25": "DistillKac student",
     "distillkac-2-w1.25": "DistillKac student", "distillkac-1-w1.25": "DistillKac student",
     "distillkac-1-w1.25-huber": "DistillKac student, pseudo-Huber endpoint distance",
+    "distillkac-1-w1.25-features": "DistillKac student, endpoint L2 + random-feature distance",
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
