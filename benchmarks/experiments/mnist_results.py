@@ -14,7 +14,8 @@ fall back to the shipped model trained by the same pipeline (the Kac teacher, th
 Separate runs: kac-diffusers/ (the Kac teacher's recipe on the
 diffusers-unet-tiny preset, a UNet2DModel) and distill-w1.25/ (the DistillKac schedule absorbing
 guidance 1.25, the teacher's best w in the sweep, instead of 1.5; its 20-, 4-, 2- and 1-step
-students are rows); distill-w1.25-huber/ and distill-w1.25-features/ are the same schedule with
+students are rows; rollout-w1.25/ repeats its stages 4 -> 2 -> 1 with teacher roll-out start
+points); distill-w1.25-huber/ and distill-w1.25-features/ are the same schedule with
 the pseudo-Huber endpoint distance and with L2 plus a random-feature distance instead of the
 paper's L2.
 
@@ -51,6 +52,8 @@ ROWS = {
     "distillkac-4-w1.25": ("distill-w1.25/stage-2-4", "distill", 4, "euler"),
     "distillkac-2-w1.25": ("distill-w1.25/stage-3-2", "distill", 2, "euler"),
     "distillkac-1-w1.25": ("distill-w1.25/stage-4-1", "distill", 1, "euler"),
+    "rollout-2-w1.25": ("rollout-w1.25/stage-1-2", "distill", 2, "euler"),
+    "rollout-1-w1.25": ("rollout-w1.25/stage-2-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-huber": ("distill-w1.25-huber/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-features": ("distill-w1.25-features/stage-4-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
@@ -170,6 +173,8 @@ LABELS = {
     "distillkac-2": "DistillKac student", "distillkac-1": "DistillKac student",
     "distillkac-20-w1.25": "DistillKac student", "distillkac-4-w1.25": "DistillKac student",
     "distillkac-2-w1.25": "DistillKac student", "distillkac-1-w1.25": "DistillKac student",
+    "rollout-2-w1.25": "DistillKac student, roll-out starts in 4 -> 2",
+    "rollout-1-w1.25": "DistillKac student, roll-out starts in 4 -> 2",
     "distillkac-1-w1.25-huber": "DistillKac student, pseudo-Huber endpoint distance",
     "distillkac-1-w1.25-features": "DistillKac student, endpoint L2 + random-feature distance",
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
