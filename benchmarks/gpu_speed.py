@@ -7,6 +7,9 @@ precision (the ceiling), wall time for 50,000 1-step samples, and training image
 
 Networks have random weights (speed only). Sampler rows are guidance 1 (one network call per
 image), so "share of ceiling" = the network row's time / the sampler row's time at one batch.
+"fp32" rows run with torch's defaults, recorded in the results: cuDNN convolutions in TF32, matmuls
+in float32. Each section starts from an empty torch.compile cache (torch._dynamo.reset()), so no
+section inherits another's graphs or its remembered input sizes.
 """
 from __future__ import annotations
 
@@ -90,6 +93,9 @@ def sampler_rows(preset: str, image_size: int, batch: int, device) -> list[dict]
     if cuda:
         graphed = kacfast.compile_sampler(net, 1, batch_size=batch, dtype=torch.bfloat16)
         samplers["1-step bf16 compiled + CUDA graph"] = ("bf16 compiled + graph", graphed)
+        # the two graphs alone, without the call's checks and copies: what the call adds on top
+        samplers["1-step bf16 compiled + CUDA graph, replay only"] = (
+            "bf16 compiled + graph", lambda: (graphed._prior_graph.replay(), graphed._graph.replay()))
         rows.append({"row": "build of the CUDA-graph sampler (compiled graph reused: warm-up + "
                             "capture)", "ms": graphed.compile_seconds * 1e3})
     for name, (ceiling, fn) in samplers.items():
@@ -104,11 +110,13 @@ def sampler_rows(preset: str, image_size: int, batch: int, device) -> list[dict]
 
 def fifty_thousand(preset: str, image_size: int, n: int, batch: int, device) -> dict:
     """Wall time of kacfast.sample(net, 1, labels=n labels, dtype=bf16, compile=True): the first
-    call (compile + capture included) and a second one, each with the results on the device."""
+    call (trace, compile, warm-up and capture included; inductor's on-disk cache already holds
+    the sampler section's kernels) and a second one, each with the results on the device."""
     net = _network(preset, image_size, device)
     labels = (torch.arange(n) % 10).to(device)
     out = {"network": preset, "image_size": image_size, "n": n, "max_batch": batch}
-    for name in ("first call s", "second call s"):
+    for name in ("first call s (trace + compile, inductor's cache warm from the sampler section, "
+                 "+ capture)", "second call s"):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -153,6 +161,7 @@ def training_rows(preset: str, image_size: int, batch: int, steps: int, device,
     y = torch.arange(len(x)) % 10
     rows = []
     for precision, compile in settings:
+        torch._dynamo.reset()  # a static graph for this setting, as a user's first run gets
         net = _network(preset, image_size, device).train().requires_grad_(True)
         config = TrainConfig(steps=2 * steps, batch_size=batch, warmup=1, ckpt_every=10**9,
                              sample_every=0, log_every=10**9, precision=precision, compile=compile)
@@ -170,16 +179,17 @@ def training_rows(preset: str, image_size: int, batch: int, steps: int, device,
 
 
 def _markdown(result: dict) -> str:
-    lines = [f"device: {result['device']}, torch {result['torch']}"]
+    lines = [f"device: {result['device']}, torch {result['torch']}, TF32 {result['tf32']}"]
     for key, rows in result.items():
-        if key not in ("device", "torch", "smoke"):
+        if key not in ("device", "torch", "smoke", "tf32"):
             lines += markdown_table(key, rows)
     return "\n".join(lines) + "\n"
 
 
 def _run_section(result: dict, key: str, fn, path: str) -> None:
-    """One section: its rows into PATH.json and PATH.md and onto stdout as soon as it ends, so a
-    time limit hit later keeps them."""
+    """One section, from an empty compile cache: its rows into PATH.json and PATH.md and onto
+    stdout as soon as it ends, so a time limit hit later keeps them."""
+    torch._dynamo.reset()
     _section(result, key, fn, path + ".json")
     with open(path + ".md", "w") as f:
         f.write(_markdown(result))
@@ -199,7 +209,9 @@ def main() -> None:
     else:
         tiny, cifar, n50k, train_cfg = (16, 4096), (32, 1024), (50_000, 1024), (32, 128, 20)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
-              "torch": torch.__version__, "smoke": args.smoke}
+              "torch": torch.__version__, "smoke": args.smoke,
+              "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
+                       "matmul": torch.backends.cuda.matmul.allow_tf32}}
     path = os.path.join(args.out, "gpu_speed")
     _run_section(result, "sampler_unet_tiny", lambda: sampler_rows("unet-tiny", *tiny, device), path)
     _run_section(result, "sampler_unet_cifar10",
