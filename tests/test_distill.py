@@ -11,7 +11,7 @@ import kacfast
 from kacfast.checkpoints import CHECKPOINT_NAME, load_trained, read_checkpoint
 from kacfast.facts import attach_facts, facts_of
 from kacfast.models import build_model
-from kacfast.training import KacObjective, TrainConfig, save_checkpoint, train
+from kacfast.training import KacObjective, TrainConfig, restore, save_checkpoint, train
 from kacfast.training.distill import DistillConfig, DistillObjective, distill, teacher_integrate
 from kacfast.training.distill_objectives import DISTILL_OBJECTIVES
 
@@ -141,6 +141,59 @@ def test_random_feature_objective_distills_an_image_teacher(tmp_path):
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "stage-1-1" / "log.jsonl")]
     assert losses and all(np.isfinite(losses))
     assert kacfast.sample(student, 1, batch_size=4, seed=0).shape == (4, 1, 8, 8)
+
+
+def _image_teacher():
+    torch.manual_seed(0)
+    model = build_model("unet-tiny", image_size=8, num_classes=3)
+    for p in model.parameters():  # a random output layer: the zero init makes every endpoint 0
+        if p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    return attach_facts(model.eval(), process=kacfast.KacProcess())
+
+
+def _adversarial_run(out, steps, resume=False):
+    gen = torch.Generator().manual_seed(1)
+    data = (torch.rand(48, 1, 8, 8, generator=gen) * 2 - 1, torch.arange(48) % 3)
+    config = DistillConfig(schedule=(2, 1), steps_per_stage=steps, batch_size=8, warmup=1,
+                           ckpt_every=2, objective="endpoint-l2-adversarial")
+    return distill(_image_teacher(), kacfast.KacProcess(), data, config, str(out), resume=resume,
+                   progress=False)
+
+
+def test_adversarial_stage_trains_a_discriminator_and_resumes_exactly(tmp_path):
+    """The discriminator and its optimizer are part of the run: 2 steps, then 2 more after a
+    restart, equal 4 steps straight, student and discriminator alike."""
+    straight = _adversarial_run(tmp_path / "straight", 4)
+    _adversarial_run(tmp_path / "resumed", 2)
+    resumed = _adversarial_run(tmp_path / "resumed", 4, resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    ckpts = [read_checkpoint(str(tmp_path / run / "stage-1-1" / CHECKPOINT_NAME))
+             for run in ("straight", "resumed")]
+    disc = [{k: v for k, v in tensors.items() if k.startswith("objective/discriminator/")}
+            for _, tensors in ckpts]
+    assert disc[0] and disc[0].keys() == disc[1].keys()
+    assert all(torch.equal(disc[0][k], disc[1][k]) for k in disc[0])
+    assert ckpts[0][0]["objective_optimizers"]["discriminator_optimizer"]["state"]
+    fresh = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](_image_teacher(), kacfast.KacProcess(), 2, 1)
+    trained = {k[len("objective/discriminator/"):]: v for k, v in disc[0].items()}
+    assert any(not torch.equal(trained[k], v) for k, v in fresh.discriminator.state_dict().items())
+    assert ckpts[0][0]["objective"]["loss"] == "endpoint-l2-adversarial"
+
+
+def test_adversarial_objective_needs_images_and_its_saved_state(tmp_path, teacher):
+    with pytest.raises(ValueError, match="needs an image teacher"):
+        DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher[0], kacfast.KacProcess(), 4, 2)
+    # a checkpoint without the discriminator's state cannot resume it, and nothing half-loads
+    model = _image_teacher()
+    save_checkpoint(str(tmp_path / CHECKPOINT_NAME), model=model, ema=None, optimizer=None, meta={})
+    objective = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](_image_teacher(), kacfast.KacProcess(), 2, 1)
+    before = {k: v.clone() for k, v in objective.discriminator.state_dict().items()}
+    with pytest.raises(kacfast.checkpoints.CheckpointError, match="does not fit"):
+        restore(str(tmp_path / CHECKPOINT_NAME), model=_image_teacher(),
+                objective_state=objective.checkpointed())
+    assert all(torch.equal(before[k], v) for k, v in objective.discriminator.state_dict().items())
 
 
 def test_schedule_and_objective_validation(teacher):

@@ -12,7 +12,7 @@ from kacfast.process import KacProcess
 from kacfast.sampling import guided_velocity_fn, one_call_solvers, one_call_step, uniform_grid
 
 __all__ = ["DistillObjective", "PseudoHuberDistillObjective", "RandomFeatureDistillObjective",
-           "DISTILL_OBJECTIVES",
+           "AdversarialDistillObjective", "DISTILL_OBJECTIVES",
            "teacher_integrate", "STARTS"]
 
 STARTS = ("noise", "rollout")
@@ -85,14 +85,20 @@ class DistillObjective:
         picked = torch.stack(states)[idx, torch.arange(x0.shape[0], device=x0.device)]
         return picked, t_start
 
-    def loss(self, net, x0, y, generator, seed):
+    def endpoints(self, net, x0, y, generator, seed):
+        """(student endpoint, teacher endpoint, interval index) of one batch: float32 (B, ...)
+        twice and (B,); interval student_steps - 1 ends at t = 0."""
         idx = torch.randint(0, self.student_steps, (x0.shape[0],), generator=generator,
                             device=x0.device)
         x, t = self._start_points(x0, y, idx, generator, seed)
         target = teacher_integrate(self.teacher, x, t, y, self.interval / self.substeps,
                                    self.substeps, self.guidance, self.teacher_solver)
         pred = x - self.interval * net(x, t, y)
-        return self.distance(pred.float(), target.float())
+        return pred.float(), target.float(), idx
+
+    def loss(self, net, x0, y, generator, seed):
+        pred, target = self.endpoints(net, x0, y, generator, seed)[:2]
+        return self.distance(pred, target)
 
     def distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar distance between student and teacher endpoints (B, ...), float32."""
@@ -167,9 +173,90 @@ class RandomFeatureDistillObjective(DistillObjective):
         return pixels + torch.stack(levels).mean()
 
 
+class _ProjectionDiscriminator(torch.nn.Module):
+    """A small image discriminator: conv3x3 (32) then two stride-2 conv4x4 (64, 128), LeakyReLU
+    0.2, global average pooling, a linear logit plus the projection of a class embedding (Miyato &
+    Koyama 2018) when class-conditional (the last embedding row is the null label)."""
+
+    def __init__(self, channels: int, num_classes: int | None, generator: torch.Generator):
+        super().__init__()
+        layers, width_in = [], channels
+        for width, kernel, stride in ((32, 3, 1), (64, 4, 2), (128, 4, 2)):
+            layers += [torch.nn.Conv2d(width_in, width, kernel, stride, padding=1),
+                       torch.nn.LeakyReLU(0.2)]
+            width_in = width
+        self.features = torch.nn.Sequential(*layers)
+        self.logit = torch.nn.Linear(128, 1)
+        self.embed = None if num_classes is None else torch.nn.Embedding(num_classes + 1, 128)
+        with torch.no_grad():  # seeded weights: every run of the objective starts from the same D
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * (0.02 if p.dim() < 2 else
+                        math.sqrt(1.0 / p[0].numel())))
+
+    def forward(self, x, y=None):
+        h = self.features(x).mean((2, 3))
+        out = self.logit(h).squeeze(1)
+        if self.embed is not None and y is not None:
+            out = out + (self.embed(y) * h).sum(1)
+        return out
+
+
+class AdversarialDistillObjective(DistillObjective):
+    """The paper's endpoint L2 plus a non-saturating GAN term on the samples the student makes:
+    for the intervals that end at t = 0 (all of them in a 1-step stage), a small projection
+    discriminator (`_ProjectionDiscriminator`, Adam 2e-4, betas (0.5, 0.999)) takes one step on
+    the batch's real digits against the student's endpoints, then the student's loss adds
+    `adversarial_weight` (0.1) x softplus(-D(endpoint)). The discriminator and its optimizer are
+    checkpointed with the run (exact resume); one process only. Meant as a short last stage
+    (`kacfast distill --teacher RUN/stage-3-2 --schedule 2 1 --objective endpoint-l2-adversarial`)."""
+
+    name = "endpoint-l2-adversarial"
+    adversarial_weight = 0.1
+    discriminator_lr = 2e-4
+
+    def __init__(self, teacher, *args, **kwargs):
+        super().__init__(teacher, *args, **kwargs)
+        shape = getattr(teacher, "sample_shape", None)
+        if shape is None or len(shape) != 3:
+            raise ValueError(f"{self.name} needs an image teacher (sample_shape (C, H, W)), got "
+                             f"sample_shape {shape}.")
+        device = next(teacher.parameters()).device
+        self.discriminator = _ProjectionDiscriminator(
+            shape[0], getattr(teacher, "num_classes", None), torch.Generator().manual_seed(0)).to(device)
+        self.discriminator_optimizer = torch.optim.Adam(
+            self.discriminator.parameters(), lr=self.discriminator_lr, betas=(0.5, 0.999))
+
+    def checkpointed(self) -> dict:
+        return {"discriminator": self.discriminator, "discriminator_optimizer": self.discriminator_optimizer}
+
+    def loss(self, net, x0, y, generator, seed):
+        pred, target, idx = self.endpoints(net, x0, y, generator, seed)
+        loss = self.distance(pred, target)
+        final = idx == self.student_steps - 1  # intervals ending at t = 0: samples
+        if not bool(final.any()):
+            return loss
+        fake, real = pred[final], x0[final].float()
+        labels = None if y is None else y[final]
+        d = self.discriminator
+        d.requires_grad_(True)
+        with torch.enable_grad():
+            d_loss = (torch.nn.functional.softplus(-d(real, labels)).mean()
+                      + torch.nn.functional.softplus(d(fake.detach(), labels)).mean())
+            self.discriminator_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.discriminator_optimizer.step()
+        d.requires_grad_(False)  # the student's backward does not fill D's gradients
+        return loss + self.adversarial_weight * torch.nn.functional.softplus(-d(fake, labels)).mean()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "adversarial_weight": self.adversarial_weight,
+                "discriminator_lr": self.discriminator_lr}
+
+
 #: name -> distillation objective class, the paper's loss first. Each takes (teacher, process,
 #: teacher_steps, student_steps, guidance, start, teacher_solver) and follows
 #: kacfast.training.objectives.Objective. Add one here (see CONTRIBUTING.md) and DistillConfig,
 #: `kacfast distill --objective` and the tests take it.
 DISTILL_OBJECTIVES = {cls.name: cls for cls in (DistillObjective, PseudoHuberDistillObjective,
-                                                RandomFeatureDistillObjective)}
+                                                RandomFeatureDistillObjective,
+                                                AdversarialDistillObjective)}

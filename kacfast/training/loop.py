@@ -251,9 +251,15 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay, fused=device.type == "cuda")
     sampler = BatchSampler(len(x_all), config.batch_size, seed=config.seed)
+    # an objective that trains parts of its own (a discriminator) checkpoints them with the run
+    objective_state = objective.checkpointed() if hasattr(objective, "checkpointed") else None
+    if objective_state and world > 1:
+        raise ValueError(f"{type(objective).__name__} trains parts of its own, which are not "
+                         "synchronized across processes: run it in one process.")
     step = 0
     if saved is not None:
-        step = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer)["step"]
+        step = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer,
+                       objective_state=objective_state)["step"]
         sampler.load_state_dict(saved["data_order"])
     sampler = sampler.shard(rank, world)
     net = model
@@ -278,7 +284,8 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     def checkpoint():
         if rank == 0:
             save_checkpoint(ckpt_path, model=model, ema=ema, optimizer=optimizer,
-                            meta={**meta, "step": step, "data_order": sampler.state_dict()})
+                            meta={**meta, "step": step, "data_order": sampler.state_dict()},
+                            objective_state=objective_state)
             if on_checkpoint is not None:
                 on_checkpoint(step, ema)
         if world > 1:

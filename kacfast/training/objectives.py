@@ -24,6 +24,9 @@ class Objective(Protocol):
         labels or None; generator and seed are fresh per (run seed, rank, step), so a resumed run
         redraws the same randomness.
     describe(): JSON-able identity stored in checkpoints (a run resumes only with an equal one).
+    An objective that trains parts of its own (a discriminator and its optimizer) also has
+    `checkpointed() -> dict[str, Module | Optimizer]`: the loop saves and restores them with the
+    run, so exact resume holds.
     """
 
     method: str
