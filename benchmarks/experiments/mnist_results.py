@@ -17,7 +17,7 @@ guidance 1.25, the teacher's best w in the sweep, instead of 1.5; its 20-, 4-, 2
 students are rows; rollout-w1.25/ repeats its stages 4 -> 2 -> 1 with teacher roll-out start
 points); distill-w1.25-huber/ and distill-w1.25-features/ are the same schedule with
 the pseudo-Huber endpoint distance and with L2 plus a random-feature distance instead of the
-paper's L2.
+paper's L2; adversarial-w1.25/ repeats its last stage (2 -> 1, same seed) with the adversarial term.
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -56,6 +56,7 @@ ROWS = {
     "rollout-1-w1.25": ("rollout-w1.25/stage-2-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-huber": ("distill-w1.25-huber/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-features": ("distill-w1.25-features/stage-4-1", "distill", 1, "euler"),
+    "distillkac-1-w1.25-adversarial": ("adversarial-w1.25/stage-1-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
@@ -177,6 +178,7 @@ LABELS = {
     "rollout-1-w1.25": "DistillKac student, roll-out starts in 4 -> 2",
     "distillkac-1-w1.25-huber": "DistillKac student, pseudo-Huber endpoint distance",
     "distillkac-1-w1.25-features": "DistillKac student, endpoint L2 + random-feature distance",
+    "distillkac-1-w1.25-adversarial": "DistillKac student, last stage with an adversarial term",
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
