@@ -109,10 +109,11 @@ def load_trained(path: str, *, ema: bool = True, device=None) -> tuple[torch.nn.
 
 def export_weights(path: str, out: str, *, ema: bool = True) -> dict:
     """Write a sampling-only copy of a run's checkpoint: the EMA (or raw) weights as the model and
-    the run's metadata without optimizer or data-order state. The result loads with load_trained
-    (and load_pretrained) like the run itself; returns its meta."""
+    the run's metadata without optimizer, objective-optimizer (a discriminator's) or data-order
+    state. The result loads with load_trained (and load_pretrained) like the run itself; returns
+    its meta."""
     model, meta = load_trained(path, ema=ema)
-    kept = {k: v for k, v in meta.items() if k not in ("optimizer", "data_order")}
+    kept = {k: v for k, v in meta.items() if k not in ("optimizer", "objective_optimizers", "data_order")}
     # a shipped file should not carry the exporting machine's paths
     kept["run"] = {k: (os.path.basename(v) if k == "teacher" else v) for k, v in kept.get("run", {}).items()}
     kept["exported"] = {"from_step": meta.get("step"), "weights": "ema" if ema else "model"}

@@ -164,7 +164,7 @@ def test_exported_student_pipeline_reloads_offline_and_matches_kacfast_sample(tm
     assert torch.equal(images, (ref / 2 + 0.5).clamp(0, 1))
     assert isinstance(pipe.unet, KacVelocityModel) and pipe.unet.config.steps == 1
     # the same network is usable by kacfast directly, with its facts (grid, absorbed guidance)
-    assert kacfast.facts_of(pipe.unet).absorbed_guidance == 1.5
+    assert kacfast.facts_of(pipe.unet).absorbed_guidance == kacfast.facts_of(student).absorbed_guidance > 1
     assert torch.equal(kacfast.sample(pipe.unet, 1, labels=list(range(10)), seed=0), ref)
     pil = pipe(class_labels=[4, 2], seed=1).images
     assert len(pil) == 2 and pil[0].size == (16, 16) and pil[0].mode == "L"

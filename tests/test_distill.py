@@ -180,6 +180,11 @@ def test_adversarial_stage_trains_a_discriminator_and_resumes_exactly(tmp_path):
     trained = {k[len("objective/discriminator/"):]: v for k, v in disc[0].items()}
     assert any(not torch.equal(trained[k], v) for k, v in fresh.discriminator.state_dict().items())
     assert ckpts[0][0]["objective"]["loss"] == "endpoint-l2-adversarial"
+    # a sampling-only export carries the student alone: no discriminator, no optimizer state
+    from kacfast.checkpoints import export_weights
+    meta = export_weights(str(tmp_path / "straight" / "stage-1-1"), str(tmp_path / "student.safetensors"))
+    assert "objective_optimizers" not in meta and "optimizer" not in meta
+    assert all(k.startswith("model/") for k in read_checkpoint(str(tmp_path / "student.safetensors"))[1])
 
 
 def test_adversarial_objective_needs_images_and_its_saved_state(tmp_path, teacher):

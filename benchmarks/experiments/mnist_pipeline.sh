@@ -3,7 +3,8 @@
 # of wall time, each job on one thread, two side by side where the order allows; the scores under
 # the quality protocol add about 40 minutes per 100-step sampler swept over 4 guidance values).
 #   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
-# Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25}, RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
+# Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25,adversarial-w1.25,
+# rollout-w1.25,distill-w1.25-huber,distill-w1.25-features}, RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
 RUNS=${1:?usage: mnist_pipeline.sh RUNS_DIR}
@@ -37,9 +38,9 @@ CORE_A=$!
 $TRAIN --method ddpm --out "$RUNS/ddpm"
 $EVAL --rows data kac-teacher-euler-100 kac-teacher-ab2-100 kac-teacher-euler-4 kac-teacher-euler-1 \
     edm-heun-35 edm-euler-4 edm-euler-2 edm-euler-1 ddim-100 ddim-20 ddim-4
-# DDPM's 1,000 steps on 250 samples per seed at w = 1.5, with the teacher and the data at the same size
+# DDPM's 1,000 steps on 250 samples per seed at w = 1.25, with the teacher and the data at the same size
 python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/results_n250.jsonl" \
-    --grids "$RUNS/grids250" --n 250 --guidance 1.5 --threads 1 --rows data ddpm-1000 kac-teacher-euler-100
+    --grids "$RUNS/grids250" --n 250 --guidance 1.25 --threads 1 --rows data ddpm-1000 kac-teacher-euler-100
 while [ ! -f "$RUNS/distill.done" ]; do
     kill -0 $CORE_A 2>/dev/null || { echo "distillation failed: see above" >&2; exit 1; }
     sleep 10
@@ -52,7 +53,28 @@ $TRAIN --method kac --model diffusers-unet-tiny --out "$RUNS/kac-diffusers" &
 $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25" --schedule 100 20 4 2 1 \
     --steps-per-stage 200 300 500 600 --guidance 1.25
 wait
-$EVAL --rows kac-diffusers-euler-100 distillkac-1-w1.25
+# 5. the 1-step ablations on that chain: its last stage again (same seed: stage 4 was seed 0 + 4)
+#    with the adversarial term (the shipped student), with teacher roll-out starts from its 4-step
+#    student, and the whole chain with the pseudo-Huber and the random-feature distances
+$DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial-w1.25" --schedule 2 1 \
+    --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial &
+$DISTILL --teacher "$RUNS/distill-w1.25/stage-2-4" --out "$RUNS/rollout-w1.25" --schedule 4 2 1 \
+    --steps-per-stage 500 600 --start rollout
+wait
+for run in huber:pseudo-huber features:random-features; do
+  $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25-${run%%:*}" --schedule 100 20 4 2 1 \
+      --steps-per-stage 200 300 500 600 --guidance 1.25 --objective "endpoint-${run#*:}" &
+done
+wait
+$EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
+    distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
+    distillkac-1-w1.25-features distillkac-1-w1.25-adversarial
+$EVAL --rows edm-euler-2 edm-euler-1 kac-teacher-ab2-100 ddim-100 --guidance 1.25
+python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/heldout.jsonl" \
+    --grids "$RUNS/grids-heldout" --reference test --threads 1 --compile --guidance 1.25 --rows data \
+    kac-teacher-euler-100 edm-heun-35 distillkac-1 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
+    distillkac-1-w1.25 distillkac-1-w1.25-huber distillkac-1-w1.25-features distillkac-1-w1.25-adversarial \
+    edm-euler-4 ddim-4
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
 python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
@@ -62,5 +84,5 @@ python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 
     ddim-100 ddim-20 ddpm-1000 edm-heun-35
 python "$HERE/benchmarks/experiments/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/distill/stage-4-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
+kacfast export --ckpt "$RUNS/adversarial-w1.25/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
 python "$HERE/benchmarks/experiments/student_loss_share.py" --runs "$RUNS"

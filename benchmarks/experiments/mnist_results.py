@@ -72,7 +72,7 @@ ROWS = {
 
 
 # The shipped models the 16x16 pipeline trained, by run directory
-SHIPPED = {"kac": "mnist16-kac-teacher", "distill/stage-4-1": "mnist16-distillkac-1step"}
+SHIPPED = {"kac": "mnist16-kac-teacher", "adversarial-w1.25/stage-1-1": "mnist16-distillkac-1step"}
 SHIPPED_DATA = "mnist5k16"
 
 
