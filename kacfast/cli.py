@@ -130,14 +130,14 @@ def cmd_train(args) -> int:
     from kacfast.training import TrainConfig, train
     from kacfast.training.objectives import DDPMObjective, EDMObjective, KacObjective
 
+    if args.time_distribution != "uniform" and args.method != "kac":
+        raise SystemExit(f"--time-distribution is the Kac teacher's setting; --method {args.method} "
+                         "draws its own noise levels.")
     _setup_worker(args)
     x, y = load_dataset(args.data, split="train", seed=args.seed)
     num_classes = int(y.max()) + 1 if args.conditional else None
     torch.manual_seed(args.seed)
     model = _model_for_data(args.model, x, num_classes, args.method, args.T).to(args.device)
-    if args.time_distribution != "uniform" and args.method != "kac":
-        raise SystemExit(f"--time-distribution is the Kac teacher's setting; --method {args.method} "
-                         "draws its own noise levels.")
     objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock),
                                              time_distribution=args.time_distribution),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()

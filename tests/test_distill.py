@@ -190,15 +190,58 @@ def test_adversarial_stage_trains_a_discriminator_and_resumes_exactly(tmp_path):
 def test_adversarial_objective_needs_images_and_its_saved_state(tmp_path, teacher):
     with pytest.raises(ValueError, match="needs an image teacher"):
         DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher[0], kacfast.KacProcess(), 4, 2)
-    # a checkpoint without the discriminator's state cannot resume it, and nothing half-loads
-    model = _image_teacher()
-    save_checkpoint(str(tmp_path / CHECKPOINT_NAME), model=model, ema=None, optimizer=None, meta={})
+    # a checkpoint without the discriminator's state cannot resume it, and nothing half-loads:
+    # the file's model differs from the target, which must keep its own weights
+    saved = _image_teacher()
+    with torch.no_grad():
+        for p in saved.parameters():
+            p.add_(1.0)
+    path = str(tmp_path / CHECKPOINT_NAME)
     objective = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](_image_teacher(), kacfast.KacProcess(), 2, 1)
-    before = {k: v.clone() for k, v in objective.discriminator.state_dict().items()}
+    parts = objective.checkpointed()
+    target = _image_teacher()
+    before = [p.clone() for p in target.parameters()]
+    save_checkpoint(path, model=saved, ema=None, optimizer=None, meta={})
     with pytest.raises(kacfast.checkpoints.CheckpointError, match="does not fit"):
-        restore(str(tmp_path / CHECKPOINT_NAME), model=_image_teacher(),
-                objective_state=objective.checkpointed())
-    assert all(torch.equal(before[k], v) for k, v in objective.discriminator.state_dict().items())
+        restore(path, model=target, objective_state=parts)  # no discriminator weights
+    save_checkpoint(path, model=saved, ema=None, optimizer=None, meta={},
+                    objective_state={"discriminator": parts["discriminator"]})
+    with pytest.raises(kacfast.checkpoints.CheckpointError, match="no state for the objective's"):
+        restore(path, model=target, objective_state=parts)  # no discriminator optimizer
+    other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])  # a different parameter layout
+    save_checkpoint(path, model=saved, ema=None, optimizer=None, meta={},
+                    objective_state={"discriminator": parts["discriminator"], "discriminator_optimizer": other})
+    with pytest.raises(kacfast.checkpoints.CheckpointError, match="does not fit this optimizer"):
+        restore(path, model=target, objective_state=parts)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
+
+
+def test_adversarial_term_reaches_the_student_only_through_samples():
+    """With no interval ending at t = 0 in the batch the loss is the L2 alone and the discriminator
+    does not move; with samples, the GAN term changes the student's gradient."""
+    teacher = _image_teacher()
+    objective = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, kacfast.KacProcess(), 4, 2)
+    plain = DistillObjective(teacher, kacfast.KacProcess(), 4, 2)
+    x0, y = torch.rand(1, 1, 8, 8) * 2 - 1, torch.tensor([1])
+    seed = next(s for s in range(100)  # a batch of one whose interval is the first (t = 1 -> 0.5)
+                if torch.randint(0, 2, (1,), generator=torch.Generator().manual_seed(s)).item() == 0)
+    d_before = [p.clone() for p in objective.discriminator.parameters()]
+    student = _image_teacher().train()
+    value = objective.loss(student, x0, y, torch.Generator().manual_seed(seed), seed=7)
+    torch.testing.assert_close(value, plain.loss(student, x0, y, torch.Generator().manual_seed(seed), seed=7))
+    assert all(torch.equal(a, b) for a, b in zip(d_before, objective.discriminator.parameters()))
+
+    one_step = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, kacfast.KacProcess(), 2, 1)
+    grads = []
+    for weight in (0.0, 0.1):
+        one_step.adversarial_weight = weight
+        student.zero_grad()
+        x0s, ys = torch.rand(4, 1, 8, 8) * 2 - 1, torch.arange(4) % 3
+        one_step.loss(student, x0s, ys, torch.Generator().manual_seed(0), seed=1).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in student.parameters()]))
+        # the student's backward leaves the discriminator (stepped inside loss) alone
+        assert not any(p.requires_grad for p in one_step.discriminator.parameters())
+    assert not torch.allclose(grads[0], grads[1])
 
 
 def test_schedule_and_objective_validation(teacher):

@@ -49,27 +49,26 @@ $EVAL --rows distillkac-20 distillkac-4 distillkac-2 distillkac-1
 wait $CORE_A
 # 4. the same teacher recipe on a diffusers UNet2DModel of the same size, and a student that absorbs
 #    the teacher's best guidance of the sweep (1.25) instead of 1.5
-$TRAIN --method kac --model diffusers-unet-tiny --out "$RUNS/kac-diffusers" &
+$TRAIN --method kac --model diffusers-unet-tiny --out "$RUNS/kac-diffusers" & DIFFUSERS=$!
 $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25" --schedule 100 20 4 2 1 \
     --steps-per-stage 200 300 500 600 --guidance 1.25
-wait
+wait $DIFFUSERS  # a job's failure stops the script (a bare `wait` would return 0)
 # 5. the 1-step ablations on that chain: its last stage again (same seed: stage 4 was seed 0 + 4)
 #    with the adversarial term (the shipped student), with teacher roll-out starts from its 4-step
 #    student, and the whole chain with the pseudo-Huber and the random-feature distances
 $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial-w1.25" --schedule 2 1 \
-    --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial &
+    --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial & ADVERSARIAL=$!
 $DISTILL --teacher "$RUNS/distill-w1.25/stage-2-4" --out "$RUNS/rollout-w1.25" --schedule 4 2 1 \
     --steps-per-stage 500 600 --start rollout
-wait
-for run in huber:pseudo-huber features:random-features; do
-  $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25-${run%%:*}" --schedule 100 20 4 2 1 \
-      --steps-per-stage 200 300 500 600 --guidance 1.25 --objective "endpoint-${run#*:}" &
-done
-wait
+wait $ADVERSARIAL
+$DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25-huber" --schedule 100 20 4 2 1 \
+    --steps-per-stage 200 300 500 600 --guidance 1.25 --objective endpoint-pseudo-huber & HUBER=$!
+$DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25-features" --schedule 100 20 4 2 1 \
+    --steps-per-stage 200 300 500 600 --guidance 1.25 --objective endpoint-random-features
+wait $HUBER
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
     distillkac-1-w1.25-features distillkac-1-w1.25-adversarial
-$EVAL --rows edm-euler-2 edm-euler-1 kac-teacher-ab2-100 ddim-100 --guidance 1.25
 python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/heldout.jsonl" \
     --grids "$RUNS/grids-heldout" --reference test --threads 1 --compile --guidance 1.25 --rows data \
     kac-teacher-euler-100 edm-heun-35 distillkac-1 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \

@@ -33,6 +33,21 @@ def _restore_optimizer(optimizer, meta: dict, tensors: dict, prefix: str = "opti
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _check_optimizer(optimizer, meta: dict, tensors: dict, prefix: str, path: str) -> None:
+    """Raise CheckpointError unless `meta` (and its tensors under `prefix`) load into `optimizer`:
+    what load_state_dict would refuse only after the modules were already loaded."""
+    groups, saved = optimizer.param_groups, meta["param_groups"]
+    if len(groups) != len(saved) or any(len(g["params"]) != len(h["params"])
+                                        for g, h in zip(groups, saved)):
+        raise CheckpointError(f"checkpoint {path}: the optimizer state under {prefix!r} does not fit "
+                              "this optimizer's parameter groups.")
+    missing = sorted(f"{prefix}{pid}/{name}" for pid, slots in meta["state"].items()
+                     for name, value in slots.items()
+                     if value is None and f"{prefix}{pid}/{name}" not in tensors)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks optimizer tensors {missing[:3]}.")
+
+
 def _module_tensors(module: torch.nn.Module, prefix: str) -> dict:
     return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
@@ -96,6 +111,10 @@ def restore(path: str, *, model, ema=None, optimizer=None, objective_state: dict
     missing = sorted(set(optimizers) - set(meta.get("objective_optimizers", {})))
     if missing:
         raise CheckpointError(f"checkpoint {path} holds no state for the objective's {missing}.")
+    if optimizer is not None:
+        _check_optimizer(optimizer, meta["optimizer"], tensors, "optim/", path)
+    for name, part in optimizers.items():
+        _check_optimizer(part, meta["objective_optimizers"][name], tensors, f"objective/{name}/", path)
     for module, state in targets:
         module.load_state_dict(state)
     if optimizer is not None:

@@ -151,7 +151,8 @@ class RandomFeatureDistillObjective(DistillObjective):
                 conv = torch.nn.Conv2d(width_in, width, 3, padding=1, bias=False)
                 conv.weight.data = torch.randn(conv.weight.shape, generator=generator) * math.sqrt(
                     2.0 / (width_in * 9))
-                layers += [conv, torch.nn.ReLU()] + ([torch.nn.AvgPool2d(2)] if level < 2 else [])
+                last = level == len(self.widths) - 1
+                layers += [conv, torch.nn.ReLU()] + ([] if last else [torch.nn.AvgPool2d(2)])
                 width_in = width
             cached = torch.nn.Sequential(*layers).requires_grad_(False)
             self._feature_net = cached
@@ -164,12 +165,13 @@ class RandomFeatureDistillObjective(DistillObjective):
         pixels = super().distance(pred, target)
         net = self._features(pred.shape[1], pred.device)
         levels, a, b = [], pred, target
-        for layer in net:
-            a, b = layer(a), layer(b)
-            if isinstance(layer, torch.nn.ReLU):
-                a_unit = a / (a.square().sum(1, keepdim=True) + 1e-10).sqrt()
-                b_unit = b / (b.square().sum(1, keepdim=True) + 1e-10).sqrt()
-                levels.append((a_unit - b_unit).square().sum(1).mean())
+        with torch.autocast(pred.device.type, enabled=False):  # float32, as the pixel distance
+            for layer in net:
+                a, b = layer(a), layer(b)
+                if isinstance(layer, torch.nn.ReLU):
+                    a_unit = a / (a.square().sum(1, keepdim=True) + 1e-10).sqrt()
+                    b_unit = b / (b.square().sum(1, keepdim=True) + 1e-10).sqrt()
+                    levels.append((a_unit - b_unit).square().sum(1).mean())
         return pixels + torch.stack(levels).mean()
 
 
@@ -207,7 +209,8 @@ class AdversarialDistillObjective(DistillObjective):
     discriminator (`_ProjectionDiscriminator`, Adam 2e-4, betas (0.5, 0.999)) takes one step on
     the batch's real digits against the student's endpoints, then the student's loss adds
     `adversarial_weight` (0.1) x softplus(-D(endpoint)). The discriminator and its optimizer are
-    checkpointed with the run (exact resume); one process only. Meant as a short last stage
+    checkpointed with the run (exact resume); one process only. Each `loss` call is a
+    discriminator step too: call it from the training loop only. Meant as a short last stage
     (`kacfast distill --teacher RUN/stage-3-2 --schedule 2 1 --objective endpoint-l2-adversarial`)."""
 
     name = "endpoint-l2-adversarial"
@@ -238,14 +241,16 @@ class AdversarialDistillObjective(DistillObjective):
         fake, real = pred[final], x0[final].float()
         labels = None if y is None else y[final]
         d = self.discriminator
-        d.requires_grad_(True)
-        with torch.enable_grad():
-            d_loss = (torch.nn.functional.softplus(-d(real, labels)).mean()
-                      + torch.nn.functional.softplus(d(fake.detach(), labels)).mean())
-            self.discriminator_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.discriminator_optimizer.step()
-        d.requires_grad_(False)  # the student's backward does not fill D's gradients
+        try:
+            d.requires_grad_(True)
+            with torch.enable_grad():
+                d_loss = (torch.nn.functional.softplus(-d(real, labels)).mean()
+                          + torch.nn.functional.softplus(d(fake.detach(), labels)).mean())
+                self.discriminator_optimizer.zero_grad(set_to_none=True)
+                d_loss.backward()
+                self.discriminator_optimizer.step()
+        finally:
+            d.requires_grad_(False)  # the student's backward does not fill D's gradients
         return loss + self.adversarial_weight * torch.nn.functional.softplus(-d(fake, labels)).mean()
 
     def describe(self) -> dict:

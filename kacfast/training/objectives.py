@@ -47,7 +47,7 @@ def _logit_normal_times(n: int, generator: torch.Generator, device) -> torch.Ten
     return torch.sigmoid(torch.randn(n, generator=generator, device=device))
 
 
-#: How the Kac teacher draws training times, as fractions of T in (0, 1): name -> (n, generator,
+#: How the Kac teacher draws training times, as fractions of T in [0, 1): name -> (n, generator,
 #: device) -> (n,) float32.
 TIME_DISTRIBUTIONS = {"uniform": _uniform_times, "logit-normal": _logit_normal_times}
 
