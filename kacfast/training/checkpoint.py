@@ -52,6 +52,35 @@ def _module_tensors(module: torch.nn.Module, prefix: str) -> dict:
     return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def _split(objective_state: dict | None) -> tuple[dict, dict]:
+    """An objective's parts (name -> module or optimizer) as (modules, optimizers)."""
+    parts = objective_state or {}
+    optimizers = {n: p for n, p in parts.items() if isinstance(p, torch.optim.Optimizer)}
+    return {n: p for n, p in parts.items() if n not in optimizers}, optimizers
+
+
+def _optimizer_slots(optimizer, objective_optimizers: dict) -> list[tuple]:
+    """(optimizer, tensor-key prefix, meta keys) of every optimizer a checkpoint holds: the run's
+    under meta["optimizer"], an objective's NAME under meta["objective_optimizers"][NAME]."""
+    slots = [] if optimizer is None else [(optimizer, "optim/", ("optimizer",))]
+    return slots + [(opt, f"objective/{name}/", ("objective_optimizers", name))
+                    for name, opt in objective_optimizers.items()]
+
+
+def _nested(meta: dict, keys: tuple) -> dict:
+    """meta[keys[0]][keys[1]]..., created empty where missing."""
+    for key in keys:
+        meta = meta.setdefault(key, {})
+    return meta
+
+
+def _lookup(meta: dict, keys: tuple):
+    """meta[keys[0]][keys[1]]..., or None where missing."""
+    for key in keys:
+        meta = meta.get(key) if isinstance(meta, dict) else None
+    return meta
+
+
 def save_checkpoint(path: str, *, model: torch.nn.Module, ema: torch.nn.Module | None,
                     optimizer: torch.optim.Optimizer | None, meta: dict,
                     objective_state: dict | None = None) -> None:
@@ -62,17 +91,14 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, ema: torch.nn.Module |
     tensors = _module_tensors(model, "model/")
     if ema is not None:
         tensors.update(_module_tensors(ema, "ema/"))
+    modules, optimizers = _split(objective_state)
+    for name, part in modules.items():
+        tensors.update(_module_tensors(part, f"objective/{name}/"))
     full_meta = dict(meta)
-    if optimizer is not None:
-        opt_tensors, full_meta["optimizer"] = _optimizer_tensors(optimizer)
+    for opt, prefix, keys in _optimizer_slots(optimizer, optimizers):
+        opt_tensors, opt_meta = _optimizer_tensors(opt, prefix)
         tensors.update(opt_tensors)
-    for name, part in (objective_state or {}).items():
-        if isinstance(part, torch.optim.Optimizer):
-            opt_tensors, full_meta.setdefault("objective_optimizers", {})[name] = _optimizer_tensors(
-                part, f"objective/{name}/")
-            tensors.update(opt_tensors)
-        else:
-            tensors.update(_module_tensors(part, f"objective/{name}/"))
+        _nested(full_meta, keys[:-1])[keys[-1]] = opt_meta
     write_checkpoint(path, tensors, full_meta)
 
 
@@ -98,27 +124,23 @@ def restore(path: str, *, model, ema=None, optimizer=None, objective_state: dict
     Everything is checked before any module changes, so a bad file never half-loads.
     """
     meta, tensors = read_checkpoint(path)
-    parts = objective_state or {}
-    modules = [(model, "model/"), (ema, "ema/")] + [
-        (part, f"objective/{name}/") for name, part in parts.items()
-        if not isinstance(part, torch.optim.Optimizer)]
-    targets = [(m, _prefixed(tensors, prefix)) for m, prefix in modules if m is not None]
+    modules, optimizers = _split(objective_state)
+    targets = [(m, _prefixed(tensors, prefix)) for m, prefix in
+               [(model, "model/"), (ema, "ema/")]
+               + [(part, f"objective/{name}/") for name, part in modules.items()] if m is not None]
     for module, state in targets:
         _check_fits(module, state, path)
-    if optimizer is not None and "optimizer" not in meta:
-        raise CheckpointError(f"checkpoint {path} holds no optimizer state to resume from.")
-    optimizers = {name: part for name, part in parts.items() if isinstance(part, torch.optim.Optimizer)}
-    missing = sorted(set(optimizers) - set(meta.get("objective_optimizers", {})))
-    if missing:
-        raise CheckpointError(f"checkpoint {path} holds no state for the objective's {missing}.")
-    if optimizer is not None:
-        _check_optimizer(optimizer, meta["optimizer"], tensors, "optim/", path)
-    for name, part in optimizers.items():
-        _check_optimizer(part, meta["objective_optimizers"][name], tensors, f"objective/{name}/", path)
+    slots = _optimizer_slots(optimizer, optimizers)
+    saved = []
+    for opt, prefix, keys in slots:
+        opt_meta = _lookup(meta, keys)
+        if opt_meta is None:
+            what = "optimizer state" if len(keys) == 1 else f"state for the objective's {keys[1]!r}"
+            raise CheckpointError(f"checkpoint {path} holds no {what} to resume from.")
+        _check_optimizer(opt, opt_meta, tensors, prefix, path)
+        saved.append(opt_meta)
     for module, state in targets:
         module.load_state_dict(state)
-    if optimizer is not None:
-        _restore_optimizer(optimizer, meta["optimizer"], tensors)
-    for name, part in optimizers.items():
-        _restore_optimizer(part, meta["objective_optimizers"][name], tensors, f"objective/{name}/")
+    for (opt, prefix, _), opt_meta in zip(slots, saved):
+        _restore_optimizer(opt, opt_meta, tensors, prefix)
     return meta
