@@ -129,6 +129,17 @@ class PseudoHuberDistillObjective(DistillObjective):
         return ((per_sample + c * c).sqrt() - c).mean()
 
 
+def _seeded(module: torch.nn.Module, seed: int, gain: float) -> torch.nn.Module:
+    """Draw `module`'s parameters, in order, from one generator seeded with `seed`: weights
+    N(0, gain / fan_in), biases N(0, 0.02^2). The same seed gives the same network anywhere."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            std = math.sqrt(gain / p[0].numel()) if p.dim() >= 2 else 0.02
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return module
+
+
 class RandomFeatureDistillObjective(DistillObjective):
     """The endpoint loss in pixels plus a distance in a frozen random feature space: a 3-level
     convolutional network (3x3 convolutions of 32, 64, 128 channels, ReLU, 2x average pooling
@@ -145,17 +156,14 @@ class RandomFeatureDistillObjective(DistillObjective):
     def _features(self, channels: int, device) -> torch.nn.Module:
         cached = getattr(self, "_feature_net", None)
         if cached is None or cached[0].in_channels != channels:
-            generator = torch.Generator().manual_seed(self.weight_seed)
             layers, width_in = [], channels
             for level, width in enumerate(self.widths):
-                conv = torch.nn.Conv2d(width_in, width, 3, padding=1, bias=False)
-                conv.weight.data = torch.randn(conv.weight.shape, generator=generator) * math.sqrt(
-                    2.0 / (width_in * 9))
                 last = level == len(self.widths) - 1
-                layers += [conv, torch.nn.ReLU()] + ([] if last else [torch.nn.AvgPool2d(2)])
+                layers += [torch.nn.Conv2d(width_in, width, 3, padding=1, bias=False),
+                           torch.nn.ReLU()] + ([] if last else [torch.nn.AvgPool2d(2)])
                 width_in = width
-            cached = torch.nn.Sequential(*layers).requires_grad_(False)
-            self._feature_net = cached
+            cached = _seeded(torch.nn.Sequential(*layers), self.weight_seed, gain=2.0)
+            self._feature_net = cached.requires_grad_(False)
         return cached.to(device)
 
     def distance(self, pred, target):
@@ -180,7 +188,7 @@ class _ProjectionDiscriminator(torch.nn.Module):
     0.2, global average pooling, a linear logit plus the projection of a class embedding (Miyato &
     Koyama 2018) when class-conditional (the last embedding row is the null label)."""
 
-    def __init__(self, channels: int, num_classes: int | None, generator: torch.Generator):
+    def __init__(self, channels: int, num_classes: int | None, seed: int = 0):
         super().__init__()
         layers, width_in = [], channels
         for width, kernel, stride in ((32, 3, 1), (64, 4, 2), (128, 4, 2)):
@@ -190,10 +198,7 @@ class _ProjectionDiscriminator(torch.nn.Module):
         self.features = torch.nn.Sequential(*layers)
         self.logit = torch.nn.Linear(128, 1)
         self.embed = None if num_classes is None else torch.nn.Embedding(num_classes + 1, 128)
-        with torch.no_grad():  # seeded weights: every run of the objective starts from the same D
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * (0.02 if p.dim() < 2 else
-                        math.sqrt(1.0 / p[0].numel())))
+        _seeded(self, seed, gain=1.0)  # every run of the objective starts from the same D
 
     def forward(self, x, y=None):
         h = self.features(x).mean((2, 3))
@@ -225,7 +230,7 @@ class AdversarialDistillObjective(DistillObjective):
                              f"sample_shape {shape}.")
         device = next(teacher.parameters()).device
         self.discriminator = _ProjectionDiscriminator(
-            shape[0], getattr(teacher, "num_classes", None), torch.Generator().manual_seed(0)).to(device)
+            shape[0], getattr(teacher, "num_classes", None)).to(device)
         self.discriminator_optimizer = torch.optim.Adam(
             self.discriminator.parameters(), lr=self.discriminator_lr, betas=(0.5, 0.999))
 
