@@ -19,6 +19,7 @@ from kacfast import ops
 from kacfast._device import compile_mode, network_dtype
 from kacfast.facts import facts_of
 from kacfast.formulas import guidance_mix
+from kacfast.models import is_flow_map
 from kacfast.process import KacProcess
 
 __all__ = ["sample", "integrate", "one_call_step", "uniform_grid", "quadratic_grid", "SOLVERS",
@@ -41,7 +42,9 @@ class Solver:
 
     nfe: network calls per step (a guided pair is one batched call).
     step: (velocity, x, t, t_next, history, *, guidance, clamp) -> (x at t_next, history);
-        velocity(x, t) as from guided_velocity_fn; t, t_next floats (integrate's grid); history
+        velocity(x, t) as from guided_velocity_fn (one-call steps pass a flow map's velocity,
+        marked `velocity.flow_map`, their interval t - t_next as well); t, t_next floats
+        (integrate's grid); history
         None at the first step, then whatever the previous step returned; clamp: clip to [-1, 1].
     from_velocity: for one-call solvers, the step from the velocity at its start,
         (x, v, h, history, *, guidance, clamp) -> (x at t - h, history); what a caller that
@@ -68,7 +71,9 @@ def _ab2(x, v, h, history, *, guidance, clamp):
 
 def _one_call(from_velocity: Callable) -> Callable:
     def step(velocity, x, t, t_next, history, *, guidance, clamp):
-        return from_velocity(x, velocity(x, t), t - t_next, history, guidance=guidance, clamp=clamp)
+        h = t - t_next
+        v = velocity(x, t, h) if getattr(velocity, "flow_map", False) else velocity(x, t)
+        return from_velocity(x, v, h, history, guidance=guidance, clamp=clamp)
     return step
 
 
@@ -151,25 +156,36 @@ def _as_grid(grid) -> list[float]:
 
 def guided_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: float,
                        null_label: int | None, dtype: torch.dtype | None = None) -> Callable:
-    """v(x, t) -> model velocity at time t (a float, or per-sample times (B,)): (B, ...) or, when
-    guided, (2B, ...) = cat([v_cond, v_uncond]) from one batched call on cat([x, x]) with
-    cat([labels, null]). `dtype` (bfloat16 / float16) runs the network alone under autocast; its
-    output comes back in x's dtype, so the state and the fused steps stay float32."""
+    """v(x, t, interval=None) -> model velocity at time t (a float, or per-sample times (B,)):
+    (B, ...) or, when guided, (2B, ...) = cat([v_cond, v_uncond]) from one batched call on
+    cat([x, x]) with cat([labels, null]). A flow map (kacfast.models.is_flow_map) gets `interval`
+    (the step's length; None = 0, its instantaneous velocity), and the function is marked
+    `flow_map = True` for the solvers; other models ignore `interval`. `dtype`
+    (bfloat16 / float16) runs the network alone under autocast; its output comes back in x's
+    dtype, so the state and the fused steps stay float32."""
     guided = guidance != 1.0
+    flow_map = is_flow_map(model)
     if guided and (labels is None or null_label is None):
         raise ValueError("guidance != 1 needs labels and a model with `num_classes` (the null label).")
     pair_labels = torch.cat([labels, torch.full_like(labels, null_label)]) if guided else labels
 
-    def velocity(x: torch.Tensor, t) -> torch.Tensor:
-        times = t if isinstance(t, torch.Tensor) else torch.full(
+    def per_sample(x, t):
+        return t if isinstance(t, torch.Tensor) else torch.full(
             (x.shape[0],), t, dtype=torch.float32, device=x.device)
+
+    def velocity(x: torch.Tensor, t, interval=None) -> torch.Tensor:
+        times = per_sample(x, t)
+        intervals = per_sample(x, interval) if flow_map and interval is not None else None
         if guided:
             x, times = torch.cat([x, x]), torch.cat([times, times])
+            intervals = None if intervals is None else torch.cat([intervals, intervals])
+        kwargs = {} if intervals is None else {"interval": intervals}
         # no cast cache: it lives for one call anyway, and a CUDA graph capture forbids it
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
                             cache_enabled=False):
-            return model(x, times, pair_labels).to(x.dtype)
+            return model(x, times, pair_labels, **kwargs).to(x.dtype)
 
+    velocity.flow_map = flow_map
     return velocity
 
 
@@ -182,10 +198,11 @@ def mixed_velocity_fn(model: Callable, labels: torch.Tensor | None, guidance: fl
     if guidance == 1.0:
         return call
 
-    def mixed(x: torch.Tensor, t) -> torch.Tensor:
-        cond, uncond = call(x, t).chunk(2)
+    def mixed(x: torch.Tensor, t, interval=None) -> torch.Tensor:
+        cond, uncond = call(x, t, interval).chunk(2)
         return guidance_mix(cond, uncond, guidance)
 
+    mixed.flow_map = call.flow_map
     return mixed
 
 
@@ -195,7 +212,8 @@ def integrate(velocity: Callable, x: torch.Tensor, grid: Sequence[float], *,
     """Integrate dx/dt = v from grid[0] down to grid[-1].
 
     Args:
-        velocity: v(x, t) -> (B, ...) or guided (2B, ...) (see guided_velocity_fn).
+        velocity: v(x, t) -> (B, ...) or guided (2B, ...) (see guided_velocity_fn; a flow
+            map's, marked `flow_map`, is v(x, t, interval)).
         x: state at grid[0], (B, ...).
         grid: decreasing times (python floats or a 1-D tensor).
         solver: a SOLVERS name: "euler", "ab2" (1 NFE/step), "heun", "midpoint" (2 NFE/step).
@@ -291,6 +309,9 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
                   grid=None, clamp: bool = True, dtype=None) -> SamplingPlan:
     """Validate a request of `sample` / `compile_sampler` (same arguments) into a SamplingPlan."""
     _check_solver(solver)
+    if is_flow_map(model) and SOLVERS[solver].from_velocity is not _euler:
+        raise ValueError(f"a flow map (an interval-conditioned model) steps by its average "
+                         f"velocity, x - h u(x, t, h): solver must be 'euler', got {solver!r}.")
     facts = facts_of(model)
     process = process or facts.process or KacProcess()
     device = torch.device(device) if device is not None else _model_device(model)
@@ -303,7 +324,7 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
         _check_steps(steps)
         student_grid = facts.grid
         use_student = student_grid is not None and len(student_grid) == steps + 1
-        if student_grid is not None and not use_student:
+        if student_grid is not None and not use_student and not is_flow_map(model):
             warnings.warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
                           f"grid; sampling {steps} uniform step(s) instead.", stacklevel=3)
         grid = list(student_grid) if use_student else uniform_grid(steps, process.T)

@@ -310,3 +310,29 @@ def test_readme_diffusers_examples_run(tmp_path, monkeypatch):
     exec(compile(blocks[2].replace("steps=3600", "steps=2"), "README training", "exec"), {})
     model, meta = load_trained("runs/kac-diffusers")
     assert meta["step"] == 2 and isinstance(model, DiffusersUNet)
+
+
+def test_a_flow_map_student_keeps_its_intervals_through_the_pipeline(tmp_path):
+    """A flow-map student (interval-conditioned) exported as a KacPipeline steps by its average
+    velocity over each interval, as kacfast.sample does, at any step count."""
+    from kacfast.facts import attach_facts
+    from kacfast.models import as_flow_map, build_model
+    torch.manual_seed(0)
+    network = as_flow_map(build_model("unet-tiny", image_size=8, num_classes=3))
+    with torch.no_grad():
+        for p in network.parameters():  # every layer live, the interval embedding included
+            p.normal_(0, 0.05)
+    attach_facts(network, process=kacfast.KacProcess(), grid=[1.0, 0.0])
+    pipe = KacPipeline(unet=KacVelocityModel.from_network(network, steps=1),
+                       scheduler=KacFlowScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    assert kacfast.models.is_flow_map(pipe.unet)
+    for steps in (1, 3):
+        images = pipe(class_labels=[0, 1, 2], num_inference_steps=steps, seed=5,
+                      output_type="pt").images
+        ref = kacfast.sample(network, steps, labels=[0, 1, 2], seed=5)
+        assert torch.equal(images, (ref / 2 + 0.5).clamp(0, 1))
+    instantaneous = kacfast.integrate(  # what ignoring the interval would give: not the same
+        lambda x, t: network(x, torch.full((3,), t), torch.tensor([0, 1, 2])),
+        kacfast.KacProcess().prior((3, 1, 8, 8), seed=5), [1.0, 0.0])
+    assert not torch.allclose(images, (instantaneous / 2 + 0.5).clamp(0, 1))

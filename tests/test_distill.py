@@ -317,3 +317,85 @@ def test_cli_distill_then_sample_the_student(tmp_path):
     npy = tmp_path / "s.npy"
     subprocess.run(cli + ["sample", "--ckpt", str(tmp_path / "student" / "stage-2-1"), "--steps", "1",
                           "--n", "16", "--out", str(npy), "--quiet"], check=True, timeout=600)
+
+
+def test_flow_map_student_tracks_the_flow_at_every_step_count(tmp_path, teacher):
+    """The flow-map objective (one stage, 8 -> 1): one student for any number of steps, each
+    closer to the teacher's fine roll-out than the teacher itself at that many steps."""
+    model, data, _ = teacher
+    proc = kacfast.KacProcess()
+    config = DistillConfig(schedule=(8, 1), steps_per_stage=300, batch_size=256, lr=2e-3,
+                           ckpt_every=300, objective="flow-map")
+    student = distill(model, proc, data, config, str(tmp_path), progress=False)
+    assert kacfast.models.is_flow_map(student) and facts_of(student).grid == (1.0, 0.0)
+    with torch.no_grad():
+        reference = kacfast.sample(model, 128, batch_size=2000, seed=5, process=proc, clamp=False)
+        for steps in (1, 2, 4):
+            err = {name: (kacfast.sample(net, steps, batch_size=2000, seed=5, process=proc,
+                                         clamp=False) - reference).norm(dim=1).mean()
+                   for name, net in (("teacher", model), ("student", student))}
+            assert err["student"] < (0.3 if steps == 1 else 0.6) * err["teacher"], (steps, err)
+    again = distill(model, proc, data, config, str(tmp_path), resume=True, progress=False)
+    for a, b in zip(student.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_flow_map_targets_are_the_teacher_below_its_step_and_two_half_steps_above(teacher):
+    model = teacher[0]
+    objective = DISTILL_OBJECTIVES["flow-map"](model, kacfast.KacProcess(), 4, 2)
+    student = objective.student_from(model)
+    with torch.no_grad():  # a trained interval embedding, so that the two targets differ
+        for p in student.interval_proj.parameters():
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(3)
+    t, h = objective.intervals(4000, gen, "cpu")
+    assert 0 <= h.min() and (h <= t + 1e-7).all() and t.max() <= 1.0
+    assert abs((h == 0).float().mean() - 0.25) < 0.03  # instantaneous
+    on_grid = (h == 0.5) & ((t == 1.0) | (t == 0.5))
+    assert abs(on_grid.float().mean() - 0.25) < 0.03  # the student grid's own intervals
+
+    x0 = teacher[1][0][:64]
+    loss = objective.loss(student, x0, None, torch.Generator().manual_seed(9), seed=4)
+    t, h = objective.intervals(64, torch.Generator().manual_seed(9), "cpu")
+    x = kacfast.KacProcess().noise_target(x0, t, seed=4)[0]
+    with torch.no_grad():
+        half = h[:, None] / 2
+        u1 = student(x, t, None, interval=h / 2)
+        u2 = student(x - half * u1, t - h / 2, None, interval=h / 2)
+        target = torch.where((h > 0.25)[:, None], (u1 + u2) / 2, model(x, t))
+        expected = (student(x, t, None, interval=h) - target).square().mean()
+    assert (h > 0.25).any() and (h <= 0.25).any()
+    torch.testing.assert_close(loss.detach(), expected)
+    with pytest.raises(ValueError, match="start must be 'noise'"):
+        DISTILL_OBJECTIVES["flow-map"](model, kacfast.KacProcess(), 4, 2, start="rollout")
+    with pytest.raises(ValueError, match="teacher_solver does not apply"):
+        DISTILL_OBJECTIVES["flow-map"](model, kacfast.KacProcess(), 4, 2, teacher_solver="ab2")
+    with pytest.raises(ValueError, match="flow-map teacher takes Euler steps"):
+        DistillObjective(student, kacfast.KacProcess(), 4, 2, teacher_solver="ab2")
+
+
+def _flow_map_run(out, steps, resume=False):
+    gen = torch.Generator().manual_seed(1)
+    data = (torch.rand(48, 1, 8, 8, generator=gen) * 2 - 1, torch.arange(48) % 3)
+    config = DistillConfig(schedule=(4, 1), steps_per_stage=steps, batch_size=8, warmup=1,
+                           ckpt_every=2, guidance=1.5, objective="flow-map")
+    return distill(_image_teacher(), kacfast.KacProcess(), data, config, str(out), resume=resume,
+                   progress=False)
+
+
+def test_flow_map_image_student_resumes_exactly_and_loads_as_a_flow_map(tmp_path):
+    straight = _flow_map_run(tmp_path / "straight", 4)
+    _flow_map_run(tmp_path / "resumed", 2)
+    resumed = _flow_map_run(tmp_path / "resumed", 4, resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    loaded, meta = load_trained(str(tmp_path / "straight" / "stage-1-1"))
+    assert kacfast.models.is_flow_map(loaded) and meta["objective"]["loss"] == "flow-map"
+    assert facts_of(loaded).absorbed_guidance == 1.5
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any uniform step count is the student's own
+        for steps in (1, 3):
+            torch.testing.assert_close(
+                kacfast.sample(loaded, steps, labels=[0, 1, 2], seed=0),
+                kacfast.sample(straight, steps, labels=[0, 1, 2], seed=0))

@@ -288,3 +288,45 @@ def test_dtype_follows_input():
     model = _randomize(build_model("mlp"))
     x = torch.randn(3, 2, dtype=torch.float64)
     assert model(x, torch.rand(3)).dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------------------------
+# flow maps (interval-conditioned models)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,overrides", [("mlp", {"num_classes": 3}),
+                                            ("unet-tiny", {"image_size": 8})])
+def test_flow_map_starts_as_its_model(name, overrides):
+    """as_flow_map keeps every weight and adds a zero interval embedding: the same velocity for
+    every interval, until trained; its config rebuilds a flow map."""
+    from kacfast.models import as_flow_map, is_flow_map
+    model = _randomize(build_model(name, **overrides))
+    flow_map = as_flow_map(model)
+    assert is_flow_map(flow_map) and not is_flow_map(model)
+    assert flow_map.config == {**model.config, "interval_conditioned": True}
+    rebuilt = model_from_config(flow_map.kind, json.loads(json.dumps(flow_map.config)))
+    assert is_flow_map(rebuilt) and rebuilt.state_dict().keys() == flow_map.state_dict().keys()
+    x, t, y = _inputs(model, batch=3)
+    with torch.no_grad():
+        for interval in (None, 0.0, t / 2, t):
+            torch.testing.assert_close(flow_map(x, t, y, interval=interval), model(x, t, y))
+        # a trained interval embedding makes the interval matter; None is h = 0
+        _randomize(flow_map, seed=1)
+        assert not torch.allclose(flow_map(x, t, y, interval=t), flow_map(x, t, y, interval=0.0))
+        torch.testing.assert_close(flow_map(x, t, y), flow_map(x, t, y, interval=0.0))
+    with pytest.raises(ValueError, match="interval= needs an interval-conditioned model"):
+        model(x, t, y, interval=0.5)
+    with pytest.raises(ValueError, match=r"interval must have shape \(3,\)"):
+        flow_map(x, t, y, interval=torch.rand(2))
+    with pytest.raises(ValueError, match="interval must be a"):
+        flow_map(x, t, y, interval="long")
+
+
+def test_flow_map_needs_a_built_in_network():
+    from kacfast.models import as_flow_map
+
+    class Foreign(torch.nn.Module):
+        kind = "diffusers"
+
+    with pytest.raises(ValueError, match="built into the 'unet' and 'mlp' models"):
+        as_flow_map(Foreign())

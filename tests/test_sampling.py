@@ -200,3 +200,33 @@ def test_integrate_compiles_fullgraph(solver):
         eager = run(x)
         compiled = torch.compile(run, fullgraph=True, backend="aot_eager")(x)
     torch.testing.assert_close(eager, compiled)
+
+
+class AverageVelocityModel(nn.Module):
+    """A stand-in flow map: u(x, t, y, h) = x + t + 10 h + label (2-D, 3 classes)."""
+    interval_conditioned = True
+    num_classes = 3
+    sample_shape = (2,)
+
+    def forward(self, x, t, y=None, interval=None):
+        h = torch.zeros_like(t) if interval is None else interval
+        return x + (t + 10 * h + y.float())[:, None]
+
+
+@pytest.mark.parametrize("guidance", [1.0, 1.5])
+def test_flow_map_steps_by_its_average_velocity_over_each_interval(guidance):
+    """Each Euler step of a flow map is x - h u(x, t, h) with h that step's own length, on any grid
+    (guided: u_null + w (u_cond - u_null) of one batched call)."""
+    model, labels = AverageVelocityModel(), torch.tensor([0, 2])
+    grid = [1.0, 0.6, 0.5, 0.0]
+    out = kacfast.sample(model, grid=grid, labels=labels, guidance=guidance, seed=2, clamp=False,
+                         process=kacfast.KacProcess())
+    x = kacfast.KacProcess().prior((2, 2), seed=2)
+    for t, t_next in zip(grid, grid[1:]):
+        h = t - t_next
+        null = x + t + 10 * h + 3.0  # the null label is num_classes
+        cond = x + (t + 10 * h + labels.float())[:, None]
+        x = x - h * (null + guidance * (cond - null))
+    torch.testing.assert_close(out, x)
+    with pytest.raises(ValueError, match="solver must be 'euler'"):
+        kacfast.sample(model, 2, labels=labels, solver="ab2")

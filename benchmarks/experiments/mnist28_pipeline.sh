@@ -20,14 +20,15 @@ resume() { [ -f "$1/checkpoint.safetensors" ] && echo --resume || true; }
 
 mkdir -p "$RUNS"
 python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # both judges, cached once
-# 1. the Kac teacher beside the EDM baseline, then the distillation beside the DDPM baseline
-$TRAIN --method kac --out "$RUNS/kac" $(resume "$RUNS/kac") & KAC=$!
-$TRAIN --method edm --out "$RUNS/edm" $(resume "$RUNS/edm")
-wait $KAC
-$DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill" --schedule 100 20 4 2 1 \
-    --steps-per-stage 200 300 500 600 --guidance "$W" --resume & DISTILLED=$!
-$TRAIN --method ddpm --out "$RUNS/ddpm" $(resume "$RUNS/ddpm")
-wait $DISTILLED
+# 1. two chains side by side, one core each: the Kac teacher then its distillation, and the EDM
+#    then the DDPM baseline (neither chain waits for the other, so no core idles between steps)
+( $TRAIN --method kac --out "$RUNS/kac" $(resume "$RUNS/kac")
+  $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill" --schedule 100 20 4 2 1 \
+      --steps-per-stage 200 300 500 600 --guidance "$W" --resume ) & KAC_CHAIN=$!
+( $TRAIN --method edm --out "$RUNS/edm" $(resume "$RUNS/edm")
+  $TRAIN --method ddpm --out "$RUNS/ddpm" $(resume "$RUNS/ddpm") ) & BASELINES=$!
+wait $KAC_CHAIN
+wait $BASELINES
 # 2. the table: the floor, the teacher and baselines swept over guidance, the students
 $EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 kac-teacher-euler-4 \
     distillkac-20 distillkac-4 distillkac-2 distillkac-1

@@ -18,6 +18,8 @@ students are rows; rollout-w1.25/ repeats its stages 4 -> 2 -> 1 with teacher ro
 points); distill-w1.25-huber/ and distill-w1.25-features/ are the same schedule with
 the pseudo-Huber endpoint distance and with L2 plus a random-feature distance instead of the
 paper's L2; adversarial-w1.25/ repeats its last stage (2 -> 1, same seed) with the adversarial term.
+flowmap-w1.25/ is one flow-map stage (100 -> 1, `--objective flow-map`, the chain's 1,600 steps):
+one student, scored at 4, 2 and 1 steps.
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -57,6 +59,9 @@ ROWS = {
     "distillkac-1-w1.25-huber": ("distill-w1.25-huber/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-features": ("distill-w1.25-features/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial": ("adversarial-w1.25/stage-1-1", "distill", 1, "euler"),
+    "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
+    "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
+    "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
@@ -179,6 +184,9 @@ LABELS = {
     "distillkac-1-w1.25-huber": "DistillKac student, pseudo-Huber",
     "distillkac-1-w1.25-features": "DistillKac student, L2 + random features",
     "distillkac-1-w1.25-adversarial": "DistillKac student, L2 + adversarial last stage, shipped",
+    "flowmap-4-w1.25": "flow-map student (one student, any steps)",
+    "flowmap-2-w1.25": "flow-map student (one student, any steps)",
+    "flowmap-1-w1.25": "flow-map student (one student, any steps)",
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",

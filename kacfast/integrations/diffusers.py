@@ -41,7 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
                       "pip install 'kacfast[diffusers]'.") from err
 
 from kacfast.facts import attach_facts, facts_of
-from kacfast.models import model_from_config
+from kacfast.models import is_flow_map, model_from_config
 from kacfast.models.unet import check_inputs
 from kacfast.process import KacProcess
 from kacfast.sampling import (draw_seed, eval_mode, guided_velocity_fn, one_call_solvers,
@@ -396,8 +396,16 @@ class KacVelocityModel(ModelMixin, ConfigMixin):
     def sample_shape(self) -> tuple:
         return tuple(self.network.sample_shape)
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.network(x, t, y)
+    @property
+    def interval_conditioned(self) -> bool:
+        """A flow map's wrapper is a flow map (``kacfast.models.is_flow_map``)."""
+        return is_flow_map(self.network)
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
+                interval=None) -> torch.Tensor:
+        if interval is None:
+            return self.network(x, t, y)
+        return self.network(x, t, y, interval=interval)
 
     @classmethod
     def from_network(cls, network: nn.Module, *, steps: int | None = None,
@@ -508,8 +516,8 @@ class KacPipeline(DiffusionPipeline):
         velocity = guided_velocity_fn(model, plan.labels, plan.guidance, plan.null_label,
                                       plan.dtype)
         with eval_mode(model):
-            for t in self.progress_bar(self.scheduler.timesteps):
-                v = velocity(x, t.expand(plan.batch))
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                v = velocity(x, t.expand(plan.batch), plan.grid[i] - plan.grid[i + 1])
                 x = self.scheduler.step(v, t, x, guidance_scale=plan.guidance).prev_sample
         images = (x / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":

@@ -28,12 +28,14 @@ import copy
 import importlib
 import inspect
 
+import torch
 from torch import nn
 
 from kacfast.models.mlp import MLP
 from kacfast.models.unet import UNet
 
-__all__ = ["UNet", "MLP", "PRESETS", "MODELS", "build_model", "model_from_config", "model_class"]
+__all__ = ["UNet", "MLP", "PRESETS", "MODELS", "build_model", "model_from_config", "model_class",
+           "is_flow_map", "as_flow_map"]
 
 #: kind -> network class, or "module:Class" for one behind an optional extra (imported on use)
 MODELS = {"unet": UNet, "mlp": MLP, "diffusers": "kacfast.integrations.diffusers:DiffusersUNet"}
@@ -110,3 +112,32 @@ def build_model(preset: str, **overrides) -> nn.Module:
         sizes = _level_sizes(config["image_size"], len(config["channel_mult"]))
         config["attention_resolutions"] = sorted({sizes[i] for i in entry["attention_levels"]})
     return model_from_config(kind, config)
+
+
+def is_flow_map(model) -> bool:
+    """Whether `model` is interval-conditioned: `model(x, t, y, interval=h)` is the average velocity
+    over [t - h, t], so a step is x_{t-h} = x_t - h model(x_t, t, y, interval=h)."""
+    return bool(getattr(model, "interval_conditioned", False))
+
+
+def as_flow_map(model: nn.Module) -> nn.Module:
+    """An interval-conditioned copy of a "unet" or "mlp" model: the same weights plus a new interval
+    embedding whose last layer is zero, so it returns `model`'s velocity for every interval until
+    trained (a flow-map student starts as its teacher). Facts, device and dtype are kept; a model
+    that already is a flow map is copied."""
+    if is_flow_map(model):
+        return copy.deepcopy(model)
+    kind = getattr(model, "kind", None)
+    if kind not in ("unet", "mlp"):
+        raise ValueError(f"interval conditioning is built into the 'unet' and 'mlp' models, not "
+                         f"{kind!r}.")
+    flow_map = model_from_config(kind, {**model.config, "interval_conditioned": True})
+    missing, unexpected = flow_map.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(("interval_embed.", "interval_proj.")) for k in missing):
+        raise ValueError(f"{kind} weights do not fit its flow map: missing {missing}, unexpected "
+                         f"{unexpected}.")
+    reference = next(model.parameters(), torch.empty(0))
+    flow_map.to(device=reference.device, dtype=reference.dtype).train(model.training)
+    if hasattr(model, "kacfast_facts"):
+        flow_map.kacfast_facts = model.kacfast_facts
+    return flow_map

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNet", "timestep_embedding", "check_inputs"]
+__all__ = ["UNet", "timestep_embedding", "check_inputs", "as_times", "interval_features"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,6 +50,38 @@ def timestep_embedding(t: torch.Tensor, dim: int, time_scale: float = 1000.0,
     return emb
 
 
+def as_times(x: torch.Tensor, t, name: str = "t") -> torch.Tensor:
+    """Per-sample times for x's batch: t a (B,) real tensor, a 0-d tensor or a number (broadcast)
+    -> (B,) tensor; one-sentence errors otherwise (`name` is the argument's name in them)."""
+    batch = x.shape[0]
+    if not isinstance(t, torch.Tensor):
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise ValueError(f"{name} must be a (B,) float tensor or a number, got "
+                             f"{type(t).__name__}.")
+        t = torch.full((batch,), float(t), device=x.device)
+    elif t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) to match x, got {tuple(t.shape)}.")
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be a real float tensor, got {t.dtype}.")
+    return t
+
+
+def interval_features(model: nn.Module, x: torch.Tensor, interval, dim: int):
+    """The sinusoidal embedding (B, dim) of an interval-conditioned model's `interval` (None = 0:
+    the instantaneous velocity), or None for a model without interval conditioning (then
+    `interval` must be None)."""
+    if not model.interval_conditioned:
+        if interval is not None:
+            raise ValueError("interval= needs an interval-conditioned model (a flow map, "
+                             "interval_conditioned=True); this one predicts instantaneous "
+                             "velocities.")
+        return None
+    return timestep_embedding(as_times(x, 0.0 if interval is None else interval, "interval"),
+                              dim, model.time_scale)
+
+
 def check_inputs(x, t, y, *, feature_shape: tuple, num_classes: int | None):
     """Validate and normalize (x, t, y) of a model call; returns (t (B,), y (B,) long or None).
 
@@ -67,16 +99,7 @@ def check_inputs(x, t, y, *, feature_shape: tuple, num_classes: int | None):
             s is not None and s != xs for s, xs in zip(feature_shape, x.shape[1:])):
         raise ValueError(f"x must have shape {want}, got {tuple(x.shape)}.")
     batch = x.shape[0]
-    if not isinstance(t, torch.Tensor):
-        if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise ValueError(f"t must be a (B,) float tensor or a number, got {type(t).__name__}.")
-        t = torch.full((batch,), float(t), device=x.device)
-    elif t.dim() == 0:
-        t = t.expand(batch)
-    if t.shape != (batch,):
-        raise ValueError(f"t must have shape ({batch},) to match x, got {tuple(t.shape)}.")
-    if t.dtype.is_complex or t.dtype == torch.bool:
-        raise ValueError(f"t must be a real float tensor, got {t.dtype}.")
+    t = as_times(x, t)
     if num_classes is None:
         if y is not None:
             raise ValueError("y must be None: this model is unconditional (num_classes=None).")
@@ -234,6 +257,9 @@ class UNet(nn.Module):
             the projected embedding.
         time_scale: multiplies raw t inside the sinusoidal embedding (see module docstring).
         out_channels: output channels (default in_channels).
+        interval_conditioned: a flow map: forward also takes `interval` h (B,) in [0, t] and
+            returns the average velocity over [t - h, t] (an embedding of h, its last layer
+            zero-initialized, is added to the time embedding; h = 0 is the instantaneous velocity).
 
     Attributes: `kind` ("unet"), `num_classes`, `sample_shape` (C, H, W), `config` (a JSON-able
     dict with `UNet(**config)` rebuilding the same architecture). The output conv is
@@ -247,7 +273,7 @@ class UNet(nn.Module):
                  attention_resolutions: Sequence[int] = (), num_heads: int = 1,
                  dropout: float = 0.0, num_classes: int | None = None,
                  use_scale_shift_norm: bool = False, time_scale: float = 1000.0,
-                 out_channels: int | None = None):
+                 out_channels: int | None = None, interval_conditioned: bool = False):
         super().__init__()
         _check_config("in_channels", in_channels)
         _check_config("image_size", image_size)
@@ -276,6 +302,9 @@ class UNet(nn.Module):
                            num_heads=num_heads, dropout=float(dropout), num_classes=num_classes,
                            use_scale_shift_norm=bool(use_scale_shift_norm),
                            time_scale=float(time_scale), out_channels=out_channels)
+        if interval_conditioned:  # only then: every other model's config stays as it was
+            self.config["interval_conditioned"] = True
+        self.interval_conditioned = bool(interval_conditioned)
         self.num_classes = num_classes
         self.sample_shape = (in_channels, image_size, image_size)
         self.in_channels = in_channels
@@ -287,6 +316,9 @@ class UNet(nn.Module):
                                         nn.Linear(emb_dim, emb_dim))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes + 1, emb_dim)
+        if interval_conditioned:
+            self.interval_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
+                                                _zero(nn.Linear(emb_dim, emb_dim)))
 
         def res(ch_in, ch_out):
             return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm)
@@ -333,17 +365,23 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(ch), nn.SiLU(),
                                  _zero(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
+                interval=None) -> torch.Tensor:
         """x (B, C, H, W) float, t (B,) raw times in [0, T] (or a number), y (B,) long labels in
-        [0, num_classes] (num_classes = null label) or None (null label for all) -> (B, C', H, W)
+        [0, num_classes] (num_classes = null label) or None (null label for all), interval (B,)
+        or a number in [0, t] (interval-conditioned models only; None = 0) -> (B, C', H, W)
         velocity in x's dtype."""
         t, y = check_inputs(x, t, y, feature_shape=(self.in_channels, None, None),
                             num_classes=self.num_classes)
+        dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(t, self.model_channels, self.time_scale)
-                              .to(self.time_embed[0].weight.dtype))
+                              .to(dtype))
+        interval = interval_features(self, x, interval, self.model_channels)
+        if interval is not None:
+            emb = emb + self.interval_embed(interval.to(dtype))
         if y is not None:
             emb = emb + self.label_emb(y)
-        h, skips = x.to(self.time_embed[0].weight.dtype), []
+        h, skips = x.to(dtype), []
         for block in self.input_blocks:
             h = block(h, emb)
             skips.append(h)

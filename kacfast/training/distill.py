@@ -10,7 +10,6 @@ absorbs the guidance, so it needs one network call per step.
 """
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 
@@ -78,7 +77,7 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
             start=config.start,
             # later teachers are students trained for Euler steps
             teacher_solver=config.teacher_solver if k == 1 else "euler")
-        student = copy.deepcopy(current).train().requires_grad_(True)
+        student = objective.student_from(current).train().requires_grad_(True)
         attach_facts(student, grid=objective.grid,  # the grid it learns (not its teacher's)
                      absorbed_guidance=objective.absorbed_guidance)
         stage_steps = config.steps_per_stage[k - 1]

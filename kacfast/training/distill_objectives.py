@@ -3,16 +3,19 @@ from, the frozen teacher's roll-out over the interval, and the distance between 
 The multi-stage driver (kacfast.training.distill) picks one by name from DISTILL_OBJECTIVES."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 
 from kacfast.facts import facts_of
+from kacfast.models import as_flow_map, is_flow_map
 from kacfast.process import KacProcess
-from kacfast.sampling import guided_velocity_fn, one_call_solvers, one_call_step, uniform_grid
+from kacfast.sampling import (guided_velocity_fn, mixed_velocity_fn, one_call_solvers,
+                              one_call_step, uniform_grid)
 
 __all__ = ["DistillObjective", "PseudoHuberDistillObjective", "RandomFeatureDistillObjective",
-           "AdversarialDistillObjective", "DISTILL_OBJECTIVES",
+           "AdversarialDistillObjective", "FlowMapDistillObjective", "DISTILL_OBJECTIVES",
            "teacher_integrate", "STARTS"]
 
 STARTS = ("noise", "rollout")
@@ -28,7 +31,8 @@ def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance:
     velocity = guided_velocity_fn(teacher, y, w, getattr(teacher, "num_classes", None))
     history = None
     for j in range(substeps):
-        x, history = one_call_step(solver, x, velocity(x, t_start - j * h), h, history, guidance=w)
+        x, history = one_call_step(solver, x, velocity(x, t_start - j * h, h), h, history,
+                                   guidance=w)
     return x
 
 
@@ -55,6 +59,9 @@ class DistillObjective:
         if teacher_solver not in one_call_solvers():
             raise ValueError(f"teacher_solver must be one of {one_call_solvers()}, got "
                              f"{teacher_solver!r}.")
+        if is_flow_map(teacher) and teacher_solver != "euler":
+            raise ValueError(f"a flow-map teacher takes Euler steps of its average velocity; "
+                             f"teacher_solver={teacher_solver!r}.")
         self.teacher_solver = teacher_solver
         self.teacher = teacher.eval().requires_grad_(False)
         self.process = process
@@ -84,6 +91,10 @@ class DistillObjective:
             states.append(x)
         picked = torch.stack(states)[idx, torch.arange(x0.shape[0], device=x0.device)]
         return picked, t_start
+
+    def student_from(self, teacher: torch.nn.Module) -> torch.nn.Module:
+        """The stage's student before training: a copy of its teacher."""
+        return copy.deepcopy(teacher)
 
     def endpoints(self, net, x0, y, generator, seed):
         """(student endpoint, teacher endpoint, interval index) of one batch: float32 (B, ...)
@@ -263,10 +274,78 @@ class AdversarialDistillObjective(DistillObjective):
                 "discriminator_lr": self.discriminator_lr}
 
 
+class FlowMapDistillObjective(DistillObjective):
+    """A flow-map student (average velocity over any interval, as MeanFlow's, Geng et al. 2025)
+    distilled by the semigroup property of the flow instead of MeanFlow's derivative form: the
+    student u(x, t, h) (kacfast.models.as_flow_map: it starts as its teacher, with a zero interval
+    embedding) is regressed (mean squared error) on
+      - for h <= T / teacher_steps: the teacher's guided velocity at (x_t, t), i.e. one teacher
+        Euler step (the student absorbs the guidance);
+      - for longer h: the average of its own two half steps, (u(x, t, h/2) + u(x', t - h/2, h/2))
+        / 2 with x' = x - (h/2) u(x, t, h/2), without gradient (shortcut models, Frans et al. 2024).
+    MeanFlow's identity u = v - h du/dt needs du/dt through the network; a Kac teacher's velocity
+    is sharp in (x, t) (the marginal's light-cone fronts), its network's derivative along the flow
+    is many times the flow's own, and the identity's targets were far worse than the start.
+    x_t is the exact Kac forward noising of the batch. Intervals per sample: `grid_fraction` (1/4)
+    the student grid's own (t a grid point, h = T / student_steps), `instantaneous_fraction` (1/4)
+    h = 0, the rest t ~ U(0, T], h ~ U(0, t]. The student samples any number of uniform Euler
+    steps; its facts carry the grid of student_steps (what `sample` takes by default). Starts are
+    "noise" only and the teacher takes no solver (only its velocity is queried)."""
+
+    name = "flow-map"
+    grid_fraction = 0.25
+    instantaneous_fraction = 0.25
+
+    def __init__(self, teacher, *args, **kwargs):
+        super().__init__(teacher, *args, **kwargs)
+        if self.start != "noise":
+            raise ValueError(f"{self.name} draws x_t by forward noising: start must be 'noise', "
+                             f"got {self.start!r}.")
+        if self.teacher_solver != "euler":
+            raise ValueError(f"{self.name} takes the teacher's velocity, not its steps: "
+                             f"teacher_solver does not apply (got {self.teacher_solver!r}).")
+        self.teacher_interval = self.process.T / self.teacher_steps  # finer: the teacher itself
+
+    def student_from(self, teacher):
+        return as_flow_map(teacher)
+
+    def intervals(self, batch: int, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, h), both (B,) float32 with 0 <= h <= t <= T: the per-sample mixture above."""
+        kind = torch.rand(batch, generator=generator, device=device)
+        t = self.process.T * (1 - torch.rand(batch, generator=generator, device=device))  # (0, T]
+        h = t * torch.rand(batch, generator=generator, device=device)
+        idx = torch.randint(0, self.student_steps, (batch,), generator=generator, device=device)
+        on_grid = kind < self.grid_fraction
+        t = torch.where(on_grid, torch.tensor(self.grid, device=device)[idx], t)
+        h = torch.where(on_grid, torch.full_like(h, self.interval), h)
+        instantaneous = (kind >= self.grid_fraction) & (
+            kind < self.grid_fraction + self.instantaneous_fraction)
+        return t, torch.where(instantaneous, 0.0, h)
+
+    def loss(self, net, x0, y, generator, seed):
+        t, h = self.intervals(x0.shape[0], generator, x0.device)
+        x = self.process.noise_target(x0, t, seed=seed)[0]
+        w = self.guidance if y is not None else 1.0
+        with torch.no_grad():
+            v = mixed_velocity_fn(self.teacher, y, w, getattr(self.teacher, "num_classes", None))(x, t)
+            half = h / 2
+            per_sample = half.view(-1, *([1] * (x.dim() - 1)))
+            u_first = net(x, t, y, interval=half)
+            u_second = net(x - per_sample * u_first, t - half, y, interval=half)
+            coarse = (h > self.teacher_interval).view_as(per_sample)
+            target = torch.where(coarse, (u_first + u_second) / 2, v).float()
+        return (net(x, t, y, interval=h).float() - target).square().mean()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "grid_fraction": self.grid_fraction,
+                "instantaneous_fraction": self.instantaneous_fraction}
+
+
 #: name -> distillation objective class, the paper's loss first. Each takes (teacher, process,
 #: teacher_steps, student_steps, guidance, start, teacher_solver) and follows
 #: kacfast.training.objectives.Objective. Add one here (see CONTRIBUTING.md) and DistillConfig,
 #: `kacfast distill --objective` and the tests take it.
 DISTILL_OBJECTIVES = {cls.name: cls for cls in (DistillObjective, PseudoHuberDistillObjective,
                                                 RandomFeatureDistillObjective,
-                                                AdversarialDistillObjective)}
+                                                AdversarialDistillObjective,
+                                                FlowMapDistillObjective)}
