@@ -114,7 +114,7 @@ class Sampler:
             (self.batch_size,), p.null_label, dtype=torch.long, device=p.device)
         if not self.cuda_graph:  # one network call compiles the graph every step reuses
             guided_velocity_fn(self._network, self._null, p.guidance, p.null_label, p.dtype)(
-                torch.zeros(shape, device=p.device), p.grid[0])
+                torch.zeros(shape, device=p.device), p.grid[0], p.grid[0] - p.grid[1])
             return
         self._labels = None if self._null is None else self._null.clone()  # static input
         self._rng = torch.zeros(2, dtype=torch.int64, device=p.device)

@@ -236,6 +236,21 @@ def test_compile_sampler_same_seed_same_samples_as_sample(mlp):
         sampler(labels=labels, seed=-1)
 
 
+def test_compiled_flow_map_sampler_matches_eager():
+    """A flow map's compiled sampler passes each step's interval, as the eager one does."""
+    from kacfast.models import as_flow_map
+    flow_map = as_flow_map(build_model("mlp", num_classes=3))
+    with torch.no_grad():
+        for p in flow_map.parameters():
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 0])
+    sampler = kacfast.compile_sampler(flow_map, 3, batch_size=4)
+    eager = kacfast.sample(flow_map, 3, labels=labels, seed=3)
+    torch.testing.assert_close(sampler(labels=labels, seed=3), eager, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="solver must be 'euler'"):
+        kacfast.compile_sampler(flow_map, 3, batch_size=4, solver="heun")
+
+
 def test_padded_last_chunk_and_updated_weights(mlp):
     """An explicit max_batch is the compiled batch: a short request is padded, not recompiled;
     weights updated in place (an optimizer step) are frozen into a new graph, never sampled stale."""
