@@ -399,3 +399,20 @@ def test_flow_map_image_student_resumes_exactly_and_loads_as_a_flow_map(tmp_path
             torch.testing.assert_close(
                 kacfast.sample(loaded, steps, labels=[0, 1, 2], seed=0),
                 kacfast.sample(straight, steps, labels=[0, 1, 2], seed=0))
+
+
+def test_endpoint_stage_from_a_flow_map_steps_by_its_average_velocity(teacher):
+    """A flow-map teacher's copy takes its one step with the interval (x - D u(x, t, D)), and the
+    teacher's substeps use theirs."""
+    flow_map = DISTILL_OBJECTIVES["flow-map"](teacher[0], kacfast.KacProcess(), 4, 1).student_from(teacher[0])
+    with torch.no_grad():
+        for p in flow_map.interval_proj.parameters():
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    objective = DistillObjective(flow_map.eval(), kacfast.KacProcess(), 2, 1)
+    x0 = teacher[1][0][:16]
+    pred, target, _ = objective.endpoints(flow_map, x0, None, torch.Generator().manual_seed(0), seed=1)
+    x = kacfast.KacProcess().noise_target(x0, torch.ones(16), seed=1)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(pred, x - flow_map(x, 1.0, None, interval=1.0))
+        half = x - 0.5 * flow_map(x, 1.0, None, interval=0.5)
+        torch.testing.assert_close(target, half - 0.5 * flow_map(half, 0.5, None, interval=0.5))

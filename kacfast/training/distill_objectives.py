@@ -104,7 +104,10 @@ class DistillObjective:
         x, t = self._start_points(x0, y, idx, generator, seed)
         target = teacher_integrate(self.teacher, x, t, y, self.interval / self.substeps,
                                    self.substeps, self.guidance, self.teacher_solver)
-        pred = x - self.interval * net(x, t, y)
+        # a flow map's copy steps by its average velocity over the interval (`net` may be wrapped
+        # by DDP, which hides the model's attributes: the teacher's kind decides)
+        over = {"interval": self.interval} if is_flow_map(self.teacher) else {}
+        pred = x - self.interval * net(x, t, y, **over)
         return pred.float(), target.float(), idx
 
     def loss(self, net, x0, y, generator, seed):
