@@ -172,7 +172,8 @@ def cmd_distill(args) -> int:
     config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver,
-                           objective=args.objective, seed=args.seed,
+                           objective=args.objective, objective_options=dict(args.objective_option),
+                           seed=args.seed,
                            ckpt_every=args.ckpt_every, sample_every=args.sample_every,
                            precision=args.precision, compile=args.compile,
                            channels_last=args.channels_last)
@@ -363,6 +364,17 @@ def _add_sampling_args(p, sweep: bool = False) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _name_value(text: str) -> tuple[str, float]:
+    """argparse type of NAME=VALUE (a number): (name, value)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not (sep and name):
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
+
+
 def _add_execution_args(p) -> None:
     """train's and distill's ExecutionConfig flags (distill applies them to every stage)."""
     from kacfast._device import COMPILE_MODES
@@ -461,6 +473,9 @@ def main(argv=None) -> int:
                     help="interval start points: forward-noised data or teacher roll-outs")
     di.add_argument("--objective", choices=list(DISTILL_OBJECTIVES), default="endpoint-l2",
                     help="distillation loss (default endpoint-l2: the paper's)")
+    di.add_argument("--objective-option", type=_name_value, action="append", default=[],
+                    metavar="NAME=VALUE",
+                    help="one of the objective's settings, e.g. adversarial_weight=0.3 (repeatable)")
     di.add_argument("--teacher-solver", choices=one_call_solvers(), default="euler",
                     help="how the teacher is integrated over each interval (default euler)")
     di.add_argument("--ckpt-every", type=int, default=500)

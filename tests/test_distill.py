@@ -317,6 +317,16 @@ def test_cli_distill_then_sample_the_student(tmp_path):
     npy = tmp_path / "s.npy"
     subprocess.run(cli + ["sample", "--ckpt", str(tmp_path / "student" / "stage-2-1"), "--steps", "1",
                           "--n", "16", "--out", str(npy), "--quiet"], check=True, timeout=600)
+    # a flow-map student with one of its options, sampled at a step count of its choosing
+    subprocess.run(cli + ["distill", "--teacher", str(run), "--out", str(tmp_path / "flow"),
+                          "--schedule", "4", "1", "--steps-per-stage", "5", "--objective", "flow-map",
+                          "--objective-option", "instantaneous_fraction=0.5", "--batch-size", "64",
+                          "--threads", "1", "--quiet"], check=True, timeout=600)
+    meta = load_trained(str(tmp_path / "flow" / "stage-1-1"))[1]
+    assert meta["objective"]["loss"] == "flow-map" and meta["objective"]["instantaneous_fraction"] == 0.5
+    subprocess.run(cli + ["sample", "--ckpt", str(tmp_path / "flow" / "stage-1-1"), "--steps", "3",
+                          "--n", "16", "--out", str(tmp_path / "f.npy"), "--quiet"], check=True, timeout=600)
+    assert np.load(tmp_path / "f.npy").shape[0] == 16
 
 
 def test_flow_map_student_tracks_the_flow_at_every_step_count(tmp_path, teacher):
@@ -416,3 +426,31 @@ def test_endpoint_stage_from_a_flow_map_steps_by_its_average_velocity(teacher):
         torch.testing.assert_close(pred, x - flow_map(x, 1.0, None, interval=1.0))
         half = x - 0.5 * flow_map(x, 1.0, None, interval=0.5)
         torch.testing.assert_close(target, half - 0.5 * flow_map(half, 0.5, None, interval=0.5))
+
+
+def test_objective_options_set_its_tunable_settings_and_are_recorded(teacher):
+    objective = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](
+        _image_teacher(), kacfast.KacProcess(), 2, 1, options={"adversarial_weight": 0.3})
+    assert objective.adversarial_weight == 0.3 and objective.describe()["adversarial_weight"] == 0.3
+    assert DISTILL_OBJECTIVES["endpoint-l2-adversarial"].adversarial_weight == 0.1  # class untouched
+    flow = DISTILL_OBJECTIVES["flow-map"](teacher[0], kacfast.KacProcess(), 4, 1,
+                                          options={"instantaneous_fraction": 0.5})
+    assert flow.describe()["instantaneous_fraction"] == 0.5
+    with pytest.raises(ValueError, match=r"endpoint-l2 has no option 'adversarial_weight'; its options: none"):
+        DistillObjective(teacher[0], kacfast.KacProcess(), 4, 2, options={"adversarial_weight": 1})
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
+        DISTILL_OBJECTIVES["flow-map"](teacher[0], kacfast.KacProcess(), 4, 1, options={"grid_fraction": -1})
+    with pytest.raises(ValueError, match="must be <= 1"):
+        DISTILL_OBJECTIVES["flow-map"](teacher[0], kacfast.KacProcess(), 4, 1,
+                                       options={"grid_fraction": 0.8, "instantaneous_fraction": 0.5})
+    with pytest.raises(ValueError, match=r"no option\(s\) \['weight'\]"):
+        DistillConfig(objective="endpoint-l2-adversarial", objective_options={"weight": 0.3})
+
+
+def test_cli_objective_option():
+    from kacfast.cli import _name_value
+    assert _name_value("adversarial_weight=0.3") == ("adversarial_weight", 0.3)
+    import argparse
+    for bad in ("adversarial_weight", "=3", "w=high"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected NAME=NUMBER"):
+            _name_value(bad)

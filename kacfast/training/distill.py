@@ -11,7 +11,7 @@ absorbs the guidance, so it needs one network call per step.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kacfast.facts import attach_facts
 from kacfast.process import KacProcess
@@ -34,6 +34,7 @@ class DistillConfig(RunConfig):
     guidance: the first teacher's guidance (the student absorbs it); start: "noise" or
     "rollout" interval start points; teacher_solver: the first teacher's one-call solver.
     objective: a DISTILL_OBJECTIVES name ("endpoint-l2", the paper's loss, by default).
+    objective_options: that objective's `tunable` settings, e.g. {"adversarial_weight": 0.3}.
     """
 
     schedule: tuple = (100, 20, 4, 2, 1)
@@ -42,6 +43,7 @@ class DistillConfig(RunConfig):
     start: str = "noise"
     teacher_solver: str = "euler"
     objective: str = "endpoint-l2"
+    objective_options: dict = field(default_factory=dict)
     lr: float = 1e-4  # distillation's own defaults
     warmup: int = 100
 
@@ -50,6 +52,11 @@ class DistillConfig(RunConfig):
         if self.objective not in DISTILL_OBJECTIVES:
             raise ValueError(f"objective must be one of {tuple(DISTILL_OBJECTIVES)}, got "
                              f"{self.objective!r}.")
+        tunable = DISTILL_OBJECTIVES[self.objective].tunable
+        unknown = sorted(set(self.objective_options) - set(tunable))
+        if unknown:
+            raise ValueError(f"{self.objective} has no option(s) {unknown}; its options: "
+                             f"{list(tunable) or 'none'}.")
         if len(self.schedule) < 2 or any(a % b for a, b in zip(self.schedule, self.schedule[1:])):
             raise ValueError(f"schedule needs >= 2 step counts, each dividing the previous one; "
                              f"got {self.schedule}.")
@@ -76,7 +83,8 @@ def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: 
             current, process, t_steps, s_steps, guidance=config.guidance if k == 1 else 1.0,
             start=config.start,
             # later teachers are students trained for Euler steps
-            teacher_solver=config.teacher_solver if k == 1 else "euler")
+            teacher_solver=config.teacher_solver if k == 1 else "euler",
+            options=config.objective_options)
         student = objective.student_from(current).train().requires_grad_(True)
         attach_facts(student, grid=objective.grid,  # the grid it learns (not its teacher's)
                      absorbed_guidance=objective.absorbed_guidance)

@@ -42,15 +42,19 @@ class DistillObjective:
     teacher's N-substep roll-out over the same interval, mean squared error of the endpoints.
 
     A variant changes only what it must: `distance` (student vs teacher endpoints -> scalar), or
-    `loss` for a different target. `name` is its key in DISTILL_OBJECTIVES (recorded in
+    `loss` for a different target. `options` sets its `tunable` settings (numbers >= 0, recorded
+    by `describe`, so a run resumes only with the same ones). `name` is its key in DISTILL_OBJECTIVES (recorded in
     checkpoints: a run resumes only with the same objective).
     """
 
     method = "distill"
     name = "endpoint-l2"
+    #: the objective's settings that `options` may change (float class attributes)
+    tunable: tuple[str, ...] = ()
 
     def __init__(self, teacher, process: KacProcess, teacher_steps: int, student_steps: int,
-                 guidance: float = 1.0, start: str = "noise", teacher_solver: str = "euler"):
+                 guidance: float = 1.0, start: str = "noise", teacher_solver: str = "euler",
+                 options: dict | None = None):
         if teacher_steps % student_steps:
             raise ValueError(f"student steps ({student_steps}) must divide teacher steps "
                              f"({teacher_steps}).")
@@ -59,6 +63,14 @@ class DistillObjective:
         if teacher_solver not in one_call_solvers():
             raise ValueError(f"teacher_solver must be one of {one_call_solvers()}, got "
                              f"{teacher_solver!r}.")
+        for key, value in (options or {}).items():
+            if key not in self.tunable:
+                raise ValueError(f"{self.name} has no option {key!r}; its options: "
+                                 f"{list(self.tunable) or 'none'}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
+                raise ValueError(f"option {key} must be a finite number >= 0, got {value!r}.")
+            setattr(self, key, float(value))
         if is_flow_map(teacher) and teacher_solver != "euler":
             raise ValueError(f"a flow-map teacher takes Euler steps of its average velocity; "
                              f"teacher_solver={teacher_solver!r}.")
@@ -122,6 +134,7 @@ class DistillObjective:
         # the paper's loss is recorded without a "loss" key, as before objectives had names:
         # its older runs still resume
         named = {} if self.name == DistillObjective.name else {"loss": self.name}
+        named.update({key: getattr(self, key) for key in self.tunable})
         return {"method": self.method, **named, "process": self.process.to_dict(),
                 "grid": self.grid,
                 "teacher_steps": self.teacher_steps, "student_steps": self.student_steps,
@@ -233,6 +246,7 @@ class AdversarialDistillObjective(DistillObjective):
     (`kacfast distill --teacher RUN/stage-3-2 --schedule 2 1 --objective endpoint-l2-adversarial`)."""
 
     name = "endpoint-l2-adversarial"
+    tunable = ("adversarial_weight", "discriminator_lr")
     adversarial_weight = 0.1
     discriminator_lr = 2e-4
 
@@ -272,10 +286,6 @@ class AdversarialDistillObjective(DistillObjective):
             d.requires_grad_(False)  # the student's backward does not fill D's gradients
         return loss + self.adversarial_weight * torch.nn.functional.softplus(-d(fake, labels)).mean()
 
-    def describe(self) -> dict:
-        return {**super().describe(), "adversarial_weight": self.adversarial_weight,
-                "discriminator_lr": self.discriminator_lr}
-
 
 class FlowMapDistillObjective(DistillObjective):
     """A flow-map student (average velocity over any interval, as MeanFlow's, Geng et al. 2025)
@@ -296,6 +306,7 @@ class FlowMapDistillObjective(DistillObjective):
     "noise" only and the teacher takes no solver (only its velocity is queried)."""
 
     name = "flow-map"
+    tunable = ("grid_fraction", "instantaneous_fraction")
     grid_fraction = 0.25
     instantaneous_fraction = 0.25
 
@@ -307,6 +318,9 @@ class FlowMapDistillObjective(DistillObjective):
         if self.teacher_solver != "euler":
             raise ValueError(f"{self.name} takes the teacher's velocity, not its steps: "
                              f"teacher_solver does not apply (got {self.teacher_solver!r}).")
+        if self.grid_fraction + self.instantaneous_fraction > 1:
+            raise ValueError(f"grid_fraction + instantaneous_fraction must be <= 1, got "
+                             f"{self.grid_fraction} + {self.instantaneous_fraction}.")
         self.teacher_interval = self.process.T / self.teacher_steps  # finer: the teacher itself
 
     def student_from(self, teacher):
@@ -339,13 +353,9 @@ class FlowMapDistillObjective(DistillObjective):
             target = torch.where(coarse, (u_first + u_second) / 2, v).float()
         return (net(x, t, y, interval=h).float() - target).square().mean()
 
-    def describe(self) -> dict:
-        return {**super().describe(), "grid_fraction": self.grid_fraction,
-                "instantaneous_fraction": self.instantaneous_fraction}
-
 
 #: name -> distillation objective class, the paper's loss first. Each takes (teacher, process,
-#: teacher_steps, student_steps, guidance, start, teacher_solver) and follows
+#: teacher_steps, student_steps, guidance, start, teacher_solver, options) and follows
 #: kacfast.training.objectives.Objective. Add one here (see CONTRIBUTING.md) and DistillConfig,
 #: `kacfast distill --objective` and the tests take it.
 DISTILL_OBJECTIVES = {cls.name: cls for cls in (DistillObjective, PseudoHuberDistillObjective,
