@@ -169,10 +169,13 @@ def cmd_distill(args) -> int:
     data = meta.get("run", {}).get("data")
     x, y = load_dataset(data, split="train", seed=args.seed)
     per_stage = args.steps_per_stage[0] if len(args.steps_per_stage) == 1 else tuple(args.steps_per_stage)
+    options = dict(args.objective_option)
+    if len(options) < len(args.objective_option):
+        raise ValueError("--objective-option names an option twice.")
     config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver,
-                           objective=args.objective, objective_options=dict(args.objective_option),
+                           objective=args.objective, objective_options=options,
                            seed=args.seed,
                            ckpt_every=args.ckpt_every, sample_every=args.sample_every,
                            precision=args.precision, compile=args.compile,

@@ -24,7 +24,7 @@ from kacfast.process import KacProcess
 
 __all__ = ["sample", "integrate", "one_call_step", "uniform_grid", "quadratic_grid", "SOLVERS",
            "Solver", "one_call_solvers", "nfe", "guided_velocity_fn", "mixed_velocity_fn", "plan_sampling",
-           "SamplingPlan", "default_max_batch", "draw_seed"]
+           "SamplingPlan", "default_max_batch", "draw_seed", "check_flow_map_solver"]
 
 # Elements (samples x per-sample size) per chunk of a large request when max_batch is None.
 # CPU: see default_max_batch; CUDA: large enough to fill an H200 with a small UNet.
@@ -147,6 +147,14 @@ def _check_solver(solver) -> None:
         raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {solver!r}.")
 
 
+def check_flow_map_solver(flow_map: bool, solver: str) -> None:
+    """A flow map steps by its average velocity over each step, x - h u(x, t, h): Euler only
+    (another solver would use its instantaneous velocity, or mix average velocities)."""
+    if flow_map and SOLVERS[solver].from_velocity is not _euler:
+        raise ValueError(f"a flow map (an interval-conditioned model) steps by its average "
+                         f"velocity, x - h u(x, t, h): solver must be 'euler', got {solver!r}.")
+
+
 def _as_grid(grid) -> list[float]:
     times = [float(t) for t in (grid.tolist() if isinstance(grid, torch.Tensor) else grid)]
     if len(times) < 2 or any(b >= a for a, b in zip(times, times[1:])) or times[-1] < 0:
@@ -225,6 +233,7 @@ def integrate(velocity: Callable, x: torch.Tensor, grid: Sequence[float], *,
     callback is None and progress is False.
     """
     _check_solver(solver)
+    check_flow_map_solver(getattr(velocity, "flow_map", False), solver)
     times = _as_grid(grid)
     steps = range(len(times) - 1)
     if progress:
@@ -309,9 +318,7 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
                   grid=None, clamp: bool = True, dtype=None) -> SamplingPlan:
     """Validate a request of `sample` / `compile_sampler` (same arguments) into a SamplingPlan."""
     _check_solver(solver)
-    if is_flow_map(model) and SOLVERS[solver].from_velocity is not _euler:
-        raise ValueError(f"a flow map (an interval-conditioned model) steps by its average "
-                         f"velocity, x - h u(x, t, h): solver must be 'euler', got {solver!r}.")
+    check_flow_map_solver(is_flow_map(model), solver)
     facts = facts_of(model)
     process = process or facts.process or KacProcess()
     device = torch.device(device) if device is not None else _model_device(model)
@@ -378,7 +385,8 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
     """Generate samples with a Kac-flow model.
 
     Args:
-        model: `model(x, t, y=None) -> velocity`, t (B,) raw times in [0, T]. Read when
+        model: `model(x, t, y=None) -> velocity`, t (B,) raw times in [0, T] (a flow map,
+            kacfast.models.is_flow_map: its average velocity over each step's interval). Read when
             present: `sample_shape` (per-sample shape), `num_classes` (null label for guidance)
             and its `kacfast.checkpoints.ModelFacts` (the process; a distilled student's time
             grid, used when it has steps + 1 points; the guidance it absorbed).
@@ -387,7 +395,7 @@ def sample(model: Callable, steps: int = 1, *, shape: Sequence[int] | None = Non
         batch_size: number of samples (default len(labels), else 1).
         labels: class labels (B,) (integers: list or tensor) for conditional models.
         guidance: w in v = v_u + w (v_c - v_u); 1 = no guidance (one network call per NFE).
-        solver: "euler", "ab2", "heun" or "midpoint".
+        solver: "euler", "ab2", "heun" or "midpoint" (a flow map: "euler" only).
         process: the Kac process (default: the model's facts, else KacProcess()).
         seed: seed of the prior's counter-based RNG (default: drawn from torch's global RNG).
         device: default: the model's device.

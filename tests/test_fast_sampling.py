@@ -245,8 +245,11 @@ def test_compiled_flow_map_sampler_matches_eager():
             p.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
     labels = torch.tensor([0, 1, 2, 0])
     sampler = kacfast.compile_sampler(flow_map, 3, batch_size=4)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     eager = kacfast.sample(flow_map, 3, labels=labels, seed=3)
     torch.testing.assert_close(sampler(labels=labels, seed=3), eager, atol=1e-5, rtol=0)
+    # the build compiled the graph its steps use (with an interval): sampling compiles nothing
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     with pytest.raises(ValueError, match="solver must be 'euler'"):
         kacfast.compile_sampler(flow_map, 3, batch_size=4, solver="heun")
 

@@ -230,3 +230,6 @@ def test_flow_map_steps_by_its_average_velocity_over_each_interval(guidance):
     torch.testing.assert_close(out, x)
     with pytest.raises(ValueError, match="solver must be 'euler'"):
         kacfast.sample(model, 2, labels=labels, solver="ab2")
+    velocity = kacfast.sampling.guided_velocity_fn(model, labels, 1.0, 3)
+    with pytest.raises(ValueError, match="solver must be 'euler'"):
+        kacfast.integrate(velocity, x, grid, solver="heun")

@@ -4,7 +4,8 @@
 # the quality protocol add about 40 minutes per 100-step sampler swept over 4 guidance values).
 #   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25,adversarial-w1.25,
-# rollout-w1.25,distill-w1.25-huber,distill-w1.25-features}, RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
+# rollout-w1.25,distill-w1.25-huber,distill-w1.25-features,flowmap-w1.25,adversarial0.3-w1.25},
+# RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
 RUNS=${1:?usage: mnist_pipeline.sh RUNS_DIR}
@@ -66,9 +67,18 @@ $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25-huber" --schedule 100 
 $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25-features" --schedule 100 20 4 2 1 \
     --steps-per-stage 200 300 500 600 --guidance 1.25 --objective endpoint-random-features
 wait $HUBER
+# 6. one flow-map student instead of the chain (its 1,600 steps in one stage; scored at 4, 2 and 1
+#    steps), and the adversarial last stage with 3x the GAN weight
+$DISTILL --teacher "$RUNS/kac" --out "$RUNS/flowmap-w1.25" --schedule 100 1 --steps-per-stage 1600 \
+    --guidance 1.25 --objective flow-map & FLOWMAP=$!
+$DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w1.25" --schedule 2 1 \
+    --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial \
+    --objective-option adversarial_weight=0.3
+wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
-    distillkac-1-w1.25-features distillkac-1-w1.25-adversarial
+    distillkac-1-w1.25-features distillkac-1-w1.25-adversarial distillkac-1-w1.25-adversarial0.3 \
+    flowmap-4-w1.25 flowmap-2-w1.25 flowmap-1-w1.25
 python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/heldout.jsonl" \
     --grids "$RUNS/grids-heldout" --reference test --threads 1 --compile --guidance 1.25 --rows data \
     kac-teacher-euler-100 edm-heun-35 distillkac-1 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \

@@ -3,7 +3,8 @@
 Each stage trains a student (a copy of the current teacher) to take one Euler step over each interval
 of a coarser uniform grid, x_S = x_t - D v_phi(x_t, t, y), against the frozen teacher integrated over
 the same interval with N substeps (fused guided steps, no grad); only the endpoints are compared
-(the objectives: kacfast.training.distill_objectives).
+(the objectives: kacfast.training.distill_objectives). An objective may start from another student
+(`student_from`): the flow-map objective trains an interval-conditioned copy on every interval.
 Stages run through the ordinary training loop (EMA, checkpoints, exact resume, DDP, progress), and
 each stage's student is the next stage's teacher. The first teacher may be guided; the student
 absorbs the guidance, so it needs one network call per step.
@@ -52,11 +53,8 @@ class DistillConfig(RunConfig):
         if self.objective not in DISTILL_OBJECTIVES:
             raise ValueError(f"objective must be one of {tuple(DISTILL_OBJECTIVES)}, got "
                              f"{self.objective!r}.")
-        tunable = DISTILL_OBJECTIVES[self.objective].tunable
-        unknown = sorted(set(self.objective_options) - set(tunable))
-        if unknown:
-            raise ValueError(f"{self.objective} has no option(s) {unknown}; its options: "
-                             f"{list(tunable) or 'none'}.")
+        self.objective_options = DISTILL_OBJECTIVES[self.objective].check_options(
+            self.objective_options)
         if len(self.schedule) < 2 or any(a % b for a, b in zip(self.schedule, self.schedule[1:])):
             raise ValueError(f"schedule needs >= 2 step counts, each dividing the previous one; "
                              f"got {self.schedule}.")

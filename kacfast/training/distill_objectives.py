@@ -11,8 +11,8 @@ import torch
 from kacfast.facts import facts_of
 from kacfast.models import as_flow_map, is_flow_map
 from kacfast.process import KacProcess
-from kacfast.sampling import (guided_velocity_fn, mixed_velocity_fn, one_call_solvers,
-                              one_call_step, uniform_grid)
+from kacfast.sampling import (check_flow_map_solver, eval_mode, guided_velocity_fn,
+                              mixed_velocity_fn, one_call_solvers, one_call_step, uniform_grid)
 
 __all__ = ["DistillObjective", "PseudoHuberDistillObjective", "RandomFeatureDistillObjective",
            "AdversarialDistillObjective", "FlowMapDistillObjective", "DISTILL_OBJECTIVES",
@@ -29,6 +29,7 @@ def teacher_integrate(teacher, x, t_start, y, h: float, substeps: int, guidance:
     when there are labels."""
     w = guidance if y is not None else 1.0
     velocity = guided_velocity_fn(teacher, y, w, getattr(teacher, "num_classes", None))
+    check_flow_map_solver(velocity.flow_map, solver)
     history = None
     for j in range(substeps):
         x, history = one_call_step(solver, x, velocity(x, t_start - j * h, h), h, history,
@@ -63,17 +64,9 @@ class DistillObjective:
         if teacher_solver not in one_call_solvers():
             raise ValueError(f"teacher_solver must be one of {one_call_solvers()}, got "
                              f"{teacher_solver!r}.")
-        for key, value in (options or {}).items():
-            if key not in self.tunable:
-                raise ValueError(f"{self.name} has no option {key!r}; its options: "
-                                 f"{list(self.tunable) or 'none'}.")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    math.isfinite(value) and value >= 0):
-                raise ValueError(f"option {key} must be a finite number >= 0, got {value!r}.")
-            setattr(self, key, float(value))
-        if is_flow_map(teacher) and teacher_solver != "euler":
-            raise ValueError(f"a flow-map teacher takes Euler steps of its average velocity; "
-                             f"teacher_solver={teacher_solver!r}.")
+        for key, value in self.check_options(options).items():
+            setattr(self, key, value)
+        check_flow_map_solver(is_flow_map(teacher), teacher_solver)
         self.teacher_solver = teacher_solver
         self.teacher = teacher.eval().requires_grad_(False)
         self.process = process
@@ -103,6 +96,21 @@ class DistillObjective:
             states.append(x)
         picked = torch.stack(states)[idx, torch.arange(x0.shape[0], device=x0.device)]
         return picked, t_start
+
+    @classmethod
+    def check_options(cls, options: dict | None) -> dict:
+        """`options` as {name: float}, each one of `tunable` and a finite number >= 0; a
+        one-sentence ValueError otherwise."""
+        checked = {}
+        for key, value in (options or {}).items():
+            if key not in cls.tunable:
+                raise ValueError(f"{cls.name} has no option {key!r}; its options: "
+                                 f"{list(cls.tunable) or 'none'}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
+                raise ValueError(f"option {key} must be a finite number >= 0, got {value!r}.")
+            checked[key] = float(value)
+        return checked
 
     def student_from(self, teacher: torch.nn.Module) -> torch.nn.Module:
         """The stage's student before training: a copy of its teacher."""
@@ -301,7 +309,7 @@ class FlowMapDistillObjective(DistillObjective):
     is many times the flow's own, and the identity's targets were far worse than the start.
     x_t is the exact Kac forward noising of the batch. Intervals per sample: `grid_fraction` (1/4)
     the student grid's own (t a grid point, h = T / student_steps), `instantaneous_fraction` (1/4)
-    h = 0, the rest t ~ U(0, T], h ~ U(0, t]. The student samples any number of uniform Euler
+    h = 0, the rest t ~ U(0, T], h ~ U[0, t). The student samples any number of uniform Euler
     steps; its facts carry the grid of student_steps (what `sample` takes by default). Starts are
     "noise" only and the teacher takes no solver (only its velocity is queried)."""
 
@@ -343,8 +351,11 @@ class FlowMapDistillObjective(DistillObjective):
         t, h = self.intervals(x0.shape[0], generator, x0.device)
         x = self.process.noise_target(x0, t, seed=seed)[0]
         w = self.guidance if y is not None else 1.0
-        with torch.no_grad():
-            v = mixed_velocity_fn(self.teacher, y, w, getattr(self.teacher, "num_classes", None))(x, t)
+        # both targets for every sample, then one picked per sample: static shapes (compile)
+        with torch.no_grad(), eval_mode(net):  # the student's own steps as it samples (no dropout)
+            # (a flow-map teacher's average velocity over h, exact where the Euler step is not)
+            v = mixed_velocity_fn(self.teacher, y, w, getattr(self.teacher, "num_classes", None))(
+                x, t, h)
             half = h / 2
             per_sample = half.view(-1, *([1] * (x.dim() - 1)))
             u_first = net(x, t, y, interval=half)
