@@ -304,9 +304,10 @@ class FlowMapDistillObjective(DistillObjective):
         Euler step (the student absorbs the guidance);
       - for longer h: the average of its own two half steps, (u(x, t, h/2) + u(x', t - h/2, h/2))
         / 2 with x' = x - (h/2) u(x, t, h/2), without gradient (shortcut models, Frans et al. 2024).
-    MeanFlow's identity u = v - h du/dt needs du/dt through the network; a Kac teacher's velocity
-    is sharp in (x, t) (the marginal's light-cone fronts), its network's derivative along the flow
-    is many times the flow's own, and the identity's targets were far worse than the start.
+    MeanFlow's identity u = v - h du/dt needs du/dt through the network: on the shipped 16x16
+    teacher the JVP along the flow is 2-3x the flow's own rate, and MeanFlow's first targets lie
+    5-8x further from the teacher's roll-out than the start does
+    (benchmarks/experiments/meanflow_target.py); on a 2-D toy that form diverged.
     x_t is the exact Kac forward noising of the batch. Intervals per sample: `grid_fraction` (1/4)
     the student grid's own (t a grid point, h = T / student_steps), `instantaneous_fraction` (1/4)
     h = 0, the rest t ~ U(0, T], h ~ U[0, t). The student samples any number of uniform Euler
