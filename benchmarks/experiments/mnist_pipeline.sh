@@ -4,7 +4,8 @@
 # the quality protocol add about 40 minutes per 100-step sampler swept over 4 guidance values).
 #   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25,adversarial-w1.25,
-# rollout-w1.25,distill-w1.25-huber,distill-w1.25-features,flowmap-w1.25,adversarial0.3-w1.25},
+# rollout-w1.25,distill-w1.25-huber,distill-w1.25-features,flowmap-w1.25,adversarial0.3-w1.25,
+# adversarial-huber-w1.25},
 # RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
@@ -74,16 +75,19 @@ $DISTILL --teacher "$RUNS/kac" --out "$RUNS/flowmap-w1.25" --schedule 100 1 --st
 $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w1.25" --schedule 2 1 \
     --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial \
     --objective-option adversarial_weight=0.3
+# the adversarial last stage on the pseudo-Huber chain (the shipped student)
+$DISTILL --teacher "$RUNS/distill-w1.25-huber/stage-3-2" --out "$RUNS/adversarial-huber-w1.25" \
+    --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
     distillkac-1-w1.25-features distillkac-1-w1.25-adversarial distillkac-1-w1.25-adversarial0.3 \
-    flowmap-4-w1.25 flowmap-2-w1.25 flowmap-1-w1.25
+    distillkac-1-w1.25-huber-adversarial flowmap-4-w1.25 flowmap-2-w1.25 flowmap-1-w1.25
 python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/heldout.jsonl" \
     --grids "$RUNS/grids-heldout" --reference test --threads 1 --compile --guidance 1.25 --rows data \
     kac-teacher-euler-100 edm-heun-35 distillkac-1 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 distillkac-1-w1.25-huber distillkac-1-w1.25-features distillkac-1-w1.25-adversarial \
-    edm-euler-4 ddim-4
+    distillkac-1-w1.25-huber-adversarial edm-euler-4 ddim-4
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
 python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
@@ -93,5 +97,5 @@ python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 
     ddim-100 ddim-20 ddpm-1000 edm-heun-35
 python "$HERE/benchmarks/experiments/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-w1.25/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
+kacfast export --ckpt "$RUNS/adversarial-huber-w1.25/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
 python "$HERE/benchmarks/experiments/student_loss_share.py" --runs "$RUNS"

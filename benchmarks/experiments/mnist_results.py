@@ -18,7 +18,8 @@ students are rows; rollout-w1.25/ repeats its stages 4 -> 2 -> 1 with teacher ro
 points); distill-w1.25-huber/ and distill-w1.25-features/ are the same schedule with
 the pseudo-Huber endpoint distance and with L2 plus a random-feature distance instead of the
 paper's L2; adversarial-w1.25/ repeats its last stage (2 -> 1, same seed) with the adversarial term
-(adversarial0.3-w1.25/: with 3x its weight).
+(adversarial0.3-w1.25/: with 3x its weight; adversarial-huber-w1.25/: the same stage on the
+pseudo-Huber chain).
 flowmap-w1.25/ is one flow-map stage (100 -> 1, `--objective flow-map`, the chain's 1,600 steps):
 one student, scored at 4, 2 and 1 steps.
 
@@ -61,6 +62,7 @@ ROWS = {
     "distillkac-1-w1.25-features": ("distill-w1.25-features/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial": ("adversarial-w1.25/stage-1-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial0.3": ("adversarial0.3-w1.25/stage-1-1", "distill", 1, "euler"),
+    "distillkac-1-w1.25-huber-adversarial": ("adversarial-huber-w1.25/stage-1-1", "distill", 1, "euler"),
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
@@ -79,7 +81,7 @@ ROWS = {
 
 
 # The shipped models the 16x16 pipeline trained, by run directory
-SHIPPED = {"kac": "mnist16-kac-teacher", "adversarial-w1.25/stage-1-1": "mnist16-distillkac-1step"}
+SHIPPED = {"kac": "mnist16-kac-teacher", "adversarial-huber-w1.25/stage-1-1": "mnist16-distillkac-1step"}
 SHIPPED_DATA = "mnist5k16"
 
 
@@ -185,8 +187,9 @@ LABELS = {
     "rollout-1-w1.25": "DistillKac student, L2, roll-out starts in 4 -> 2 -> 1",
     "distillkac-1-w1.25-huber": "DistillKac student, pseudo-Huber",
     "distillkac-1-w1.25-features": "DistillKac student, L2 + random features",
-    "distillkac-1-w1.25-adversarial": "DistillKac student, L2 + adversarial last stage, shipped",
+    "distillkac-1-w1.25-adversarial": "DistillKac student, L2 + adversarial last stage",
     "distillkac-1-w1.25-adversarial0.3": "DistillKac student, L2 + adversarial last stage, GAN weight 0.3",
+    "distillkac-1-w1.25-huber-adversarial": "DistillKac student, pseudo-Huber + adversarial last stage, shipped",
     "flowmap-4-w1.25": "flow-map student (one student, any steps)",
     "flowmap-2-w1.25": "flow-map student (one student, any steps)",
     "flowmap-1-w1.25": "flow-map student (one student, any steps)",
