@@ -63,8 +63,8 @@ def test_chunked_unet_request_matches_one_batch(unet):
 
 
 def test_default_chunk_size_per_device():
-    assert kacfast.sampling.default_max_batch(torch.device("cpu"), 256) == 256
-    assert kacfast.sampling.default_max_batch(torch.device("cpu"), 3 * 32 * 32) == 21
+    assert kacfast.sampling.default_max_batch(torch.device("cpu"), 256) == 128
+    assert kacfast.sampling.default_max_batch(torch.device("cpu"), 3 * 32 * 32) == 10
     assert kacfast.sampling.default_max_batch(torch.device("cpu"), 10**9) == 1
     assert kacfast.sampling.default_max_batch(torch.device("cuda"), 256) == 65536
 
@@ -75,10 +75,10 @@ def test_default_chunk_counts_the_guided_pair(monkeypatch):
                         lambda model, plan, x, labels, **kw: seen.append(len(x)) or x)
     labels = torch.arange(300) % 3
     kacfast.sample(LabelShiftModel(), 1, labels=labels, guidance=1.5, shape=(256,))
-    assert seen == [128, 128, 44]  # 65,536 elements per network call on the CPU: 2 x 128 x 256
+    assert seen == [64] * 4 + [44]  # 32,768 elements per network call on the CPU: 2 x 64 x 256
     seen.clear()
     kacfast.sample(LabelShiftModel(), 1, labels=labels, shape=(256,))
-    assert seen == [256, 44]
+    assert seen == [128, 128, 44]
 
 
 def test_progress_over_chunks(capsys):
