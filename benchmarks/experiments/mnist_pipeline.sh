@@ -5,7 +5,7 @@
 #   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25,adversarial-w1.25,
 # rollout-w1.25,distill-w1.25-huber,distill-w1.25-features,flowmap-w1.25,adversarial0.3-w1.25,
-# adversarial-huber-w1.25},
+# adversarial-huber-w1.25{,-1200,-2400}},
 # RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
@@ -78,11 +78,22 @@ $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w
 # the adversarial last stage on the pseudo-Huber chain (the shipped student)
 $DISTILL --teacher "$RUNS/distill-w1.25-huber/stage-3-2" --out "$RUNS/adversarial-huber-w1.25" \
     --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial
+# the same stage run longer: the LR is constant after warm-up, so resuming a copy of the shorter
+# run with a larger step count continues it exactly (600 -> 1,200 -> 2,400 steps)
+PREVIOUS="$RUNS/adversarial-huber-w1.25"
+for STEPS in 1200 2400; do
+    LONGER="$RUNS/adversarial-huber-w1.25-$STEPS"
+    [ -d "$LONGER" ] || cp -r "$PREVIOUS" "$LONGER"
+    $DISTILL --teacher "$RUNS/distill-w1.25-huber/stage-3-2" --out "$LONGER" --schedule 2 1 \
+        --steps-per-stage "$STEPS" --seed 3 --objective endpoint-l2-adversarial --resume
+    PREVIOUS=$LONGER
+done
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
     distillkac-1-w1.25-features distillkac-1-w1.25-adversarial distillkac-1-w1.25-adversarial0.3 \
-    distillkac-1-w1.25-huber-adversarial flowmap-4-w1.25 flowmap-2-w1.25 flowmap-1-w1.25
+    distillkac-1-w1.25-huber-adversarial distillkac-1-w1.25-huber-adversarial-1200 \
+    distillkac-1-w1.25-huber-adversarial-2400 flowmap-4-w1.25 flowmap-2-w1.25 flowmap-1-w1.25
 python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/heldout.jsonl" \
     --grids "$RUNS/grids-heldout" --reference test --threads 1 --compile --guidance 1.25 --rows data \
     kac-teacher-euler-100 edm-heun-35 distillkac-1 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \

@@ -63,6 +63,8 @@ ROWS = {
     "distillkac-1-w1.25-adversarial": ("adversarial-w1.25/stage-1-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial0.3": ("adversarial0.3-w1.25/stage-1-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-huber-adversarial": ("adversarial-huber-w1.25/stage-1-1", "distill", 1, "euler"),
+    **{f"distillkac-1-w1.25-huber-adversarial-{n}": (f"adversarial-huber-w1.25-{n}/stage-1-1", "distill", 1,
+                                                     "euler") for n in (1200, 2400)},
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
@@ -190,6 +192,8 @@ LABELS = {
     "distillkac-1-w1.25-adversarial": "DistillKac student, L2 + adversarial last stage",
     "distillkac-1-w1.25-adversarial0.3": "DistillKac student, L2 + adversarial last stage, GAN weight 0.3",
     "distillkac-1-w1.25-huber-adversarial": "DistillKac student, pseudo-Huber + adversarial last stage, shipped",
+    **{f"distillkac-1-w1.25-huber-adversarial-{n}":
+       f"DistillKac student, pseudo-Huber + adversarial last stage of {n:,} steps" for n in (1200, 2400)},
     "flowmap-4-w1.25": "flow-map student (one student, any steps)",
     "flowmap-2-w1.25": "flow-map student (one student, any steps)",
     "flowmap-1-w1.25": "flow-map student (one student, any steps)",
