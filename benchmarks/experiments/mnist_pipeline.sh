@@ -5,7 +5,7 @@
 #   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25,adversarial-w1.25,
 # rollout-w1.25,distill-w1.25-huber,distill-w1.25-features,flowmap-w1.25,adversarial0.3-w1.25,
-# adversarial-huber-w1.25{,-1200,-2400}},
+# adversarial-huber-w1.25{,-1200,-2400,-4800}},
 # RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
@@ -75,13 +75,14 @@ $DISTILL --teacher "$RUNS/kac" --out "$RUNS/flowmap-w1.25" --schedule 100 1 --st
 $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w1.25" --schedule 2 1 \
     --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial \
     --objective-option adversarial_weight=0.3
-# the adversarial last stage on the pseudo-Huber chain (the shipped student)
+# the adversarial last stage on the pseudo-Huber chain
 $DISTILL --teacher "$RUNS/distill-w1.25-huber/stage-3-2" --out "$RUNS/adversarial-huber-w1.25" \
     --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial
 # the same stage run longer: the LR is constant after warm-up, so resuming a copy of the shorter
-# run with a larger step count continues it exactly (600 -> 1,200 -> 2,400 steps)
+# run with a larger step count continues it exactly (600 -> 1,200 -> 2,400 -> 4,800 steps; the
+# last is the shipped student)
 PREVIOUS="$RUNS/adversarial-huber-w1.25"
-for STEPS in 1200 2400; do
+for STEPS in 1200 2400 4800; do
     LONGER="$RUNS/adversarial-huber-w1.25-$STEPS"
     [ -d "$LONGER" ] || cp -r "$PREVIOUS" "$LONGER"
     $DISTILL --teacher "$RUNS/distill-w1.25-huber/stage-3-2" --out "$LONGER" --schedule 2 1 \
@@ -93,12 +94,13 @@ $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 dist
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
     distillkac-1-w1.25-features distillkac-1-w1.25-adversarial distillkac-1-w1.25-adversarial0.3 \
     distillkac-1-w1.25-huber-adversarial distillkac-1-w1.25-huber-adversarial-1200 \
-    distillkac-1-w1.25-huber-adversarial-2400 flowmap-4-w1.25 flowmap-2-w1.25 flowmap-1-w1.25
+    distillkac-1-w1.25-huber-adversarial-2400 distillkac-1-w1.25-huber-adversarial-4800 \
+    flowmap-4-w1.25 flowmap-2-w1.25 flowmap-1-w1.25
 python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out "$RUNS/heldout.jsonl" \
     --grids "$RUNS/grids-heldout" --reference test --threads 1 --compile --guidance 1.25 --rows data \
     kac-teacher-euler-100 edm-heun-35 distillkac-1 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 distillkac-1-w1.25-huber distillkac-1-w1.25-features distillkac-1-w1.25-adversarial \
-    distillkac-1-w1.25-huber-adversarial edm-euler-4 ddim-4
+    distillkac-1-w1.25-huber-adversarial distillkac-1-w1.25-huber-adversarial-4800 edm-euler-4 ddim-4
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
 python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
@@ -108,5 +110,5 @@ python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 
     ddim-100 ddim-20 ddpm-1000 edm-heun-35
 python "$HERE/benchmarks/experiments/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-huber-w1.25/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
+kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-4800/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
 python "$HERE/benchmarks/experiments/student_loss_share.py" --runs "$RUNS"

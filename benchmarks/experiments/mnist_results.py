@@ -64,7 +64,7 @@ ROWS = {
     "distillkac-1-w1.25-adversarial0.3": ("adversarial0.3-w1.25/stage-1-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-huber-adversarial": ("adversarial-huber-w1.25/stage-1-1", "distill", 1, "euler"),
     **{f"distillkac-1-w1.25-huber-adversarial-{n}": (f"adversarial-huber-w1.25-{n}/stage-1-1", "distill", 1,
-                                                     "euler") for n in (1200, 2400)},
+                                                     "euler") for n in (1200, 2400, 4800)},
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
@@ -83,7 +83,7 @@ ROWS = {
 
 
 # The shipped models the 16x16 pipeline trained, by run directory
-SHIPPED = {"kac": "mnist16-kac-teacher", "adversarial-huber-w1.25/stage-1-1": "mnist16-distillkac-1step"}
+SHIPPED = {"kac": "mnist16-kac-teacher", "adversarial-huber-w1.25-4800/stage-1-1": "mnist16-distillkac-1step"}
 SHIPPED_DATA = "mnist5k16"
 
 
@@ -191,9 +191,11 @@ LABELS = {
     "distillkac-1-w1.25-features": "DistillKac student, L2 + random features",
     "distillkac-1-w1.25-adversarial": "DistillKac student, L2 + adversarial last stage",
     "distillkac-1-w1.25-adversarial0.3": "DistillKac student, L2 + adversarial last stage, GAN weight 0.3",
-    "distillkac-1-w1.25-huber-adversarial": "DistillKac student, pseudo-Huber + adversarial last stage, shipped",
+    "distillkac-1-w1.25-huber-adversarial":
+        "DistillKac student, pseudo-Huber + adversarial last stage of 600 steps (shipped until 2026-12-06)",
     **{f"distillkac-1-w1.25-huber-adversarial-{n}":
-       f"DistillKac student, pseudo-Huber + adversarial last stage of {n:,} steps" for n in (1200, 2400)},
+       f"DistillKac student, pseudo-Huber + adversarial last stage of {n:,} steps" + ", shipped" * (n == 4800)
+       for n in (1200, 2400, 4800)},
     "flowmap-4-w1.25": "flow-map student (one student, any steps)",
     "flowmap-2-w1.25": "flow-map student (one student, any steps)",
     "flowmap-1-w1.25": "flow-map student (one student, any steps)",
