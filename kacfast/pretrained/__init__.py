@@ -26,6 +26,7 @@ _DISTILL = ("kacfast distill --teacher runs/kac --out runs/distill-w1.25-huber -
 _ADVERSARIAL = ("kacfast distill --teacher runs/distill-w1.25-huber/stage-3-2 --out "
                 "runs/adversarial-huber-w1.25-4800 --schedule 2 1 --steps-per-stage 4800 --seed 3 "
                 "--objective endpoint-l2-adversarial --batch-size 64 --lr 2e-4 --threads 1")
+
 _SCORED = ("mnist5k16, 3 seeds x 1,000 class-balanced samples against the training split, 95% "
            "intervals (`python benchmarks/experiments/mnist_results.py run ...`, README 'Quality under two "
            "judges'); real-vs-real floor: cnn FD 0.28 +- 0.18, strided FD 0.60 +- 0.26")
