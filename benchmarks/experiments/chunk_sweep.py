@@ -1,0 +1,53 @@
+"""Eager images/s of one network call per chunk size: what `_CHUNK_ELEMENTS["cpu"]` in
+kacfast/sampling.py is chosen from. The shipped 1-step student's network at 16x16 and `unet-tiny`
+at 28x28 (random weights: speed only), 256 images per round in chunks of each size, rounds
+interleaved (median).
+
+    python benchmarks/experiments/chunk_sweep.py [--threads 2] [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import kacfast
+from kacfast.models.unet import UNet
+
+CHUNKS = (16, 32, 64, 128, 256)
+IMAGES = 256
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    student = kacfast.load_pretrained("mnist16-distillkac-1step")
+    networks = {16: student, 28: UNet(**dict(student.config, image_size=28,
+                                             attention_resolutions=[14])).eval()}
+    print("| chunk (images) | " + " | ".join(map(str, CHUNKS)) + " |")
+    print("|---|" + "---:|" * len(CHUNKS))
+    for size, net in networks.items():
+        x = torch.randn(IMAGES, 1, size, size)
+        t, y = torch.full((IMAGES,), 0.5), torch.arange(IMAGES) % 10
+        runs = {c: (lambda c=c: [net(x[i:i + c], t[i:i + c], y[i:i + c])
+                                 for i in range(0, IMAGES, c)]) for c in CHUNKS}
+        times = {c: [] for c in CHUNKS}
+        with torch.no_grad():
+            for run in runs.values():
+                run()
+            for _ in range(args.rounds):
+                for c, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[c].append(time.perf_counter() - start)
+        print(f"| {size}x{size}, images/s | "
+              + " | ".join(f"{IMAGES / statistics.median(times[c]):,.0f}" for c in CHUNKS) + " |")
+
+
+if __name__ == "__main__":
+    main()
