@@ -5,7 +5,8 @@
 #   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25,adversarial-w1.25,
 # rollout-w1.25,distill-w1.25-huber,distill-w1.25-features,flowmap-w1.25,adversarial0.3-w1.25,
-# adversarial-huber-w1.25{,-1200,-2400,-4800}},
+# adversarial-huber-w1.25{,-1200,-2400,-4800},kac-logit-normal,kac-uniform-{3600,7200,seed1},
+# distill-w1.25-huber-logit,adversarial-huber-w1.25-logit{,-1200,-2400,-4800}},
 # RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
 set -euo pipefail
@@ -89,6 +90,30 @@ for STEPS in 1200 2400 4800; do
         --steps-per-stage "$STEPS" --seed 3 --objective endpoint-l2-adversarial --resume
     PREVIOUS=$LONGER
 done
+# teacher levers (one change each to the teacher's recipe): logit-normal training times; the recipe
+# retrained (it reproduces kac/ to float rounding) and continued to twice its steps; training seed 1
+$TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal"
+$TRAIN --method kac --out "$RUNS/kac-uniform-3600"
+cp -r "$RUNS/kac-uniform-3600" "$RUNS/kac-uniform-7200"
+${TRAIN/--steps 3600/--steps 7200} --method kac --out "$RUNS/kac-uniform-7200" --resume
+$TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
+# the shipped student's recipe on the logit-normal teacher, its adversarial stage by doublings
+$DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
+    --steps-per-stage 200 300 500 --guidance 1.25 --objective endpoint-pseudo-huber
+$DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$RUNS/adversarial-huber-w1.25-logit" \
+    --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial
+PREVIOUS="$RUNS/adversarial-huber-w1.25-logit"
+for STEPS in 1200 2400 4800; do
+    LONGER="$RUNS/adversarial-huber-w1.25-logit-$STEPS"
+    [ -d "$LONGER" ] || cp -r "$PREVIOUS" "$LONGER"
+    $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$LONGER" --schedule 2 1 \
+        --steps-per-stage "$STEPS" --seed 3 --objective endpoint-l2-adversarial --resume
+    PREVIOUS=$LONGER
+done
+$EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 kac-uniform-3600-euler-100 \
+    kac-uniform-7200-euler-100 kac-uniform-seed1-euler-100 distillkac-1-w1.25-huber-adversarial-logit \
+    distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
+    distillkac-1-w1.25-huber-adversarial-logit-4800
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \

@@ -22,6 +22,11 @@ paper's L2; adversarial-w1.25/ repeats its last stage (2 -> 1, same seed) with t
 pseudo-Huber chain).
 flowmap-w1.25/ is one flow-map stage (100 -> 1, `--objective flow-map`, the chain's 1,600 steps):
 one student, scored at 4, 2 and 1 steps.
+Teacher levers (the teacher's recipe with one change): kac-logit-normal/ (`--time-distribution
+logit-normal`), kac-uniform-3600/ and kac-uniform-7200/ (the recipe retrained, then continued to
+twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread between training
+runs); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the shipped
+student's recipe (pseudo-Huber chain, adversarial last stage of 600 steps) on the logit-normal teacher.
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -45,6 +50,8 @@ import torch
 ROWS = {
     "kac-teacher-euler-100": ("kac", "kac", 100, "euler"),
     "kac-teacher-ab2-100": ("kac", "kac", 100, "ab2"),
+    "kac-teacher-midpoint-50": ("kac", "kac", 50, "midpoint"),
+    "kac-teacher-heun-50": ("kac", "kac", 50, "heun"),
     "distillkac-20": ("distill/stage-1-20", "distill", 20, "euler"),
     "distillkac-4": ("distill/stage-2-4", "distill", 4, "euler"),
     "distillkac-2": ("distill/stage-3-2", "distill", 2, "euler"),
@@ -65,10 +72,16 @@ ROWS = {
     "distillkac-1-w1.25-huber-adversarial": ("adversarial-huber-w1.25/stage-1-1", "distill", 1, "euler"),
     **{f"distillkac-1-w1.25-huber-adversarial-{n}": (f"adversarial-huber-w1.25-{n}/stage-1-1", "distill", 1,
                                                      "euler") for n in (1200, 2400, 4800)},
+    **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}": (f"adversarial-huber-w1.25-logit{suffix}/stage-1-1",
+                                                               "distill", 1, "euler")
+       for suffix in ("", "-1200", "-2400", "-4800")},
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
+    # teacher levers (same recipe otherwise): logit-normal training times, 2x the steps
+    **{f"{run}-euler-100": (run, "kac", 100, "euler")
+       for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1")},
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
     "edm-heun-35": ("edm", "edm", 18, "heun"),
@@ -200,6 +213,15 @@ LABELS = {
     "flowmap-2-w1.25": "flow-map student (one student, any steps)",
     "flowmap-1-w1.25": "flow-map student (one student, any steps)",
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
+    **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}":
+       f"DistillKac student of the logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
+       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800))},
+    "kac-teacher-midpoint-50": "Kac teacher, midpoint",
+    "kac-teacher-heun-50": "Kac teacher, Heun",
+    "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",
+    "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
+    "kac-uniform-7200-euler-100": "Kac teacher, 2x the training steps (7,200), Euler",
+    "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
     "rollout-1": "DistillKac student, roll-out starts in 4 -> 2",
