@@ -76,20 +76,23 @@ $DISTILL --teacher "$RUNS/kac" --out "$RUNS/flowmap-w1.25" --schedule 100 1 --st
 $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w1.25" --schedule 2 1 \
     --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial \
     --objective-option adversarial_weight=0.3
-# the adversarial last stage on the pseudo-Huber chain
-$DISTILL --teacher "$RUNS/distill-w1.25-huber/stage-3-2" --out "$RUNS/adversarial-huber-w1.25" \
-    --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial
-# the same stage run longer: the LR is constant after warm-up, so resuming a copy of the shorter
-# run with a larger step count continues it exactly (600 -> 1,200 -> 2,400 -> 4,800 steps; the
-# last is the shipped student)
-PREVIOUS="$RUNS/adversarial-huber-w1.25"
-for STEPS in 1200 2400 4800; do
-    LONGER="$RUNS/adversarial-huber-w1.25-$STEPS"
-    [ -d "$LONGER" ] || cp -r "$PREVIOUS" "$LONGER"
-    $DISTILL --teacher "$RUNS/distill-w1.25-huber/stage-3-2" --out "$LONGER" --schedule 2 1 \
-        --steps-per-stage "$STEPS" --seed 3 --objective endpoint-l2-adversarial --resume
-    PREVIOUS=$LONGER
-done
+# the adversarial last stage (2 -> 1) from a chain's 2-step student, 600 steps into RUNS/OUT, then
+# run longer: the LR is constant after warm-up, so resuming a copy of the shorter run with a larger
+# step count continues it exactly (600 -> 1,200 -> 2,400 -> 4,800 steps into OUT-1200 ... OUT-4800)
+adversarial_stage() {  # CHAIN OUT
+    $DISTILL --teacher "$RUNS/$1/stage-3-2" --out "$RUNS/$2" --schedule 2 1 --steps-per-stage 600 \
+        --seed 3 --objective endpoint-l2-adversarial
+    local previous="$RUNS/$2" longer steps
+    for steps in 1200 2400 4800; do
+        longer="$RUNS/$2-$steps"
+        [ -d "$longer" ] || cp -r "$previous" "$longer"
+        $DISTILL --teacher "$RUNS/$1/stage-3-2" --out "$longer" --schedule 2 1 \
+            --steps-per-stage "$steps" --seed 3 --objective endpoint-l2-adversarial --resume
+        previous=$longer
+    done
+}
+# on the pseudo-Huber chain (its 4,800-step run is the shipped student)
+adversarial_stage distill-w1.25-huber adversarial-huber-w1.25
 # teacher levers (one change each to the teacher's recipe): logit-normal training times; the recipe
 # retrained (it reproduces kac/ to float rounding) and continued to twice its steps; training seed 1
 $TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal"
@@ -100,20 +103,12 @@ $TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
 # the shipped student's recipe on the logit-normal teacher, its adversarial stage by doublings
 $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
     --steps-per-stage 200 300 500 --guidance 1.25 --objective endpoint-pseudo-huber
-$DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$RUNS/adversarial-huber-w1.25-logit" \
-    --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial
-PREVIOUS="$RUNS/adversarial-huber-w1.25-logit"
-for STEPS in 1200 2400 4800; do
-    LONGER="$RUNS/adversarial-huber-w1.25-logit-$STEPS"
-    [ -d "$LONGER" ] || cp -r "$PREVIOUS" "$LONGER"
-    $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$LONGER" --schedule 2 1 \
-        --steps-per-stage "$STEPS" --seed 3 --objective endpoint-l2-adversarial --resume
-    PREVIOUS=$LONGER
-done
+adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit
 $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 kac-uniform-3600-euler-100 \
     kac-uniform-7200-euler-100 kac-uniform-seed1-euler-100 distillkac-1-w1.25-huber-adversarial-logit \
     distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
     distillkac-1-w1.25-huber-adversarial-logit-4800
+$EVAL --guidance 1 --rows kac-logit-normal-euler-100
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
