@@ -108,7 +108,7 @@ $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 ka
     kac-uniform-7200-euler-100 kac-uniform-seed1-euler-100 distillkac-1-w1.25-huber-adversarial-logit \
     distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
     distillkac-1-w1.25-huber-adversarial-logit-4800
-$EVAL --guidance 1 --rows kac-logit-normal-euler-100
+$EVAL --guidance 1 1.5 --rows kac-logit-normal-euler-100
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
