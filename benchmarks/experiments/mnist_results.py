@@ -69,17 +69,16 @@ ROWS = {
     "distillkac-1-w1.25-features": ("distill-w1.25-features/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial": ("adversarial-w1.25/stage-1-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial0.3": ("adversarial0.3-w1.25/stage-1-1", "distill", 1, "euler"),
-    "distillkac-1-w1.25-huber-adversarial": ("adversarial-huber-w1.25/stage-1-1", "distill", 1, "euler"),
-    **{f"distillkac-1-w1.25-huber-adversarial-{n}": (f"adversarial-huber-w1.25-{n}/stage-1-1", "distill", 1,
-                                                     "euler") for n in (1200, 2400, 4800)},
-    **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}": (f"adversarial-huber-w1.25-logit{suffix}/stage-1-1",
+    # the adversarial last stage of each pseudo-Huber chain (shipped teacher, logit-normal teacher) at
+    # 600 steps and continued to 1,200 / 2,400 / 4,800
+    **{f"distillkac-1-w1.25-huber-adversarial{chain}{steps}": (f"adversarial-huber-w1.25{chain}{steps}/stage-1-1",
                                                                "distill", 1, "euler")
-       for suffix in ("", "-1200", "-2400", "-4800")},
+       for chain in ("", "-logit") for steps in ("", "-1200", "-2400", "-4800")},
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
-    # teacher levers (same recipe otherwise): logit-normal training times, 2x the steps
+    # teacher levers (same recipe otherwise): logit-normal training times, retrained, 2x the steps, seed 1
     **{f"{run}-euler-100": (run, "kac", 100, "euler")
        for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1")},
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
