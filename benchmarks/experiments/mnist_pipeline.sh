@@ -129,6 +129,6 @@ python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 
     --rows distillkac-1 distillkac-20 edm-euler-2 edm-euler-1 kac-teacher-euler-100 kac-teacher-ab2-100 \
     ddim-100 ddim-20 ddpm-1000 edm-heun-35
 python "$HERE/benchmarks/experiments/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
-kacfast export --ckpt "$RUNS/kac" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-4800/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
+kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
+kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-logit-4800/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
 python "$HERE/benchmarks/experiments/student_loss_share.py" --runs "$RUNS"

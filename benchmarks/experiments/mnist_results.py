@@ -9,7 +9,8 @@ RUNS holds the run directories of benchmarks/experiments/mnist_pipeline.sh: kac/
 baselines trained with the same network, data and budget), distill/stage-K-STEPS/ (DistillKac
 100 -> 20 -> 4 -> 2 -> 1), single/stage-1-1/ (one stage 100 -> 1) and rollout/ (stages 4 -> 2 -> 1
 from the 4-step student with teacher roll-out start points). Rows whose run directory is missing
-fall back to the shipped model trained by the same pipeline (the Kac teacher, the 1-step student).
+fall back to the shipped model trained by the same pipeline (the logit-normal teacher kac-logit-normal/,
+its 1-step student adversarial-huber-w1.25-logit-4800/).
 
 Separate runs: kac-diffusers/ (the Kac teacher's recipe on the
 diffusers-unet-tiny preset, a UNet2DModel) and distill-w1.25/ (the DistillKac schedule absorbing
@@ -25,8 +26,9 @@ one student, scored at 4, 2 and 1 steps.
 Teacher levers (the teacher's recipe with one change): kac-logit-normal/ (`--time-distribution
 logit-normal`), kac-uniform-3600/ and kac-uniform-7200/ (the recipe retrained, then continued to
 twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread between training
-runs); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the shipped
-student's recipe (pseudo-Huber chain, adversarial last stage of 600 steps) on the logit-normal teacher.
+runs); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
+its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
+continued to 4,800 steps).
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -95,7 +97,8 @@ ROWS = {
 
 
 # The shipped models the 16x16 pipeline trained, by run directory
-SHIPPED = {"kac": "mnist16-kac-teacher", "adversarial-huber-w1.25-4800/stage-1-1": "mnist16-distillkac-1step"}
+SHIPPED = {"kac-logit-normal": "mnist16-kac-teacher",
+           "adversarial-huber-w1.25-logit-4800/stage-1-1": "mnist16-distillkac-1step"}
 SHIPPED_DATA = "mnist5k16"
 
 
@@ -204,9 +207,10 @@ LABELS = {
     "distillkac-1-w1.25-adversarial": "DistillKac student, L2 + adversarial last stage",
     "distillkac-1-w1.25-adversarial0.3": "DistillKac student, L2 + adversarial last stage, GAN weight 0.3",
     "distillkac-1-w1.25-huber-adversarial":
-        "DistillKac student, pseudo-Huber + adversarial last stage of 600 steps (shipped until 2026-12-06)",
+        "DistillKac student, pseudo-Huber + adversarial last stage of 600 steps (shipped 2026-12-01 to 12-06)",
     **{f"distillkac-1-w1.25-huber-adversarial-{n}":
-       f"DistillKac student, pseudo-Huber + adversarial last stage of {n:,} steps" + ", shipped" * (n == 4800)
+       f"DistillKac student, pseudo-Huber + adversarial last stage of {n:,} steps"
+       + " (shipped on 2026-12-06 until the logit-normal pair)" * (n == 4800)
        for n in (1200, 2400, 4800)},
     "flowmap-4-w1.25": "flow-map student (one student, any steps)",
     "flowmap-2-w1.25": "flow-map student (one student, any steps)",
@@ -214,10 +218,11 @@ LABELS = {
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}":
        f"DistillKac student of the logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
+       + ", shipped" * (n == 4800)
        for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800))},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
     "kac-teacher-heun-50": "Kac teacher, Heun",
-    "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",
+    "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times (shipped), Euler",
     "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
     "kac-uniform-7200-euler-100": "Kac teacher, 2x the training steps (7,200), Euler",
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
