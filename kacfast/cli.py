@@ -99,11 +99,16 @@ def cmd_noise_demo(args) -> int:
     return 0
 
 
-def _model_for_data(preset: str, x: torch.Tensor, num_classes, method: str, horizon: float):
+def _model_for_data(preset: str, x: torch.Tensor, num_classes, method: str, horizon: float,
+                    precondition: dict | None = None):
     from kacfast.models import build_model
     # The embedding is sized for inputs of order 1 times 1000: Kac times lie in [0, T] (scale
     # 1000 / T), EDM's c_noise = log(sigma)/4 in about [-1.6, 1.1]; DDPM passes steps 0..999.
     extra = {"kac": {"time_scale": 1000.0 / horizon}, "ddpm": {"time_scale": 1.0}}.get(method, {})
+    if precondition is not None:
+        if preset.startswith("diffusers") or preset == "mlp":
+            raise SystemExit(f"--precondition kac is built into kacfast's UNet presets, not {preset!r}.")
+        extra["precondition"] = precondition
     if preset.startswith("diffusers:"):
         from kacfast.integrations.diffusers import unet_from_config_file
         return unet_from_config_file(preset[len("diffusers:"):], in_channels=x.shape[1],
@@ -133,13 +138,25 @@ def cmd_train(args) -> int:
     if args.time_distribution != "uniform" and args.method != "kac":
         raise SystemExit(f"--time-distribution is the Kac teacher's setting; --method {args.method} "
                          "draws its own noise levels.")
+    for flag, value in (("--precondition", args.precondition), ("--loss-weighting", args.loss_weighting)):
+        if value != "none" and args.method != "kac":
+            raise SystemExit(f"{flag} {value} scales by the Kac marginal; --method {args.method} has "
+                             "its own parametrization.")
     _setup_worker(args)
     x, y = load_dataset(args.data, split="train", seed=args.seed)
     num_classes = int(y.max()) + 1 if args.conditional else None
     torch.manual_seed(args.seed)
-    model = _model_for_data(args.model, x, num_classes, args.method, args.T).to(args.device)
+    # the data's rms per coordinate: what E[x_t^2] and E[u^2] need of the data
+    rms_data = round(x.double().square().mean().sqrt().item(), 6)
+    precondition = None
+    if args.precondition == "kac":
+        precondition = dict(a=args.a, c=args.c, T=args.T, clock=args.clock, rms_data=rms_data)
+    model = _model_for_data(args.model, x, num_classes, args.method, args.T,
+                            precondition=precondition).to(args.device)
     objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock),
-                                             time_distribution=args.time_distribution),
+                                             time_distribution=args.time_distribution,
+                                             loss_weighting=args.loss_weighting,
+                                             rms_data=rms_data if args.loss_weighting != "none" else None),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup=args.warmup, ema_decay=args.ema_decay,
@@ -400,7 +417,7 @@ def main(argv=None) -> int:
     from kacfast.models import PRESETS
     from kacfast.sampling import one_call_solvers
     from kacfast.training.distill_objectives import DISTILL_OBJECTIVES
-    from kacfast.training.objectives import TIME_DISTRIBUTIONS
+    from kacfast.training.objectives import LOSS_WEIGHTINGS, TIME_DISTRIBUTIONS
 
     parser = argparse.ArgumentParser(prog="kacfast", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -454,6 +471,13 @@ def main(argv=None) -> int:
     tr.add_argument("--time-distribution", choices=list(TIME_DISTRIBUTIONS), default="uniform",
                     help="how the Kac teacher draws training times (default uniform on [0, T]; "
                          "logit-normal: T * sigmoid(N(0, 1)))")
+    tr.add_argument("--precondition", choices=["none", "kac"], default="none",
+                    help="kac: the UNet sees c_in(t) x_t and scales its output by c_out(t), input "
+                         "and target at unit mean square for every t (from the Kac marginal and the "
+                         "data's rms); default none")
+    tr.add_argument("--loss-weighting", choices=list(LOSS_WEIGHTINGS), default="none",
+                    help="target: each sample's squared error divided by E[u^2 | t], the target's "
+                         "mean square at its t (from the Kac marginal and the data's rms); default none")
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -113,3 +113,33 @@ def test_noise_target_is_consistent_with_noise_and_velocity():
     assert (k.abs() <= 3.0 * g + 1e-5).all()
     expected = df * x0 + dg * ops.kac_velocity(k, g, 9.0, 3.0)
     torch.testing.assert_close(u, expected, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("a, c", [(9.0, 3.0), (25.0, 2.0)])
+def test_velocity_second_moment_and_preconditioning_match_monte_carlo(a, c):
+    """E[v_K(s, X(s))^2] by quadrature against 400k exact Kac samples through the float32 velocity
+    op (c^2 at s = 0, the atoms' share e^{-as} c^2 near it, c^2/(4as) far out), and the teacher's
+    scales c_in = 1/sqrt(E[x_t^2]), c_out = sqrt(E[u^2]) against samples of (x_t, u)."""
+    from kacfast.formulas import kac_preconditioning, kac_velocity_second_moment
+    from kacfast.process import KacProcess
+
+    s = torch.tensor([0.0, 1e-3, 0.05, 0.3, 1.0])
+    moment = kac_velocity_second_moment(s, a, c)
+    assert moment.dtype == torch.float64 and moment[0] == c * c
+    for value, si in zip(moment.tolist(), s.tolist()):
+        if si == 0:
+            continue
+        times = torch.full((400_000,), si)
+        v = ops.kac_velocity(ops.kac_noise(times, a, c, seed=1), times, a, c, 1e-4)
+        assert value == pytest.approx(v.double().square().mean().item(), rel=0.01)
+    assert kac_velocity_second_moment(torch.tensor(20.0), a, c).item() == pytest.approx(c * c / (4 * a * 20.0), rel=0.02)
+    assert torch.allclose(kac_velocity_second_moment(s, a, c, nodes=512), moment, rtol=1e-9)
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(400_000, generator=gen) < 0.2).float() * 2 - 1   # rms 1, mean -0.6
+    for t in (0.02, 0.4, 1.0):
+        times = torch.full_like(x0, t)
+        x_t, u = KacProcess(a=a, c=c).noise_target(x0, times, seed=2)
+        c_in, c_out = kac_preconditioning(torch.tensor(t), a, c, 1.0, "t", rms_data=1.0)
+        assert c_in.item() ** -2 == pytest.approx(x_t.double().square().mean().item(), rel=0.01)
+        assert c_out.item() ** 2 == pytest.approx(u.double().square().mean().item(), rel=0.01)

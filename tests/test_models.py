@@ -330,3 +330,43 @@ def test_flow_map_needs_a_built_in_network():
 
     with pytest.raises(ValueError, match="built into the 'unet' and 'mlp' models"):
         as_flow_map(Foreign())
+
+
+# ----------------------------------------------------------------------------------------------
+# Kac preconditioning (a teacher lever)
+# ----------------------------------------------------------------------------------------------
+PRECONDITION = dict(a=9.0, c=3.0, T=2.0, clock="t", rms_data=0.9)
+
+
+def test_preconditioned_unet_is_c_out_times_the_network_at_c_in_x():
+    """A UNet built with precondition= computes c_out(t) F(c_in(t) x, t, y) with F the same weights
+    unpreconditioned, (c_in, c_out) from kacfast.formulas.kac_preconditioning (interpolated from a
+    table that is rebuilt, not saved); the config rebuilds it, a flow map keeps it."""
+    from kacfast.formulas import kac_preconditioning
+    from kacfast.models import as_flow_map
+
+    model = _randomize(build_model("unet-tiny", image_size=8, precondition=dict(PRECONDITION)))
+    plain = build_model("unet-tiny", image_size=8)
+    assert model.state_dict().keys() == plain.state_dict().keys()   # the table is not a weight
+    plain.load_state_dict(model.state_dict())
+    assert model.config == {**plain.config, "precondition": PRECONDITION}
+    x, _, y = _inputs(model, batch=4)
+    t = torch.tensor([0.0, 0.3, 1.7, 2.0])
+    c_in, c_out = (v.float()[:, None, None, None] for v in kac_preconditioning(t, 9.0, 3.0, 2.0, "t", 0.9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y), c_out * plain(c_in * x, t, y), rtol=1e-4, atol=1e-5)
+        rebuilt = model_from_config("unet", json.loads(json.dumps(model.config)))
+        rebuilt.load_state_dict(model.state_dict())
+        torch.testing.assert_close(rebuilt(x, t, y), model(x, t, y))
+        flow_map = as_flow_map(model)
+        assert flow_map.config["precondition"] == PRECONDITION
+        torch.testing.assert_close(flow_map(x, t, y, interval=t / 2), model(x, t, y))
+    assert c_in[0].item() == pytest.approx(1 / 0.9) and c_out[0].item() == pytest.approx(math.sqrt(0.81 / 4 + 9))
+
+
+@pytest.mark.parametrize("bad, match", [({"a": 9.0}, "precondition must be None or a dict"),
+                                        ({**PRECONDITION, "rms_data": 0.0}, "rms_data must be a number > 0"),
+                                        ({**PRECONDITION, "clock": "t3"}, "clock must be one of")])
+def test_preconditioning_settings_are_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("unet-tiny", image_size=8, precondition=bad)

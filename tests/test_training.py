@@ -172,6 +172,58 @@ def test_time_distribution_is_part_of_a_run_and_checked(tmp_path):
     assert not (tmp_path / "edm").exists()
 
 
+def test_target_loss_weighting_puts_every_t_at_unit_target_scale(tmp_path):
+    """loss_weighting="target" divides each sample's squared error by E[u^2 | t]: for a network that
+    returns 0 the loss is E[u^2 / E[u^2 | t]] = 1 at every t (the plain loss is E[u^2], dominated by
+    small t where |u| reaches c); it is part of the run's identity and needs the data's rms."""
+    from kacfast.process import KacProcess
+
+    def zero(x, t, y):
+        return torch.zeros_like(x)
+
+    x0 = (torch.rand(200_000, 4, generator=torch.Generator().manual_seed(0)) < 0.2).float() * 2 - 1
+    rms = x0.square().mean().sqrt().item()
+    weighted = KacObjective(KacProcess(), loss_weighting="target", rms_data=rms)
+    for seed in (0, 1):
+        loss = weighted.loss(zero, x0, None, torch.Generator().manual_seed(seed), seed=seed).item()
+        assert loss == pytest.approx(1.0, abs=0.02)
+    plain = KacObjective(KacProcess()).loss(zero, x0, None, torch.Generator().manual_seed(0), seed=0).item()
+    assert plain > 2.0
+    assert weighted.describe() == {"method": "kac", "process": KacProcess().to_dict(),
+                                   "loss_weighting": "target", "rms_data": rms}
+    with pytest.raises(ValueError, match="needs rms_data"):
+        KacObjective(loss_weighting="target")
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        KacObjective(loss_weighting="snr", rms_data=1.0)
+
+
+def test_cli_trains_a_preconditioned_weighted_teacher_and_rejects_it_elsewhere(tmp_path):
+    """`--precondition kac` records the process and the data's rms in the UNet's config (the run
+    samples and distills like any teacher); `--loss-weighting target` records its rms in the
+    objective; both are the Kac teacher's and the UNet's settings only."""
+    out = tmp_path / "teacher"
+    run = subprocess.run(CLI + ["train", "--data", "digits", "--model", "unet-tiny", "--method", "kac",
+                                "--precondition", "kac", "--loss-weighting", "target", "--steps", "2",
+                                "--batch-size", "8", "--sample-every", "0", "--quiet", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    model, meta = load_trained(str(out))
+    from kacfast.data import load_dataset
+    x, _ = load_dataset("digits", split="train", seed=0)
+    rms = round(x.double().square().mean().sqrt().item(), 6)
+    assert model.config["precondition"] == {"a": 9.0, "c": 3.0, "T": 1.0, "clock": "t", "rms_data": rms}
+    assert meta["objective"]["loss_weighting"] == "target" and meta["objective"]["rms_data"] == rms
+    import kacfast
+    assert kacfast.sample(model, 2, labels=[0, 1], seed=0).shape == (2, *model.sample_shape)
+    for args, message in ((["--method", "edm", "--precondition", "kac"], "--precondition kac scales by the Kac"),
+                          (["--method", "ddpm", "--loss-weighting", "target"], "--loss-weighting target scales"),
+                          (["--model", "mlp", "--data", "gmm9", "--precondition", "kac"], "built into kacfast's UNet")):
+        base = ["train", "--data", "digits", "--model", "unet-tiny", "--method", "kac", "--steps", "2"]
+        bad = subprocess.run(CLI + base + args + ["--out", str(tmp_path / "bad")], capture_output=True, text=True)
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # execution settings: precision, torch.compile, channels_last
 # ----------------------------------------------------------------------------------------------

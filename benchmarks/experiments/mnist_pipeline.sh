@@ -100,6 +100,9 @@ $TRAIN --method kac --out "$RUNS/kac-uniform-3600"
 cp -r "$RUNS/kac-uniform-3600" "$RUNS/kac-uniform-7200"
 ${TRAIN/--steps 3600/--steps 7200} --method kac --out "$RUNS/kac-uniform-7200" --resume
 $TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
+# on the logit-normal recipe: Kac input / output preconditioning; the target loss weighting
+$TRAIN --method kac --time-distribution logit-normal --precondition kac --out "$RUNS/kac-logit-normal-precond"
+$TRAIN --method kac --time-distribution logit-normal --loss-weighting target --out "$RUNS/kac-logit-normal-weighted"
 # the shipped student's recipe on the logit-normal teacher, its adversarial stage by doublings
 $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
     --steps-per-stage 200 300 500 --guidance 1.25 --objective endpoint-pseudo-huber
@@ -109,6 +112,7 @@ $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 ka
     distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
     distillkac-1-w1.25-huber-adversarial-logit-4800
 $EVAL --guidance 1 1.5 --rows kac-logit-normal-euler-100
+$EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \

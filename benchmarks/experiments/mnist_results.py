@@ -26,7 +26,8 @@ one student, scored at 4, 2 and 1 steps.
 Teacher levers (the teacher's recipe with one change): kac-logit-normal/ (`--time-distribution
 logit-normal`), kac-uniform-3600/ and kac-uniform-7200/ (the recipe retrained, then continued to
 twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread between training
-runs); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
+runs); on the logit-normal recipe, kac-logit-normal-precond/ (`--precondition kac`) and
+kac-logit-normal-weighted/ (`--loss-weighting target`); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
 continued to 4,800 steps).
 
@@ -80,9 +81,11 @@ ROWS = {
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
-    # teacher levers (same recipe otherwise): logit-normal training times, retrained, 2x the steps, seed 1
+    # teacher levers (same recipe otherwise): logit-normal training times, retrained, 2x the steps, seed 1;
+    # on the logit-normal recipe: Kac preconditioning, the target loss weighting
     **{f"{run}-euler-100": (run, "kac", 100, "euler")
-       for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1")},
+       for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1",
+                   "kac-logit-normal-precond", "kac-logit-normal-weighted")},
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
     "edm-heun-35": ("edm", "edm", 18, "heun"),
@@ -226,6 +229,8 @@ LABELS = {
     "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
     "kac-uniform-7200-euler-100": "Kac teacher, 2x the training steps (7,200), Euler",
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
+    "kac-logit-normal-precond-euler-100": "Kac teacher, logit-normal + Kac preconditioning, Euler",
+    "kac-logit-normal-weighted-euler-100": "Kac teacher, logit-normal + target loss weighting, Euler",
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
     "rollout-1": "DistillKac student, roll-out starts in 4 -> 2",

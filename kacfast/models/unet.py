@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kacfast.models.precondition import PRECONDITION_KEYS, KacPreconditioner
+
 __all__ = ["UNet", "timestep_embedding", "check_inputs", "as_times", "interval_features"]
 
 
@@ -260,6 +262,10 @@ class UNet(nn.Module):
         interval_conditioned: a flow map: forward also takes `interval` h (B,) in [0, t] and
             returns the average velocity over [t - h, t] (an embedding of h, its last layer
             zero-initialized, is added to the time embedding; h = 0 is the instantaneous velocity).
+        precondition: None (default: the network's output is the velocity), or a dict of
+            kacfast.models.precondition.PRECONDITION_KEYS (the Kac process a, c, T, clock and the
+            data's rms): the network then computes c_out(t) F(c_in(t) x, t, y), input and target
+            at unit mean square for every t (a Kac teacher lever; KacPreconditioner).
 
     Attributes: `kind` ("unet"), `num_classes`, `sample_shape` (C, H, W), `config` (a JSON-able
     dict with `UNet(**config)` rebuilding the same architecture). The output conv is
@@ -273,7 +279,8 @@ class UNet(nn.Module):
                  attention_resolutions: Sequence[int] = (), num_heads: int = 1,
                  dropout: float = 0.0, num_classes: int | None = None,
                  use_scale_shift_norm: bool = False, time_scale: float = 1000.0,
-                 out_channels: int | None = None, interval_conditioned: bool = False):
+                 out_channels: int | None = None, interval_conditioned: bool = False,
+                 precondition: dict | None = None):
         super().__init__()
         _check_config("in_channels", in_channels)
         _check_config("image_size", image_size)
@@ -304,6 +311,13 @@ class UNet(nn.Module):
                            time_scale=float(time_scale), out_channels=out_channels)
         if interval_conditioned:  # only then: every other model's config stays as it was
             self.config["interval_conditioned"] = True
+        self.preconditioner = None
+        if precondition is not None:
+            if not isinstance(precondition, dict) or set(precondition) != set(PRECONDITION_KEYS):
+                raise ValueError(f"precondition must be None or a dict with keys {PRECONDITION_KEYS}, "
+                                 f"got {precondition!r}.")
+            self.preconditioner = KacPreconditioner(**precondition)
+            self.config["precondition"] = dict(precondition)
         self.interval_conditioned = bool(interval_conditioned)
         self.num_classes = num_classes
         self.sample_shape = (in_channels, image_size, image_size)
@@ -381,7 +395,11 @@ class UNet(nn.Module):
             emb = emb + self.interval_embed(interval.to(dtype))
         if y is not None:
             emb = emb + self.label_emb(y)
-        h, skips = x.to(dtype), []
+        if self.preconditioner is not None:
+            c_in, c_out = (c[:, None, None, None] for c in self.preconditioner(t))
+            h, skips = (c_in * x).to(dtype), []
+        else:
+            h, skips = x.to(dtype), []
         for block in self.input_blocks:
             h = block(h, emb)
             skips.append(h)
@@ -389,6 +407,8 @@ class UNet(nn.Module):
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, skips[-1].shape[-2:] if skips else None)
+        if self.preconditioner is not None:
+            return (c_out * self.out(h)).to(x.dtype)
         return self.out(h).to(x.dtype)
 
     def extra_repr(self) -> str:
