@@ -7,7 +7,8 @@
 # its last checkpoint when the script is run again, and scored rows are not scored twice. On a
 # 2-core CPU (one thread per job, two jobs side by side) a 28x28 training takes about 3x its 16x16
 # run: about 70 minutes alone, 90-100 beside another job.
-# Writes RUNS_DIR/{kac,edm,ddpm,distill}, RUNS_DIR/results.jsonl, RUNS_DIR/grids/.
+# Writes RUNS_DIR/{kac,edm,ddpm,distill}, the logit-normal teacher's chain (kac-logit-normal,
+# distill-w1.25-huber-logit, adversarial-huber-w1.25-logit), RUNS_DIR/results.jsonl, RUNS_DIR/grids/.
 set -euo pipefail
 RUNS=${1:?usage: mnist28_pipeline.sh RUNS_DIR [GUIDANCE_ABSORBED]}
 W=${2:-1.25}  # the guidance the students absorb (the 16x16 sweep's best for the Kac teacher)
@@ -20,16 +21,28 @@ resume() { [ -f "$1/checkpoint.safetensors" ] && echo --resume || true; }
 
 mkdir -p "$RUNS"
 python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # both judges, cached once
-# 1. two chains side by side, one core each: the Kac teacher then its distillation, and the EDM
-#    then the DDPM baseline (neither chain waits for the other, so no core idles between steps)
+# 1. three chains side by side, one thread each: the Kac teacher then its distillation, the EDM
+#    then the DDPM baseline, and the logit-normal teacher then its distillation (no chain waits for
+#    another, so no core idles between steps; on 2 cores each runs at about 2/3 speed)
 ( $TRAIN --method kac --out "$RUNS/kac" $(resume "$RUNS/kac")
   $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill" --schedule 100 20 4 2 1 \
       --steps-per-stage 200 300 500 600 --guidance "$W" --resume ) & KAC_CHAIN=$!
 ( $TRAIN --method edm --out "$RUNS/edm" $(resume "$RUNS/edm")
   $TRAIN --method ddpm --out "$RUNS/ddpm" $(resume "$RUNS/ddpm") ) & BASELINES=$!
+( $TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal" \
+      $(resume "$RUNS/kac-logit-normal")
+  # the shipped 16x16 student's recipe on it: pseudo-Huber chain, then the adversarial last stage
+  $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
+      --steps-per-stage 200 300 500 --guidance "$W" --objective endpoint-pseudo-huber --resume
+  $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$RUNS/adversarial-huber-w1.25-logit" \
+      --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial --resume ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
+wait $LOGIT_CHAIN
 # 2. the table: the floor, the teacher and baselines swept over guidance, the students
 $EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 kac-teacher-euler-4 \
     distillkac-20 distillkac-4 distillkac-2 distillkac-1
+# the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
+$EVAL --guidance 1 1.25 1.5 --rows kac-logit-normal-euler-100
+$EVAL --rows distillkac-1-w1.25-huber-adversarial-logit
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
