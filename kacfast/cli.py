@@ -146,17 +146,20 @@ def cmd_train(args) -> int:
     x, y = load_dataset(args.data, split="train", seed=args.seed)
     num_classes = int(y.max()) + 1 if args.conditional else None
     torch.manual_seed(args.seed)
-    # the data's rms per coordinate: what E[x_t^2] and E[u^2] need of the data
-    rms_data = round(x.double().square().mean().sqrt().item(), 6)
+    process = KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock)
+    rms_data = None
+    if args.precondition == "kac" or args.loss_weighting == "target":
+        # the data's rms per coordinate (what E[x_t^2] and E[u^2] need of it), chunk by chunk in
+        # float64 (no float64 copy of a large dataset)
+        total = sum(chunk.double().square().sum().item() for chunk in x.split(4096))
+        rms_data = round(math.sqrt(total / x.numel()), 6)
     precondition = None
     if args.precondition == "kac":
-        precondition = dict(a=args.a, c=args.c, T=args.T, clock=args.clock, rms_data=rms_data)
+        precondition = {**{k: v for k, v in process.to_dict().items() if k != "eps"}, "rms_data": rms_data}
     model = _model_for_data(args.model, x, num_classes, args.method, args.T,
                             precondition=precondition).to(args.device)
-    objective = {"kac": lambda: KacObjective(KacProcess(a=args.a, c=args.c, T=args.T, clock=args.clock),
-                                             time_distribution=args.time_distribution,
-                                             loss_weighting=args.loss_weighting,
-                                             rms_data=rms_data if args.loss_weighting != "none" else None),
+    objective = {"kac": lambda: KacObjective(process, time_distribution=args.time_distribution,
+                                             loss_weighting=args.loss_weighting, rms_data=rms_data),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup=args.warmup, ema_decay=args.ema_decay,

@@ -38,6 +38,12 @@ def kac_variance(s, a: float, c: float):
     return c * c / a * (s - (1.0 - decay) / (2.0 * a))
 
 
+def _float64(value) -> torch.Tensor:
+    # .to keeps a tensor's device (torch.as_tensor would move it to a `with torch.device(...)`
+    # context's device, "meta" included)
+    return value.to(torch.float64) if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
+
+
 def kac_velocity_second_moment(s: torch.Tensor, a: float, c: float, nodes: int = 128) -> torch.Tensor:
     """E[v_K(s, X(s))^2], the mean square of the conditional Kac velocity at times s >= 0 (any
     shape), in float64: c^2 e^{-as} from the atoms plus the continuous part on |x| < cs by
@@ -45,8 +51,8 @@ def kac_velocity_second_moment(s: torch.Tensor, a: float, c: float, nodes: int =
     towards c^2/(4as) (the diffusion limit's 1/(4s) for c^2/a = 1) for large as. The Bessel
     functions enter exponentially scaled (i0e, i1e: I(z) e^{-as} = ie(z) e^{z - as}, z <= as), so
     no term overflows."""
-    s = torch.as_tensor(s, dtype=torch.float64)
-    unit, weight = (torch.from_numpy(v) for v in np.polynomial.legendre.leggauss(nodes))
+    s = _float64(s)
+    unit, weight = (torch.from_numpy(v).to(s.device) for v in np.polynomial.legendre.leggauss(nodes))
     half = (c * s)[..., None]
     x = half * (unit + 1) / 2                                   # nodes inside (0, cs)
     r = torch.sqrt(((half - x) * (half + x)).clamp_min(0))
@@ -67,7 +73,7 @@ def kac_preconditioning(t: torch.Tensor, a: float, c: float, T: float, clock: st
     the noise and its velocity of mean 0), with rms_data = sqrt(E[x0^2]) per coordinate. A network
     F preconditioned this way predicts v = c_out F(c_in x_t, t): unit-scale input and target at
     every t."""
-    f, df, g, dg = schedule(torch.as_tensor(t, dtype=torch.float64), T, clock)
+    f, df, g, dg = schedule(_float64(t), T, clock)
     c_in = torch.rsqrt(f.square() * rms_data ** 2 + kac_variance(g, a, c))
     c_out = torch.sqrt(df.square() * rms_data ** 2 + dg.square() * kac_velocity_second_moment(g, a, c))
     return c_in, c_out

@@ -365,8 +365,31 @@ def test_preconditioned_unet_is_c_out_times_the_network_at_c_in_x():
 
 
 @pytest.mark.parametrize("bad, match", [({"a": 9.0}, "precondition must be None or a dict"),
-                                        ({**PRECONDITION, "rms_data": 0.0}, "rms_data must be a number > 0"),
-                                        ({**PRECONDITION, "clock": "t3"}, "clock must be one of")])
+                                        ({**PRECONDITION, "rms_data": 0.0}, r"rms_data .* must be a number > 0"),
+                                        ({**PRECONDITION, "clock": "t3"}, "clock must be one of"),
+                                        ({**PRECONDITION, "a": -1.0}, "a must be a number > 0")])
 def test_preconditioning_settings_are_checked(bad, match):
     with pytest.raises(ValueError, match=match):
         build_model("unet-tiny", image_size=8, precondition=bad)
+
+
+@pytest.mark.parametrize("a, T", [(9.0, 1.0), (25.0, 1.0), (9.0, 10.0)])
+def test_preconditioner_table_follows_the_formula_on_any_device_and_dtype(a, T):
+    """The interpolated table is within 5e-5 relative of kac_preconditioning at random times for
+    any a T (its size grows with a T); it is built on the CPU even inside `with torch.device("meta")`
+    (how the diffusers wrapper builds networks), and a module cast to bf16 still returns float32."""
+    from kacfast.formulas import kac_preconditioning
+    from kacfast.models.precondition import KacPreconditioner
+
+    scales = KacPreconditioner(a, 3.0, T, "t", 0.8)
+    t = torch.rand(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * T
+    exact = kac_preconditioning(t, a, 3.0, T, "t", 0.8)
+    for got, want in zip(scales(t.float()), exact):
+        assert got.dtype == torch.float32
+        assert ((got.double() - want) / want).abs().max().item() < 5e-5
+    with torch.device("meta"):
+        built = build_model("unet-tiny", image_size=8, precondition=dict(a=a, c=3.0, T=T, clock="t", rms_data=0.8))
+    assert built.preconditioner.table.device.type == "cpu"
+    torch.testing.assert_close(built.preconditioner.table, scales.table)
+    halved = scales.to(torch.bfloat16)(t[:4].float())
+    assert all(v.dtype == torch.float32 for v in halved)

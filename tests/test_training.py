@@ -172,29 +172,64 @@ def test_time_distribution_is_part_of_a_run_and_checked(tmp_path):
     assert not (tmp_path / "edm").exists()
 
 
-def test_target_loss_weighting_puts_every_t_at_unit_target_scale(tmp_path):
+@pytest.mark.parametrize("fraction", [0.01, 0.3, 1.0])
+def test_target_loss_weighting_puts_every_t_at_unit_target_scale(monkeypatch, fraction):
     """loss_weighting="target" divides each sample's squared error by E[u^2 | t]: for a network that
-    returns 0 the loss is E[u^2 / E[u^2 | t]] = 1 at every t (the plain loss is E[u^2], dominated by
-    small t where |u| reaches c); it is part of the run's identity and needs the data's rms."""
+    returns 0 the loss is 1 at every t (the plain loss is E[u^2 | t]: c^2 + rms^2 at t = 0, about
+    rms^2 + 0.27 at t = T); it is part of the run's identity and needs the data's rms."""
+    from kacfast.formulas import kac_preconditioning
     from kacfast.process import KacProcess
+    from kacfast.training import objectives
+
+    monkeypatch.setitem(objectives.TIME_DISTRIBUTIONS, "fixed",
+                        lambda n, generator, device: torch.full((n,), fraction, device=device))
 
     def zero(x, t, y):
         return torch.zeros_like(x)
 
-    x0 = (torch.rand(200_000, 4, generator=torch.Generator().manual_seed(0)) < 0.2).float() * 2 - 1
+    x0 = (torch.rand(100_000, 4, generator=torch.Generator().manual_seed(0)) < 0.2).float() * 2 - 1
     rms = x0.square().mean().sqrt().item()
-    weighted = KacObjective(KacProcess(), loss_weighting="target", rms_data=rms)
-    for seed in (0, 1):
-        loss = weighted.loss(zero, x0, None, torch.Generator().manual_seed(seed), seed=seed).item()
-        assert loss == pytest.approx(1.0, abs=0.02)
-    plain = KacObjective(KacProcess()).loss(zero, x0, None, torch.Generator().manual_seed(0), seed=0).item()
-    assert plain > 2.0
+    weighted = KacObjective(KacProcess(), time_distribution="fixed", loss_weighting="target", rms_data=rms)
+    plain = KacObjective(KacProcess(), time_distribution="fixed")
+    loss = weighted.loss(zero, x0, None, torch.Generator().manual_seed(0), seed=0).item()
+    assert loss == pytest.approx(1.0, abs=0.02)
+    target_scale = kac_preconditioning(torch.tensor(fraction), 9.0, 3.0, 1.0, "t", rms)[1].item() ** 2
+    assert plain.loss(zero, x0, None, torch.Generator().manual_seed(0), seed=0).item() == pytest.approx(
+        target_scale, rel=0.02)
+    assert {0.01: 9.0, 0.3: 2.0, 1.0: 1.0}[fraction] < target_scale < {0.01: 10.0, 0.3: 3.0, 1.0: 1.5}[fraction]
     assert weighted.describe() == {"method": "kac", "process": KacProcess().to_dict(),
-                                   "loss_weighting": "target", "rms_data": rms}
+                                   "time_distribution": "fixed", "loss_weighting": "target", "rms_data": rms}
     with pytest.raises(ValueError, match="needs rms_data"):
         KacObjective(loss_weighting="target")
     with pytest.raises(ValueError, match="loss_weighting must be one of"):
         KacObjective(loss_weighting="snr", rms_data=1.0)
+    with pytest.raises(ValueError, match="rms_data .* must be a number > 0"):
+        KacObjective(loss_weighting="target", rms_data=0.0)
+
+
+def test_preconditioning_is_part_of_a_run_and_must_fit_the_objective(tmp_path):
+    """Preconditioning lives in tables rebuilt from the model's config, not in its weights, so a
+    resumed run must have the same setting; a model preconditioned for another Kac process than
+    the objective's is refused before training."""
+    from kacfast.process import KacProcess
+
+    x = torch.rand(64, 1, 8, 8) * 2 - 1
+    y = torch.randint(0, 10, (64,))
+    setting = dict(a=9.0, c=3.0, T=1.0, clock="t", rms_data=0.6)
+
+    def unet(precondition):
+        torch.manual_seed(0)
+        return build_model("unet-tiny", image_size=8, precondition=precondition)
+
+    cfg = TrainConfig(steps=2, batch_size=8, ckpt_every=2, sample_every=0)
+    train(unet(setting), KacObjective(), (x, y), cfg, str(tmp_path / "run"), progress=False)
+    for other in (None, {**setting, "rms_data": 0.7}):
+        with pytest.raises(CheckpointError, match="was trained with precondition="):
+            train(unet(other), KacObjective(), (x, y), TrainConfig(steps=4, batch_size=8, sample_every=0),
+                  str(tmp_path / "run"), resume=True, progress=False)
+    with pytest.raises(ValueError, match="preconditioned for the Kac process"):
+        train(unet(setting), KacObjective(KacProcess(a=4.0)), (x, y), cfg, str(tmp_path / "other"),
+              progress=False)
 
 
 def test_cli_trains_a_preconditioned_weighted_teacher_and_rejects_it_elsewhere(tmp_path):

@@ -32,6 +32,7 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
 ( $TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal" \
       $(resume "$RUNS/kac-logit-normal")
   # the shipped 16x16 student's recipe on it: pseudo-Huber chain, then the adversarial last stage
+  # (600 steps here; the shipped student ran it to 4,800)
   $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
       --steps-per-stage 200 300 500 --guidance "$W" --objective endpoint-pseudo-huber --resume
   $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$RUNS/adversarial-huber-w1.25-logit" \

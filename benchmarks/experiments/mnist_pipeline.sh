@@ -57,7 +57,7 @@ $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill-w1.25" --schedule 100 20 4 2
     --steps-per-stage 200 300 500 600 --guidance 1.25
 wait $DIFFUSERS  # a job's failure stops the script (a bare `wait` would return 0)
 # 5. the 1-step ablations on that chain: its last stage again (same seed: stage 4 was seed 0 + 4)
-#    with the adversarial term (the shipped student), with teacher roll-out starts from its 4-step
+#    with the adversarial term (shipped until 2026-12-01), with teacher roll-out starts from its 4-step
 #    student, and the whole chain with the pseudo-Huber and the random-feature distances
 $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial-w1.25" --schedule 2 1 \
     --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial & ADVERSARIAL=$!
@@ -91,7 +91,7 @@ adversarial_stage() {  # CHAIN OUT
         previous=$longer
     done
 }
-# on the pseudo-Huber chain (its 4,800-step run is the shipped student)
+# on the pseudo-Huber chain (its 4,800-step run was the shipped student until the logit-normal pair)
 adversarial_stage distill-w1.25-huber adversarial-huber-w1.25
 # teacher levers (one change each to the teacher's recipe): logit-normal training times; the recipe
 # retrained (it reproduces kac/ to float rounding) and continued to twice its steps; training seed 1
@@ -103,7 +103,8 @@ $TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
 # on the logit-normal recipe: Kac input / output preconditioning; the target loss weighting
 $TRAIN --method kac --time-distribution logit-normal --precondition kac --out "$RUNS/kac-logit-normal-precond"
 $TRAIN --method kac --time-distribution logit-normal --loss-weighting target --out "$RUNS/kac-logit-normal-weighted"
-# the shipped student's recipe on the logit-normal teacher, its adversarial stage by doublings
+# that student's recipe on the logit-normal teacher, its adversarial stage by doublings (the
+# teacher and the 4,800-step stage are the shipped pair)
 $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
     --steps-per-stage 200 300 500 --guidance 1.25 --objective endpoint-pseudo-huber
 adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit

@@ -72,7 +72,7 @@ ROWS = {
     "distillkac-1-w1.25-features": ("distill-w1.25-features/stage-4-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial": ("adversarial-w1.25/stage-1-1", "distill", 1, "euler"),
     "distillkac-1-w1.25-adversarial0.3": ("adversarial0.3-w1.25/stage-1-1", "distill", 1, "euler"),
-    # the adversarial last stage of each pseudo-Huber chain (shipped teacher, logit-normal teacher) at
+    # the adversarial last stage of each pseudo-Huber chain (uniform-time teacher, logit-normal teacher) at
     # 600 steps and continued to 1,200 / 2,400 / 4,800
     **{f"distillkac-1-w1.25-huber-adversarial{chain}{steps}": (f"adversarial-huber-w1.25{chain}{steps}/stage-1-1",
                                                                "distill", 1, "euler")
@@ -221,11 +221,10 @@ LABELS = {
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}":
        f"DistillKac student of the logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
-       + ", shipped" * (n == 4800)
        for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800))},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
     "kac-teacher-heun-50": "Kac teacher, Heun",
-    "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times (shipped), Euler",
+    "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",
     "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
     "kac-uniform-7200-euler-100": "Kac teacher, 2x the training steps (7,200), Euler",
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",

@@ -6,10 +6,14 @@ denoiser).
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
-from kacfast.formulas import CLOCKS, kac_preconditioning
+from kacfast.formulas import kac_preconditioning
+from kacfast.process import KacProcess
 
 __all__ = ["KacPreconditioner", "PRECONDITION_KEYS"]
 
@@ -23,29 +27,32 @@ class KacPreconditioner(nn.Module):
     Args:
         a, c, T, clock: the Kac process the network is trained on (kacfast.KacProcess fields).
         rms_data: sqrt(E[x0^2]) per coordinate of the training data (> 0).
-        points: table size (default 1025; the scales change on the time scale 1/a, so the linear
-            interpolation is within 1e-5 relative of the formula for a <= 25).
-    The table is rebuilt from these numbers when a model is built (buffers not saved), so a
-    checkpoint carries only the numbers.
+        points: table size (default: 1024 intervals per 25 units of a T, at least 1024 intervals;
+            the scales change on the time scale 1/a, and the linear interpolation is then within
+            about 2e-5 relative of the formula).
+    The table is built on the CPU in float64 from these numbers whenever a model is built (on any
+    device, "meta" included) and is not saved: a checkpoint carries only the numbers.
     """
 
-    def __init__(self, a: float, c: float, T: float, clock: str, rms_data: float, points: int = 1025):
+    def __init__(self, a: float, c: float, T: float, clock: str, rms_data: float,
+                 points: int | None = None):
         super().__init__()
-        for name, value in (("a", a), ("c", c), ("T", T), ("rms_data", rms_data)):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"precondition: {name} must be a number > 0, got {value!r}.")
-        if clock not in CLOCKS:
-            raise ValueError(f"precondition: clock must be one of {CLOCKS}, got {clock!r}.")
+        KacProcess(a=a, c=c, T=T, clock=clock)  # the same checks, the same messages
+        if not (isinstance(rms_data, numbers.Real) and not isinstance(rms_data, bool) and rms_data > 0):
+            raise ValueError(f"rms_data (the data's sqrt(E[x0^2])) must be a number > 0, got {rms_data!r}.")
         self.T = float(T)
-        grid = torch.linspace(0.0, self.T, points, dtype=torch.float64)
+        if points is None:
+            points = 1024 * max(1, math.ceil(a * T / 25)) + 1
+        grid = torch.linspace(0.0, self.T, points, dtype=torch.float64, device="cpu")
         c_in, c_out = kac_preconditioning(grid, a, c, T, clock, rms_data)
         self.register_buffer("table", torch.stack([c_in, c_out], -1).float(), persistent=False)
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t (B,) raw times (clamped to [0, T]) -> (c_in, c_out), each (B,) float32."""
-        points = self.table.shape[0]
+        """t (B,) raw times (clamped to [0, T]) -> (c_in, c_out), each (B,) float32 (whatever dtype
+        the module was cast to)."""
+        table = self.table.float()
+        points = table.shape[0]
         position = (t.float() / self.T).clamp(0.0, 1.0) * (points - 1)
         low = position.floor().clamp(max=points - 2)
-        row = torch.lerp(self.table[low.long()], self.table[low.long() + 1],
-                         (position - low)[:, None])
+        row = torch.lerp(table[low.long()], table[low.long() + 1], (position - low)[:, None])
         return row[:, 0], row[:, 1]

@@ -397,9 +397,7 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y)
         if self.preconditioner is not None:
             c_in, c_out = (c[:, None, None, None] for c in self.preconditioner(t))
-            h, skips = (c_in * x).to(dtype), []
-        else:
-            h, skips = x.to(dtype), []
+        h, skips = (x if self.preconditioner is None else c_in * x).to(dtype), []
         for block in self.input_blocks:
             h = block(h, emb)
             skips.append(h)

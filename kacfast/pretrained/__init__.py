@@ -31,8 +31,9 @@ _SCORED = ("mnist5k16, 3 seeds x 1,000 class-balanced samples against the traini
            "intervals (`python benchmarks/experiments/mnist_results.py run ...`, README 'Quality under two "
            "judges'); real-vs-real floor: cnn FD 0.28 +- 0.18, strided FD 0.60 +- 0.26")
 
-#: name -> file, description, the commands that made it, how to sample it (guidance: the best of
-#: its guidance sweep on both judges) and its scores under the two-judge protocol.
+#: name -> file, description, the commands that made it, how to sample it (guidance: the w its
+#: sweep picks, README "Teacher levers": the best on the first judge, tied with the best on the
+#: second) and its scores under the two-judge protocol.
 PRETRAINED = {
     "mnist16-kac-teacher": {
         "file": "mnist16-kac-teacher.safetensors",

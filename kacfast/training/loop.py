@@ -227,16 +227,26 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     if config.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         warnings.warn("precision='bf16' on a CPU without native bf16 instructions is emulated "
                       "and slower than float32.", stacklevel=2)
+    precondition = (getattr(model, "config", None) or {}).get("precondition")
+    process = getattr(objective, "process", None)
+    if precondition and process is not None and any(
+            precondition[k] != getattr(process, k) for k in ("a", "c", "T", "clock")):
+        raise ValueError(f"the model is preconditioned for the Kac process {precondition}, the "
+                         f"objective trains on {process}: build both from one process.")
     rank, world = _distributed()
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
     saved = None
     if resume:
         # Check the run's identity before any module changes: resuming is all or nothing.
         saved = read_checkpoint(ckpt_path)[0]
+        # preconditioning lives in tables rebuilt from the config, not in the weights: a changed
+        # setting would load without complaint and compute another function
         expected = {"objective": objective.describe(), "seed": config.seed,
-                    "batch_size": config.batch_size, "world_size": world}
+                    "batch_size": config.batch_size, "world_size": world,
+                    "precondition": (getattr(model, "config", None) or {}).get("precondition")}
         found = {"objective": saved["objective"], "seed": saved["config"]["seed"],
-                 "batch_size": saved["config"]["batch_size"], "world_size": saved["world_size"]}
+                 "batch_size": saved["config"]["batch_size"], "world_size": saved["world_size"],
+                 "precondition": ((saved.get("model") or {}).get("config") or {}).get("precondition")}
         for key in expected:
             if expected[key] != found[key]:
                 raise CheckpointError(f"{ckpt_path} was trained with {key}={found[key]!r}, not "
