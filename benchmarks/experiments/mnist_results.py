@@ -86,6 +86,9 @@ ROWS = {
     **{f"{run}-euler-100": (run, "kac", 100, "euler")
        for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1",
                    "kac-logit-normal-precond", "kac-logit-normal-weighted")},
+    # the solver at equal NFE on the shipped (logit-normal) teacher
+    **{f"kac-logit-normal-{solver}-{steps}": ("kac-logit-normal", "kac", steps, solver)
+       for solver, steps in (("ab2", 100), ("midpoint", 50), ("heun", 50))},
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
     "edm-heun-35": ("edm", "edm", 18, "heun"),
@@ -225,6 +228,8 @@ LABELS = {
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
     "kac-teacher-heun-50": "Kac teacher, Heun",
     "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",
+    **{f"kac-logit-normal-{solver}-{steps}": f"Kac teacher, logit-normal training times, {name}"
+       for solver, steps, name in (("ab2", 100, "AB-2"), ("midpoint", 50, "midpoint"), ("heun", 50, "Heun"))},
     "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
     "kac-uniform-7200-euler-100": "Kac teacher, 2x the training steps (7,200), Euler",
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
