@@ -113,7 +113,8 @@ $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 ka
     distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
     distillkac-1-w1.25-huber-adversarial-logit-4800
 $EVAL --guidance 1 1.5 --rows kac-logit-normal-euler-100
-$EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100
+$EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100 \
+    kac-logit-normal-ab2-100 kac-logit-normal-midpoint-50 kac-logit-normal-heun-50
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \
