@@ -79,20 +79,21 @@ $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w
 # the adversarial last stage (2 -> 1) from a chain's 2-step student, 600 steps into RUNS/OUT, then
 # run longer: the LR is constant after warm-up, so resuming a copy of the shorter run with a larger
 # step count continues it exactly (600 -> 1,200 -> 2,400 -> 4,800 steps into OUT-1200 ... OUT-4800)
-adversarial_stage() {  # CHAIN OUT
+adversarial_stage() {  # CHAIN OUT DOUBLINGS...
     $DISTILL --teacher "$RUNS/$1/stage-3-2" --out "$RUNS/$2" --schedule 2 1 --steps-per-stage 600 \
         --seed 3 --objective endpoint-l2-adversarial
-    local previous="$RUNS/$2" longer steps
-    for steps in 1200 2400 4800; do
+    local chain=$1 previous="$RUNS/$2" longer steps
+    shift 2
+    for steps in "$@"; do
         longer="$RUNS/$2-$steps"
         [ -d "$longer" ] || cp -r "$previous" "$longer"
-        $DISTILL --teacher "$RUNS/$1/stage-3-2" --out "$longer" --schedule 2 1 \
+        $DISTILL --teacher "$RUNS/$chain/stage-3-2" --out "$longer" --schedule 2 1 \
             --steps-per-stage "$steps" --seed 3 --objective endpoint-l2-adversarial --resume
         previous=$longer
     done
 }
 # on the pseudo-Huber chain (its 4,800-step run was the shipped student until the logit-normal pair)
-adversarial_stage distill-w1.25-huber adversarial-huber-w1.25
+adversarial_stage distill-w1.25-huber adversarial-huber-w1.25 1200 2400 4800
 # teacher levers (one change each to the teacher's recipe): logit-normal training times; the recipe
 # retrained (it reproduces kac/ to float rounding) and continued to twice its steps; training seed 1
 $TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal"
@@ -104,14 +105,14 @@ $TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
 $TRAIN --method kac --time-distribution logit-normal --precondition kac --out "$RUNS/kac-logit-normal-precond"
 $TRAIN --method kac --time-distribution logit-normal --loss-weighting target --out "$RUNS/kac-logit-normal-weighted"
 # that student's recipe on the logit-normal teacher, its adversarial stage by doublings (the
-# teacher and the 4,800-step stage are the shipped pair)
+# teacher and the 9,600-step stage are the shipped pair)
 $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
     --steps-per-stage 200 300 500 --guidance 1.25 --objective endpoint-pseudo-huber
-adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit
+adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit 1200 2400 4800 9600
 $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 kac-uniform-3600-euler-100 \
     kac-uniform-7200-euler-100 kac-uniform-seed1-euler-100 distillkac-1-w1.25-huber-adversarial-logit \
     distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
-    distillkac-1-w1.25-huber-adversarial-logit-4800
+    distillkac-1-w1.25-huber-adversarial-logit-4800 distillkac-1-w1.25-huber-adversarial-logit-9600
 $EVAL --guidance 1 1.5 --rows kac-logit-normal-euler-100
 $EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100 \
     kac-logit-normal-ab2-100 kac-logit-normal-midpoint-50 kac-logit-normal-heun-50
@@ -136,5 +137,5 @@ python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 
     ddim-100 ddim-20 ddpm-1000 edm-heun-35
 python "$HERE/benchmarks/experiments/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-logit-4800/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
+kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-logit-9600/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
 python "$HERE/benchmarks/experiments/student_loss_share.py" --runs "$RUNS"

@@ -10,7 +10,7 @@ baselines trained with the same network, data and budget), distill/stage-K-STEPS
 100 -> 20 -> 4 -> 2 -> 1), single/stage-1-1/ (one stage 100 -> 1) and rollout/ (stages 4 -> 2 -> 1
 from the 4-step student with teacher roll-out start points). Rows whose run directory is missing
 fall back to the shipped model trained by the same pipeline (the logit-normal teacher kac-logit-normal/,
-its 1-step student adversarial-huber-w1.25-logit-4800/).
+its 1-step student adversarial-huber-w1.25-logit-9600/).
 
 Separate runs: kac-diffusers/ (the Kac teacher's recipe on the
 diffusers-unet-tiny preset, a UNet2DModel) and distill-w1.25/ (the DistillKac schedule absorbing
@@ -29,7 +29,7 @@ twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread bet
 runs); on the logit-normal recipe, kac-logit-normal-precond/ (`--precondition kac`) and
 kac-logit-normal-weighted/ (`--loss-weighting target`); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
-continued to 4,800 steps).
+continued to 9,600 steps).
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -77,6 +77,8 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial{chain}{steps}": (f"adversarial-huber-w1.25{chain}{steps}/stage-1-1",
                                                                "distill", 1, "euler")
        for chain in ("", "-logit") for steps in ("", "-1200", "-2400", "-4800")},
+    "distillkac-1-w1.25-huber-adversarial-logit-9600": ("adversarial-huber-w1.25-logit-9600/stage-1-1",
+                                                        "distill", 1, "euler"),
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
@@ -104,7 +106,7 @@ ROWS = {
 
 # The shipped models the 16x16 pipeline trained, by run directory
 SHIPPED = {"kac-logit-normal": "mnist16-kac-teacher",
-           "adversarial-huber-w1.25-logit-4800/stage-1-1": "mnist16-distillkac-1step"}
+           "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"}
 SHIPPED_DATA = "mnist5k16"
 
 
@@ -224,7 +226,7 @@ LABELS = {
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}":
        f"DistillKac student of the logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
-       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800))},
+       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800), ("-9600", 9600))},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
     "kac-teacher-heun-50": "Kac teacher, Heun",
     "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",
