@@ -104,11 +104,10 @@ $TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
 # on the logit-normal recipe: Kac input / output preconditioning; the target loss weighting
 $TRAIN --method kac --time-distribution logit-normal --precondition kac --out "$RUNS/kac-logit-normal-precond"
 $TRAIN --method kac --time-distribution logit-normal --loss-weighting target --out "$RUNS/kac-logit-normal-weighted"
-# the shipped student's recipe on the preconditioned teacher (the adversarial stage at 600 steps)
+# the shipped student's recipe on the preconditioned teacher (the adversarial stage to 2,400 steps)
 $DISTILL --teacher "$RUNS/kac-logit-normal-precond" --out "$RUNS/distill-w1.25-huber-logit-precond" \
     --schedule 100 20 4 2 --steps-per-stage 200 300 500 --guidance 1.25 --objective endpoint-pseudo-huber
-$DISTILL --teacher "$RUNS/distill-w1.25-huber-logit-precond/stage-3-2" --out "$RUNS/adversarial-huber-w1.25-logit-precond" \
-    --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial
+adversarial_stage distill-w1.25-huber-logit-precond adversarial-huber-w1.25-logit-precond 1200 2400
 # that student's recipe on the logit-normal teacher, its adversarial stage by doublings (the
 # teacher and the 9,600-step stage are the shipped pair)
 $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
@@ -121,7 +120,8 @@ $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 ka
 $EVAL --guidance 1 1.5 --rows kac-logit-normal-euler-100
 $EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100 \
     kac-logit-normal-ab2-100 kac-logit-normal-midpoint-50 kac-logit-normal-heun-50 \
-    distillkac-1-w1.25-huber-adversarial-logit-precond
+    distillkac-1-w1.25-huber-adversarial-logit-precond distillkac-1-w1.25-huber-adversarial-logit-precond-1200 \
+    distillkac-1-w1.25-huber-adversarial-logit-precond-2400
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \

@@ -79,8 +79,9 @@ ROWS = {
        for chain in ("", "-logit") for steps in ("", "-1200", "-2400", "-4800")},
     "distillkac-1-w1.25-huber-adversarial-logit-9600": ("adversarial-huber-w1.25-logit-9600/stage-1-1",
                                                         "distill", 1, "euler"),
-    "distillkac-1-w1.25-huber-adversarial-logit-precond": ("adversarial-huber-w1.25-logit-precond/stage-1-1",
-                                                           "distill", 1, "euler"),
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-precond{steps}":
+       (f"adversarial-huber-w1.25-logit-precond{steps}/stage-1-1", "distill", 1, "euler")
+       for steps in ("", "-1200", "-2400")},
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
@@ -232,8 +233,9 @@ LABELS = {
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
     "kac-teacher-heun-50": "Kac teacher, Heun",
     "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",
-    "distillkac-1-w1.25-huber-adversarial-logit-precond":
-        "DistillKac student of the preconditioned logit-normal teacher, pseudo-Huber + adversarial last stage of 600 steps",
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-precond{suffix}":
+       f"DistillKac student of the preconditioned logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
+       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400))},
     **{f"kac-logit-normal-{solver}-{steps}": f"Kac teacher, logit-normal training times, {name}"
        for solver, steps, name in (("ab2", 100, "AB-2"), ("midpoint", 50, "midpoint"), ("heun", 50, "Heun"))},
     "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
