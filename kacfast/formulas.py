@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 import numpy as np
+import torch
 
 __all__ = ["CLOCKS", "schedule", "kac_variance", "kac_velocity_second_moment", "kac_preconditioning",
            "guidance_mix"]

@@ -54,5 +54,6 @@ class KacPreconditioner(nn.Module):
         points = table.shape[0]
         position = (t.float() / self.T).clamp(0.0, 1.0) * (points - 1)
         low = position.floor().clamp(max=points - 2)
-        row = torch.lerp(table[low.long()], table[low.long() + 1], (position - low)[:, None])
+        index = low.long()
+        row = torch.lerp(table[index], table[index + 1], (position - low)[:, None])
         return row[:, 0], row[:, 1]
