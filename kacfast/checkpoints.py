@@ -84,8 +84,23 @@ def _facts_from_meta(meta: dict) -> dict:
     return facts
 
 
-def load_trained(path: str, *, ema: bool = True, device=None) -> tuple[torch.nn.Module, dict]:
+def _weights_prefix(tensors: dict, ema: bool | str, file: str) -> str:
+    """The key prefix of the weights `ema` selects (see load_trained)."""
+    if isinstance(ema, str):
+        prefix = f"ema-{ema}/"
+        if not any(k.startswith(prefix) for k in tensors):
+            kept = sorted({k.split("/")[0][len("ema-"):] for k in tensors if k.startswith("ema-")})
+            raise CheckpointError(f"{file} holds no weight average {ema!r} (it holds "
+                                  f"{', '.join(kept) or 'none besides its EMA'}).")
+        return prefix
+    return "ema/" if ema and any(k.startswith("ema/") for k in tensors) else "model/"
+
+
+def load_trained(path: str, *, ema: bool | str = True, device=None) -> tuple[torch.nn.Module, dict]:
     """(model, meta) from a run directory or checkpoint file; EMA weights by default.
+
+    ema: True (default) the run's EMA (the raw weights of a file without one), False the raw
+    weights, or a power-function EMA's name ("power0.1") of a run trained with ema_lengths.
 
     The model comes in eval mode without gradients, with its :class:`ModelFacts` (process, a
     student's grid and absorbed guidance) attached, so ``kacfast.sample(model, steps)`` needs
@@ -97,7 +112,7 @@ def load_trained(path: str, *, ema: bool = True, device=None) -> tuple[torch.nn.
     if not spec.get("kind") or spec.get("config") is None:
         raise CheckpointError(f"{file} does not record its model architecture.")
     model = model_from_config(spec["kind"], spec["config"])
-    prefix = "ema/" if ema and any(k.startswith("ema/") for k in tensors) else "model/"
+    prefix = _weights_prefix(tensors, ema, file)
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -107,8 +122,9 @@ def load_trained(path: str, *, ema: bool = True, device=None) -> tuple[torch.nn.
     return model.to(device or "cpu").eval().requires_grad_(False), meta
 
 
-def export_weights(path: str, out: str, *, ema: bool = True) -> dict:
-    """Write a sampling-only copy of a run's checkpoint: the EMA (or raw) weights as the model and
+def export_weights(path: str, out: str, *, ema: bool | str = True) -> dict:
+    """Write a sampling-only copy of a run's checkpoint: the weights `ema` selects (as load_trained:
+    the EMA, the raw weights or a named power-function EMA) as the model and
     the run's metadata without optimizer, objective-optimizer (a discriminator's) or data-order
     state. The result loads with load_trained (and load_pretrained) like the run itself; returns
     its meta."""
@@ -116,7 +132,8 @@ def export_weights(path: str, out: str, *, ema: bool = True) -> dict:
     kept = {k: v for k, v in meta.items() if k not in ("optimizer", "objective_optimizers", "data_order")}
     # a shipped file should not carry the exporting machine's paths
     kept["run"] = {k: (os.path.basename(v) if k == "teacher" else v) for k, v in kept.get("run", {}).items()}
-    kept["exported"] = {"from_step": meta.get("step"), "weights": "ema" if ema else "model"}
+    kept["exported"] = {"from_step": meta.get("step"),
+                        "weights": f"ema-{ema}" if isinstance(ema, str) else "ema" if ema else "model"}
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_checkpoint(out, tensors, kept)
     return kept

@@ -162,7 +162,7 @@ def cmd_train(args) -> int:
                                              loss_weighting=args.loss_weighting, rms_data=rms_data),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         warmup=args.warmup, ema_decay=args.ema_decay,
+                         warmup=args.warmup, ema_decay=args.ema_decay, ema_lengths=args.ema_lengths,
                          label_dropout=args.label_dropout if num_classes else 0.0,
                          seed=args.seed, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
                          precision=args.precision, compile=args.compile,
@@ -196,7 +196,7 @@ def cmd_distill(args) -> int:
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver,
                            objective=args.objective, objective_options=options,
-                           seed=args.seed,
+                           seed=args.seed, ema_lengths=args.ema_lengths,
                            ckpt_every=args.ckpt_every, sample_every=args.sample_every,
                            precision=args.precision, compile=args.compile,
                            channels_last=args.channels_last)
@@ -272,14 +272,15 @@ def _labels(args, model, n):
 def cmd_export(args) -> int:
     """Write a sampling-only copy of a run (EMA weights + metadata, no optimizer state), or with
     --format diffusers a KacPipeline folder with a model card."""
+    weights = args.average or not args.raw
     if args.format == "diffusers":
         from kacfast.integrations.diffusers import export_pipeline
         _checkpoint(args.ckpt)  # the same one-line error for a path that is not there
-        export_pipeline(args.ckpt, args.out, ema=not args.raw)
+        export_pipeline(args.ckpt, args.out, ema=weights)
         print(f"{args.ckpt} -> {args.out} (KacPipeline.from_pretrained({args.out!r}))")
         return 0
     from kacfast.checkpoints import export_weights
-    meta = export_weights(_checkpoint(args.ckpt), args.out, ema=not args.raw)
+    meta = export_weights(_checkpoint(args.ckpt), args.out, ema=weights)
     size = os.path.getsize(args.out) / 2**20
     print(f"{args.ckpt} (step {meta['exported']['from_step']}) -> {args.out} ({size:.2f} MiB)")
     return 0
@@ -398,6 +399,12 @@ def _name_value(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
 
 
+def _add_ema_lengths_arg(p) -> None:
+    p.add_argument("--ema-lengths", type=float, nargs="+", default=(), metavar="SIGMA_REL",
+                   help="also keep power-function EMAs of these relative lengths (each in (0, "
+                        "0.289), e.g. 0.05 0.1; saved as powerSIGMA_REL, see `export --average`)")
+
+
 def _add_execution_args(p) -> None:
     """train's and distill's ExecutionConfig flags (distill applies them to every stage)."""
     from kacfast._device import COMPILE_MODES
@@ -445,7 +452,11 @@ def main(argv=None) -> int:
     ex.add_argument("--format", choices=("kacfast", "diffusers"), default="kacfast",
                     help="kacfast: one safetensors file (default); diffusers: a KacPipeline folder "
                          "(needs kacfast[diffusers])")
-    ex.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    weights = ex.add_mutually_exclusive_group()
+    weights.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    weights.add_argument("--average", metavar="NAME",
+                         help="export a power-function EMA of a run trained with --ema-lengths "
+                              "(e.g. power0.1) instead of its EMA")
     ex.set_defaults(func=cmd_export)
 
     tr = sub.add_parser("train", help=cmd_train.__doc__)
@@ -462,6 +473,7 @@ def main(argv=None) -> int:
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--warmup", type=int, default=200)
     tr.add_argument("--ema-decay", type=float, default=0.999)
+    _add_ema_lengths_arg(tr)
     tr.add_argument("--label-dropout", type=float, default=0.1)
     tr.add_argument("--unconditional", dest="conditional", action="store_false")
     tr.add_argument("--ckpt-every", type=int, default=500)
@@ -513,6 +525,7 @@ def main(argv=None) -> int:
                     help="preview grid every N steps of each stage (images; 0 = never; default 1000)")
     di.add_argument("--resume", action="store_true")
     di.add_argument("--seed", type=int, default=0)
+    _add_ema_lengths_arg(di)
     di.add_argument("--threads", type=int, default=0)
     di.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     di.add_argument("--quiet", action="store_true")

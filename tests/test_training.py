@@ -172,6 +172,89 @@ def test_time_distribution_is_part_of_a_run_and_checked(tmp_path):
     assert not (tmp_path / "edm").exists()
 
 
+# ----------------------------------------------------------------------------------------------
+# power-function EMAs (the EMA length as a lever)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sigma_rel", [0.02, 0.05, 0.1, 0.2, 0.28])
+def test_power_ema_has_the_relative_length_it_is_named_by(sigma_rel):
+    """The recursion's weight on the iterate of update s after t updates, (1 - beta_s) prod_{j > s}
+    beta_j, is a profile over s / t whose standard deviation is sigma_rel."""
+    from kacfast.training.averaging import power_ema_decay, power_ema_gamma
+    gamma = power_ema_gamma(sigma_rel)
+    assert gamma > 0
+    t = 20_000
+    decays = np.array([power_ema_decay(gamma, s) for s in range(1, t + 1)])
+    later = np.append(np.cumprod(decays[::-1])[::-1][1:], 1.0)  # prod of the decays after s
+    weights = (1 - decays) * later
+    assert abs(weights.sum() - 1) < 1e-9
+    x = np.arange(1, t + 1) / t
+    mean = (weights * x).sum()
+    assert np.sqrt((weights * (x - mean) ** 2).sum()) == pytest.approx(sigma_rel, rel=2e-3)
+
+
+def test_power_emas_average_the_run_and_resume_exactly(tmp_path):
+    """A run's power-function EMAs are the recursion over its raw weights after every step, leave
+    the run (and its EMA) as it was, resume bit-identically and load by name."""
+    from kacfast.training.averaging import power_ema_decay, power_ema_gamma
+    x, y = toy_data()
+    lengths = (0.05, 0.2)
+    raw = []  # the raw weights after every step, read back from the per-step checkpoints
+    cfg = TrainConfig(steps=24, batch_size=32, ckpt_every=1, ema_lengths=lengths)
+    train(small_mlp(), KacObjective(), (x, y), cfg, str(tmp_path / "run"), progress=False,
+          on_checkpoint=lambda step, ema: raw.append(
+              load_trained(str(tmp_path / "run"), ema=False)[0].state_dict()))
+    meta, tensors = read_checkpoint(str(tmp_path / "run" / CHECKPOINT_NAME))
+    assert meta["config"]["ema_lengths"] == [0.05, 0.2]
+    for sigma_rel in lengths:
+        gamma = power_ema_gamma(sigma_rel)
+        expected = {k: v.clone() for k, v in raw[0].items()}
+        for update, state in enumerate(raw[1:], start=2):
+            for k in expected:
+                expected[k].lerp_(state[k], 1 - power_ema_decay(gamma, update))
+        average = load_trained(str(tmp_path / "run"), ema=f"power{sigma_rel:g}")[0].state_dict()
+        for k in expected:
+            torch.testing.assert_close(average[k], expected[k], rtol=1e-5, atol=1e-6)
+    # nothing else moves: the same run without averages has the same weights, EMA and optimizer
+    train(small_mlp(), KacObjective(), (x, y), TrainConfig(steps=24, batch_size=32, ckpt_every=1),
+          str(tmp_path / "plain"), progress=False)
+    plain = read_checkpoint(str(tmp_path / "plain" / CHECKPOINT_NAME))[1]
+    assert set(tensors) - set(plain) == {k for k in tensors if k.startswith("ema-power")}
+    assert all(torch.equal(plain[k], tensors[k]) for k in plain)
+    # exact resume from a checkpoint half way
+    half = TrainConfig(steps=12, batch_size=32, ckpt_every=12, ema_lengths=lengths)
+    train(small_mlp(), KacObjective(), (x, y), half, str(tmp_path / "resumed"), progress=False)
+    with pytest.raises(CheckpointError, match="ema_lengths"):
+        train(small_mlp(), KacObjective(), (x, y), TrainConfig(steps=24, batch_size=32, ema_lengths=(0.05,)),
+              str(tmp_path / "resumed"), resume=True, progress=False)
+    train(small_mlp(), KacObjective(), (x, y), TrainConfig(steps=24, batch_size=32, ema_lengths=lengths),
+          str(tmp_path / "resumed"), resume=True, progress=False)
+    resumed = read_checkpoint(str(tmp_path / "resumed" / CHECKPOINT_NAME))[1]
+    assert set(resumed) == set(tensors) and all(torch.equal(resumed[k], tensors[k]) for k in tensors)
+    with pytest.raises(CheckpointError, match=r"no weight average 'power0.1' \(it holds power0.05, power0.2\)"):
+        load_trained(str(tmp_path / "run"), ema="power0.1")
+
+
+def test_cli_keeps_and_exports_a_power_ema(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "average.safetensors"
+    subprocess.run(CLI + ["train", "--data", "gmm9", "--model", "mlp", "--steps", "20", "--out", str(run),
+                          "--batch-size", "32", "--threads", "1", "--quiet", "--ema-lengths", "0.1"],
+                   check=True, timeout=600, capture_output=True)
+    subprocess.run(CLI + ["export", "--ckpt", str(run), "--out", str(out), "--average", "power0.1"],
+                   check=True, timeout=600, capture_output=True)
+    exported, meta = load_trained(str(out))
+    average = load_trained(str(run), ema="power0.1")[0]
+    assert meta["exported"]["weights"] == "ema-power0.1"
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), average.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in
+                   zip(exported.state_dict().values(), load_trained(str(run))[0].state_dict().values()))
+    both = subprocess.run(CLI + ["export", "--ckpt", str(run), "--out", str(out), "--raw", "--average", "power0.1"],
+                          capture_output=True, text=True)
+    assert both.returncode != 0 and "not allowed with argument" in both.stderr
+    for bad in (["0"], ["0.3"], ["0.1", "0.1"]):
+        with pytest.raises(ValueError, match="ema_lengths must be distinct values in"):
+            TrainConfig(steps=1, ema_lengths=tuple(map(float, bad)))
+
+
 @pytest.mark.parametrize("fraction", [0.01, 0.3, 1.0])
 def test_target_loss_weighting_puts_every_t_at_unit_target_scale(monkeypatch, fraction):
     """loss_weighting="target" divides each sample's squared error by E[u^2 | t]: for a network that

@@ -104,6 +104,10 @@ $TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
 # on the logit-normal recipe: Kac input / output preconditioning; the target loss weighting
 $TRAIN --method kac --time-distribution logit-normal --precondition kac --out "$RUNS/kac-logit-normal-precond"
 $TRAIN --method kac --time-distribution logit-normal --loss-weighting target --out "$RUNS/kac-logit-normal-weighted"
+# the EMA length: the preconditioned recipe again, keeping four power-function EMAs beside its
+# exponential one (which reproduces kac-logit-normal-precond/ bit for bit)
+$TRAIN --method kac --time-distribution logit-normal --precondition kac --ema-lengths 0.05 0.1 0.15 0.2 \
+    --out "$RUNS/kac-logit-normal-precond-ema"
 # the shipped student's recipe on the preconditioned teacher (the adversarial stage to 2,400 steps)
 $DISTILL --teacher "$RUNS/kac-logit-normal-precond" --out "$RUNS/distill-w1.25-huber-logit-precond" \
     --schedule 100 20 4 2 --steps-per-stage 200 300 500 --guidance 1.25 --objective endpoint-pseudo-huber
@@ -121,7 +125,9 @@ $EVAL --guidance 1 1.5 --rows kac-logit-normal-euler-100
 $EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100 \
     kac-logit-normal-ab2-100 kac-logit-normal-midpoint-50 kac-logit-normal-heun-50 \
     distillkac-1-w1.25-huber-adversarial-logit-precond distillkac-1-w1.25-huber-adversarial-logit-precond-1200 \
-    distillkac-1-w1.25-huber-adversarial-logit-precond-2400
+    distillkac-1-w1.25-huber-adversarial-logit-precond-2400 kac-logit-normal-precond-ema0.05-euler-100 \
+    kac-logit-normal-precond-ema0.1-euler-100 kac-logit-normal-precond-ema0.15-euler-100 \
+    kac-logit-normal-precond-ema0.2-euler-100
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \

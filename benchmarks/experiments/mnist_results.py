@@ -26,8 +26,10 @@ one student, scored at 4, 2 and 1 steps.
 Teacher levers (the teacher's recipe with one change): kac-logit-normal/ (`--time-distribution
 logit-normal`), kac-uniform-3600/ and kac-uniform-7200/ (the recipe retrained, then continued to
 twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread between training
-runs); on the logit-normal recipe, kac-logit-normal-precond/ (`--precondition kac`) and
-kac-logit-normal-weighted/ (`--loss-weighting target`); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
+runs); on the logit-normal recipe, kac-logit-normal-precond/ (`--precondition kac`),
+kac-logit-normal-weighted/ (`--loss-weighting target`) and kac-logit-normal-precond-ema/ (the
+preconditioned recipe keeping power-function EMAs of relative length 0.05, 0.1, 0.15 and 0.2,
+`--ema-lengths`: the EMA length as a lever, one row each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
 continued to 9,600 steps).
 
@@ -49,7 +51,8 @@ import time
 
 import torch
 
-# name -> (run directory under RUNS, method, steps, solver)
+# name -> (run directory under RUNS[@weight average of the run, as load_trained(ema=...)], method,
+# steps, solver)
 ROWS = {
     "kac-teacher-euler-100": ("kac", "kac", 100, "euler"),
     "kac-teacher-ab2-100": ("kac", "kac", 100, "ab2"),
@@ -91,6 +94,11 @@ ROWS = {
     **{f"{run}-euler-100": (run, "kac", 100, "euler")
        for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1",
                    "kac-logit-normal-precond", "kac-logit-normal-weighted")},
+    # the EMA length: power-function EMAs of relative length 0.05-0.2 kept by one run of the
+    # preconditioned logit-normal recipe (its exponential EMA is kac-logit-normal-precond's, bit for bit)
+    **{f"kac-logit-normal-precond-ema{length}-euler-100": (f"kac-logit-normal-precond-ema@power{length}",
+                                                           "kac", 100, "euler")
+       for length in ("0.05", "0.1", "0.15", "0.2")},
     # the solver at equal NFE on the shipped (logit-normal) teacher
     **{f"kac-logit-normal-{solver}-{steps}": ("kac-logit-normal", "kac", steps, solver)
        for solver, steps in (("ab2", 100), ("midpoint", 50), ("heun", 50))},
@@ -119,10 +127,11 @@ def _load_row(runs: str, run: str, data: str = SHIPPED_DATA):
     from kacfast.checkpoints import load_trained
     from kacfast.pretrained import load_pretrained
 
+    run, _, average = run.partition("@")
     path = os.path.join(runs, run)
     if not os.path.isdir(path) and run in SHIPPED and data == SHIPPED_DATA:
         return load_pretrained(SHIPPED[run]), None
-    return load_trained(path)
+    return load_trained(path, ema=average or True)
 
 
 def _sample_row(model, row: str, labels: torch.Tensor, guidance: float, seed: int,
@@ -243,6 +252,9 @@ LABELS = {
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
     "kac-logit-normal-precond-euler-100": "Kac teacher, logit-normal + Kac preconditioning, Euler",
     "kac-logit-normal-weighted-euler-100": "Kac teacher, logit-normal + target loss weighting, Euler",
+    **{f"kac-logit-normal-precond-ema{length}-euler-100":
+       f"Kac teacher, logit-normal + Kac preconditioning, power-function EMA of length {length}, Euler"
+       for length in ("0.05", "0.1", "0.15", "0.2")},
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
     "rollout-1": "DistillKac student, roll-out starts in 4 -> 2",

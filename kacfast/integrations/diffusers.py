@@ -530,13 +530,14 @@ class KacPipeline(DiffusionPipeline):
 # ----------------------------------------------------------------------------------------------
 # export
 # ----------------------------------------------------------------------------------------------
-def pipeline_from(ckpt: str, *, ema: bool = True) -> KacPipeline:
+def pipeline_from(ckpt: str, *, ema: bool | str = True) -> KacPipeline:
     """A KacPipeline of a Kac teacher or student: ckpt is a shipped model's name, a run directory
-    or a checkpoint file (EMA weights unless ema=False)."""
+    or a checkpoint file (EMA weights unless ema=False; a name selects a power-function EMA, as in
+    kacfast.checkpoints.load_trained)."""
     return _pipeline_and_record(ckpt, ema)[0]
 
 
-def export_pipeline(ckpt: str, out: str, *, ema: bool = True) -> KacPipeline:
+def export_pipeline(ckpt: str, out: str, *, ema: bool | str = True) -> KacPipeline:
     """Write a Kac teacher or student (see pipeline_from) as a KacPipeline folder with a model
     card (README.md). The folder loads offline with ``KacPipeline.from_pretrained(out)``."""
     pipe, network, meta, entry = _pipeline_and_record(ckpt, ema)
@@ -547,7 +548,7 @@ def export_pipeline(ckpt: str, out: str, *, ema: bool = True) -> KacPipeline:
     return pipe
 
 
-def _pipeline_and_record(ckpt: str, ema: bool):
+def _pipeline_and_record(ckpt: str, ema: bool | str):
     """(pipeline, network, checkpoint meta or None for a shipped model, its PRETRAINED entry)."""
     from kacfast.checkpoints import load_trained
     from kacfast.pretrained import PRETRAINED, load_pretrained

@@ -83,14 +83,17 @@ def _lookup(meta: dict, keys: tuple):
 
 def save_checkpoint(path: str, *, model: torch.nn.Module, ema: torch.nn.Module | None,
                     optimizer: torch.optim.Optimizer | None, meta: dict,
-                    objective_state: dict | None = None) -> None:
+                    objective_state: dict | None = None, averages: dict | None = None) -> None:
     """Atomically write model / EMA / optimizer tensors and `meta` (JSON-able) to `path`.
 
     objective_state: an objective's own trained parts, name -> module or optimizer (a
-    discriminator and its optimizer), stored under objective/NAME/."""
+    discriminator and its optimizer), stored under objective/NAME/.
+    averages: further weight averages, name -> module (power-function EMAs), under ema-NAME/."""
     tensors = _module_tensors(model, "model/")
     if ema is not None:
         tensors.update(_module_tensors(ema, "ema/"))
+    for name, average in (averages or {}).items():
+        tensors.update(_module_tensors(average, f"ema-{name}/"))
     modules, optimizers = _split(objective_state)
     for name, part in modules.items():
         tensors.update(_module_tensors(part, f"objective/{name}/"))
@@ -117,9 +120,10 @@ def _check_fits(module: torch.nn.Module, state: dict, path: str) -> None:
             f"{unexpected[:3]}, wrong shapes {wrong[:3]}.")
 
 
-def restore(path: str, *, model, ema=None, optimizer=None, objective_state: dict | None = None) -> dict:
-    """Load a checkpoint into model / EMA / optimizer (and an objective's own parts, as
-    save_checkpoint's objective_state), all or nothing; returns its meta.
+def restore(path: str, *, model, ema=None, optimizer=None, objective_state: dict | None = None,
+            averages: dict | None = None) -> dict:
+    """Load a checkpoint into model / EMA / optimizer (and an objective's own parts and further
+    averages, as save_checkpoint's objective_state and averages), all or nothing; returns its meta.
 
     Everything is checked before any module changes, so a bad file never half-loads.
     """
@@ -127,6 +131,7 @@ def restore(path: str, *, model, ema=None, optimizer=None, objective_state: dict
     modules, optimizers = _split(objective_state)
     targets = [(m, _prefixed(tensors, prefix)) for m, prefix in
                [(model, "model/"), (ema, "ema/")]
+               + [(average, f"ema-{name}/") for name, average in (averages or {}).items()]
                + [(part, f"objective/{name}/") for name, part in modules.items()] if m is not None]
     for module, state in targets:
         _check_fits(module, state, path)

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from kacfast._device import COMPILE_MODES, compile_mode, cpu_has_bf16
 from kacfast.data import BatchSampler
 from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, read_checkpoint
+from kacfast.training.averaging import MAX_SIGMA_REL, average_name, power_ema_decay, power_ema_gamma
 from kacfast.training.checkpoint import restore, save_checkpoint
 
 
@@ -69,12 +70,16 @@ class RunConfig(ExecutionConfig):
     """What every optimisation run sets, a teacher's run and each distillation stage alike
     (keyword-only; plus the ExecutionConfig fields). batch_size is global (split across DDP
     ranks); warmup: linear LR warm-up steps; sample_every: preview grid of the EMA model every
-    N steps (image data only; 0 = never)."""
+    N steps (image data only; 0 = never). ema_decay: the run's exponential EMA (what loading a run
+    returns); ema_lengths: relative lengths sigma_rel in (0, 0.289) of power-function EMAs kept
+    beside it (kacfast.training.averaging; default none), each loaded as
+    load_trained(run, ema="power<sigma_rel>")."""
 
     batch_size: int = 128
     lr: float = 2e-4
     warmup: int = 200
     ema_decay: float = 0.999
+    ema_lengths: tuple = ()
     seed: int = 0
     ckpt_every: int = 500
     sample_every: int = 1000
@@ -85,6 +90,11 @@ class RunConfig(ExecutionConfig):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}.")
+        self.ema_lengths = tuple(float(s) for s in self.ema_lengths)
+        if len(set(map(average_name, self.ema_lengths))) < len(self.ema_lengths) or any(
+                not 0 < s < MAX_SIGMA_REL for s in self.ema_lengths):
+            raise ValueError(f"ema_lengths must be distinct values in (0, {MAX_SIGMA_REL:.4f}), got "
+                             f"{self.ema_lengths}.")
 
     def run_settings(self) -> dict:
         """This config's RunConfig fields (execution fields included), as keyword arguments."""
@@ -243,10 +253,12 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         # setting would load without complaint and compute another function
         expected = {"objective": objective.describe(), "seed": config.seed,
                     "batch_size": config.batch_size, "world_size": world,
-                    "precondition": (getattr(model, "config", None) or {}).get("precondition")}
+                    "precondition": (getattr(model, "config", None) or {}).get("precondition"),
+                    "ema_lengths": list(config.ema_lengths)}
         found = {"objective": saved["objective"], "seed": saved["config"]["seed"],
                  "batch_size": saved["config"]["batch_size"], "world_size": saved["world_size"],
-                 "precondition": ((saved.get("model") or {}).get("config") or {}).get("precondition")}
+                 "precondition": ((saved.get("model") or {}).get("config") or {}).get("precondition"),
+                 "ema_lengths": saved["config"].get("ema_lengths", [])}
         for key in expected:
             if expected[key] != found[key]:
                 raise CheckpointError(f"{ckpt_path} was trained with {key}={found[key]!r}, not "
@@ -257,6 +269,9 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # in place; the EMA copy inherits it
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    averages = {average_name(s): copy.deepcopy(model).eval().requires_grad_(False)
+                for s in config.ema_lengths}
+    gammas = {average_name(s): power_ema_gamma(s) for s in config.ema_lengths}
     # fused (one kernel for all tensors) on CUDA only: on CPU it would change today's numbers
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay, fused=device.type == "cuda")
@@ -269,7 +284,7 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     step = 0
     if saved is not None:
         step = restore(ckpt_path, model=model, ema=ema, optimizer=optimizer,
-                       objective_state=objective_state)["step"]
+                       objective_state=objective_state, averages=averages)["step"]
         sampler.load_state_dict(saved["data_order"])
     sampler = sampler.shard(rank, world)
     net = model
@@ -295,7 +310,7 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         if rank == 0:
             save_checkpoint(ckpt_path, model=model, ema=ema, optimizer=optimizer,
                             meta={**meta, "step": step, "data_order": sampler.state_dict()},
-                            objective_state=objective_state)
+                            objective_state=objective_state, averages=averages)
             if on_checkpoint is not None:
                 on_checkpoint(step, ema)
         if world > 1:
@@ -331,6 +346,8 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         _update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+        for name, average in averages.items():
+            _update_ema(average, model, power_ema_decay(gammas[name], step + 1))
         step += 1
         if step % config.log_every == 0 or step == config.steps:
             value = loss.detach().float()
