@@ -55,7 +55,8 @@ def generation_nfe(method: str, steps: int, solver: str | None = None) -> int:
 def generate(model, method: str, steps: int, *, solver: str | None = None,
              labels: torch.Tensor | None = None, n: int | None = None, guidance: float = 1.0,
              seed: int = 0, process: KacProcess | None = None, progress: bool = False,
-             dtype=None, compile: bool | str = False, max_batch: int | None = None) -> torch.Tensor:
+             dtype=None, compile: bool | str = False, max_batch: int | None = None,
+             grid=None) -> torch.Tensor:
     """Samples from `model`, trained with `method` ("kac", "distill", "edm" or "ddpm").
 
     Args:
@@ -65,8 +66,10 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
         guidance: w (1 = none; otherwise one batched call on the (cond, null) pair per NFE).
         seed: seeds the prior / latents (and DDPM's per-step noise): same seed, same samples.
         process: the Kac process (default: the model's facts).
-        dtype, compile, max_batch: the network's autocast dtype, torch.compile mode and chunk
-            size of `kacfast.sample` (Kac models only; the baselines run float32 eager).
+        dtype, compile, max_batch, grid: the network's autocast dtype, torch.compile mode, chunk
+            size and time grid (steps + 1 decreasing times from T; default uniform, a student's
+            own) of `kacfast.sample` (Kac models only; the baselines run float32 eager on their
+            own schedules).
     Returns:
         (n, *model.sample_shape) float32 in [-1, 1].
     """
@@ -80,10 +83,11 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
     if method in ("kac", "distill"):
         return kacfast.sample(model, steps, labels=labels, batch_size=None if labels is not None else n,
                               guidance=guidance, solver=solver, seed=seed, process=process,
-                              progress=progress, dtype=dtype, compile=compile, max_batch=max_batch)
-    if dtype is not None or compile:
-        raise ValueError(f"dtype and compile apply to Kac models; {method} models sample in float32 "
-                         "eager mode.")
+                              progress=progress, dtype=dtype, compile=compile, max_batch=max_batch,
+                              grid=grid)
+    if dtype is not None or compile or grid is not None:
+        raise ValueError(f"dtype, compile and grid apply to Kac models; {method} models sample in "
+                         "float32 eager mode on their own schedules.")
     device = next(model.parameters()).device
     latents = torch.randn((n,) + tuple(model.sample_shape),
                           generator=torch.Generator().manual_seed(seed)).to(device)

@@ -46,6 +46,24 @@ def test_generate_calls_the_network_nfe_times(method, solver, steps, expected_nf
     assert torch.equal(a, b)  # seeded
 
 
+def test_generate_passes_a_kac_time_grid_and_refuses_one_for_the_baselines():
+    from kacfast.process import KacProcess
+    torch.manual_seed(0)
+    model = Counting().eval()
+    with torch.no_grad():  # the UNet's zero-initialised output layer would make every grid agree
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    labels = torch.arange(4)
+    grid = kacfast.quadratic_grid(3)
+    process = KacProcess()
+    a = generate(model, "kac", 3, labels=labels, guidance=1.25, seed=2, process=process, grid=grid)
+    b = kacfast.sample(model, 3, labels=labels, guidance=1.25, seed=2, process=process, grid=grid)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, generate(model, "kac", 3, labels=labels, guidance=1.25, seed=2, process=process))
+    with pytest.raises(ValueError, match="dtype, compile and grid apply to Kac models"):
+        generate(model, "edm", 3, labels=labels, grid=grid)
+
+
 def test_solver_for_defaults_and_errors():
     assert {m: solver_for(m) for m in METHODS} == {
         "kac": "euler", "edm": "heun", "ddpm": "ddim", "distill": "euler"}

@@ -32,6 +32,8 @@ preconditioned recipe keeping power-function EMAs of relative length 0.05, 0.1, 
 `--ema-lengths`: the EMA length as a lever, one row each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
 continued to 9,600 steps).
+Rows named -quadratic- sample the shipped teacher on the quadratic time grid (kacfast.quadratic_grid,
+denser near the data) instead of the uniform one, at the same NFE.
 
 `run` scores each row (kacfast.evaluation: both judges, FD / KID / precision / recall / accuracy,
 95% intervals over --seeds, --n class-balanced samples per seed against each seed's reference)
@@ -50,6 +52,9 @@ import sys
 import time
 
 import torch
+
+from kacfast.facts import facts_of
+from kacfast.sampling import quadratic_grid
 
 # name -> (run directory under RUNS[@weight average of the run, as load_trained(ema=...)], method,
 # steps, solver)
@@ -102,6 +107,9 @@ ROWS = {
     # the solver at equal NFE on the shipped (logit-normal) teacher
     **{f"kac-logit-normal-{solver}-{steps}": ("kac-logit-normal", "kac", steps, solver)
        for solver, steps in (("ab2", 100), ("midpoint", 50), ("heun", 50))},
+    # the time grid at equal NFE on the shipped teacher (GRIDS): quadratic, denser near the data
+    "kac-logit-normal-quadratic-euler-100": ("kac-logit-normal", "kac", 100, "euler"),
+    "kac-logit-normal-quadratic-midpoint-50": ("kac-logit-normal", "kac", 50, "midpoint"),
     "kac-teacher-euler-4": ("kac", "kac", 4, "euler"),
     "kac-teacher-euler-1": ("kac", "kac", 1, "euler"),
     "edm-heun-35": ("edm", "edm", 18, "heun"),
@@ -114,6 +122,8 @@ ROWS = {
     "ddpm-1000": ("ddpm", "ddpm", 1000, "ddpm"),
 }
 
+# rows sampled on another time grid than the uniform one: row -> grid(steps, T)
+GRIDS = {row: quadratic_grid for row in ROWS if "-quadratic-" in row}
 
 # The shipped models the 16x16 pipeline trained, by run directory
 SHIPPED = {"kac-logit-normal": "mnist16-kac-teacher",
@@ -140,9 +150,10 @@ def _sample_row(model, row: str, labels: torch.Tensor, guidance: float, seed: in
     from kacfast.generate import generate
     _, method, steps, solver = ROWS[row]
     kac = method in ("kac", "distill")
+    grid = GRIDS[row](steps, facts_of(model).process.T) if row in GRIDS else None
     start = time.perf_counter()
     images = generate(model, method, steps, solver=solver, labels=labels, guidance=guidance, seed=seed,
-                      compile=compile and kac)
+                      compile=compile and kac, grid=grid)
     return images, time.perf_counter() - start
 
 
@@ -159,7 +170,6 @@ def _done(path: str) -> set[tuple]:
 
 def cmd_run(args) -> None:
     from kacfast.evaluation import Evaluator, Protocol, balanced_labels
-    from kacfast.facts import facts_of
     from kacfast.generate import generation_nfe
     from kacfast.images import make_grid, save_png
 
@@ -247,6 +257,8 @@ LABELS = {
        for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400))},
     **{f"kac-logit-normal-{solver}-{steps}": f"Kac teacher, logit-normal training times, {name}"
        for solver, steps, name in (("ab2", 100, "AB-2"), ("midpoint", 50, "midpoint"), ("heun", 50, "Heun"))},
+    "kac-logit-normal-quadratic-euler-100": "Kac teacher, logit-normal training times, Euler on the quadratic grid",
+    "kac-logit-normal-quadratic-midpoint-50": "Kac teacher, logit-normal training times, midpoint on the quadratic grid",
     "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
     "kac-uniform-7200-euler-100": "Kac teacher, 2x the training steps (7,200), Euler",
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
