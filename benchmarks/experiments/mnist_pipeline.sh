@@ -121,7 +121,7 @@ $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 ka
     kac-uniform-7200-euler-100 kac-uniform-seed1-euler-100 distillkac-1-w1.25-huber-adversarial-logit \
     distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
     distillkac-1-w1.25-huber-adversarial-logit-4800 distillkac-1-w1.25-huber-adversarial-logit-9600
-$EVAL --guidance 1 1.5 --rows kac-logit-normal-euler-100
+$EVAL --guidance 1 1.5 2 --rows kac-logit-normal-euler-100
 $EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100 \
     kac-logit-normal-ab2-100 kac-logit-normal-midpoint-50 kac-logit-normal-heun-50 \
     distillkac-1-w1.25-huber-adversarial-logit-precond distillkac-1-w1.25-huber-adversarial-logit-precond-1200 \
@@ -139,7 +139,8 @@ python "$HERE/benchmarks/experiments/mnist_results.py" run --runs "$RUNS" --out 
     --grids "$RUNS/grids-heldout" --reference test --threads 1 --compile --guidance 1.25 --rows data \
     kac-teacher-euler-100 edm-heun-35 distillkac-1 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 distillkac-1-w1.25-huber distillkac-1-w1.25-features distillkac-1-w1.25-adversarial \
-    distillkac-1-w1.25-huber-adversarial distillkac-1-w1.25-huber-adversarial-4800 edm-euler-4 ddim-4
+    distillkac-1-w1.25-huber-adversarial distillkac-1-w1.25-huber-adversarial-4800 edm-euler-4 ddim-4 \
+    distillkac-1-w1.25-huber-adversarial-logit-9600
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl" --plot "$HERE/docs/quality_vs_nfe.png"
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results_n250.jsonl"
 python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 200 --repeats 3 --threads 2 \
