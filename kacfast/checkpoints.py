@@ -31,6 +31,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, corrupt or for another model."""
 
 
+def average_prefix(name: str) -> str:
+    """The tensor-key prefix of a run's weight average `name` (a power-function EMA, "power0.1")."""
+    return f"ema-{name}/"
+
+
 def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Atomically write ``tensors`` (CPU, contiguous) and ``meta`` (JSON-able) to ``path``."""
     header = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
@@ -87,12 +92,16 @@ def _facts_from_meta(meta: dict) -> dict:
 def _weights_prefix(tensors: dict, ema: bool | str, file: str) -> str:
     """The key prefix of the weights `ema` selects (see load_trained)."""
     if isinstance(ema, str):
-        prefix = f"ema-{ema}/"
+        prefix = average_prefix(ema)
         if not any(k.startswith(prefix) for k in tensors):
             kept = sorted({k.split("/")[0][len("ema-"):] for k in tensors if k.startswith("ema-")})
-            raise CheckpointError(f"{file} holds no weight average {ema!r} (it holds "
-                                  f"{', '.join(kept) or 'none besides its EMA'}).")
+            what = (", ".join(kept) if kept else "none besides its EMA"
+                    if any(k.startswith("ema/") for k in tensors) else "none: it holds one set of weights")
+            raise CheckpointError(f"{file} holds no weight average {ema!r} (averages it holds: {what}).")
         return prefix
+    if not isinstance(ema, bool):
+        raise TypeError(f"ema must be True, False or a weight average's name such as 'power0.1', got "
+                        f"{ema!r}.")
     return "ema/" if ema and any(k.startswith("ema/") for k in tensors) else "model/"
 
 

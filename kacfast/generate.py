@@ -80,6 +80,8 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
     if labels is None and n is None:
         raise ValueError("give labels (conditional) or n (unconditional).")
     n = len(labels) if labels is not None else n
+    if grid is not None and len(grid) != steps + 1:
+        raise ValueError(f"a grid of {steps} steps holds {steps + 1} times, got {len(grid)}.")
     if method in ("kac", "distill"):
         return kacfast.sample(model, steps, labels=labels, batch_size=None if labels is not None else n,
                               guidance=guidance, solver=solver, seed=seed, process=process,

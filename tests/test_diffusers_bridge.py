@@ -198,6 +198,8 @@ def test_export_refuses_what_is_not_a_kac_image_model(tmp_path):
                           str(run), "--threads", "1", "--quiet"], check=True, timeout=600)
     with pytest.raises(ValueError, match="not an image model"):
         export_pipeline(str(run), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="is a shipped model: it holds one set of weights"):
+        export_pipeline("mnist16-kac-teacher", str(tmp_path / "out"), ema="power0.1")
 
 
 # ----------------------------------------------------------------------------------------------

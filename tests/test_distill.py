@@ -161,6 +161,27 @@ def _adversarial_run(out, steps, resume=False):
                    progress=False)
 
 
+def test_stages_keep_power_emas_and_pass_on_their_exponential_ema(teacher, tmp_path):
+    """ema_lengths reaches every stage: each stage's checkpoint holds its power-function EMAs, which
+    load by name, and the next stage's teacher is the stage's exponential EMA, as without them."""
+    model, data, _ = teacher
+    runs = {}
+    for name, lengths in (("plain", ()), ("averages", (0.2, 0.05))):
+        config = DistillConfig(schedule=(4, 2, 1), steps_per_stage=6, batch_size=64, ckpt_every=6,
+                               ema_lengths=lengths)
+        runs[name] = distill(model, kacfast.KacProcess(), data, config, str(tmp_path / name),
+                             progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(runs["plain"].state_dict().values(),
+                                                  runs["averages"].state_dict().values()))
+    for stage in ("stage-1-2", "stage-2-1"):
+        meta, tensors = read_checkpoint(str(tmp_path / "averages" / stage / CHECKPOINT_NAME))
+        assert meta["config"]["ema_lengths"] == [0.05, 0.2]  # sorted: one run, whatever the order
+        assert {k.split("/")[0] for k in tensors if k.startswith("ema-")} == {"ema-power0.05", "ema-power0.2"}
+        average = load_trained(str(tmp_path / "averages" / stage), ema="power0.05")[0]
+        ema = load_trained(str(tmp_path / "averages" / stage))[0]
+        assert not all(torch.equal(a, b) for a, b in zip(average.state_dict().values(), ema.state_dict().values()))
+
+
 def test_adversarial_stage_trains_a_discriminator_and_resumes_exactly(tmp_path):
     """The discriminator and its optimizer are part of the run: 2 steps, then 2 more after a
     restart, equal 4 steps straight, student and discriminator alike."""

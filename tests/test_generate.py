@@ -62,6 +62,8 @@ def test_generate_passes_a_kac_time_grid_and_refuses_one_for_the_baselines():
     assert not torch.equal(a, generate(model, "kac", 3, labels=labels, guidance=1.25, seed=2, process=process))
     with pytest.raises(ValueError, match="dtype, compile and grid apply to Kac models"):
         generate(model, "edm", 3, labels=labels, grid=grid)
+    with pytest.raises(ValueError, match="a grid of 2 steps holds 3 times, got 4"):
+        generate(model, "kac", 2, labels=labels, process=process, grid=grid)
 
 
 def test_solver_for_defaults_and_errors():

@@ -230,7 +230,7 @@ def test_power_emas_average_the_run_and_resume_exactly(tmp_path):
           str(tmp_path / "resumed"), resume=True, progress=False)
     resumed = read_checkpoint(str(tmp_path / "resumed" / CHECKPOINT_NAME))[1]
     assert set(resumed) == set(tensors) and all(torch.equal(resumed[k], tensors[k]) for k in tensors)
-    with pytest.raises(CheckpointError, match=r"no weight average 'power0.1' \(it holds power0.05, power0.2\)"):
+    with pytest.raises(CheckpointError, match=r"no weight average 'power0.1' \(averages it holds: power0.05, power0.2\)"):
         load_trained(str(tmp_path / "run"), ema="power0.1")
 
 
@@ -250,9 +250,16 @@ def test_cli_keeps_and_exports_a_power_ema(tmp_path):
     both = subprocess.run(CLI + ["export", "--ckpt", str(run), "--out", str(out), "--raw", "--average", "power0.1"],
                           capture_output=True, text=True)
     assert both.returncode != 0 and "not allowed with argument" in both.stderr
-    for bad in (["0"], ["0.3"], ["0.1", "0.1"]):
+    for bad in ((0.0,), (0.3,), (0.1, 0.1)):
         with pytest.raises(ValueError, match="ema_lengths must be distinct values in"):
-            TrainConfig(steps=1, ema_lengths=tuple(map(float, bad)))
+            TrainConfig(steps=1, ema_lengths=bad)
+    for bad in (0.1, "0.1", (True,)):
+        with pytest.raises(ValueError, match="ema_lengths must be a tuple of numbers"):
+            TrainConfig(steps=1, ema_lengths=bad)
+    with pytest.raises(TypeError, match="ema must be True, False or a weight average's name"):
+        load_trained(str(run), ema=0.1)
+    with pytest.raises(CheckpointError, match="averages it holds: none: it holds one set of weights"):
+        load_trained(str(out), ema="power0.1")
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.3, 1.0])

@@ -127,7 +127,7 @@ $EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal
     distillkac-1-w1.25-huber-adversarial-logit-precond distillkac-1-w1.25-huber-adversarial-logit-precond-1200 \
     distillkac-1-w1.25-huber-adversarial-logit-precond-2400 kac-logit-normal-precond-ema0.05-euler-100 \
     kac-logit-normal-precond-ema0.1-euler-100 kac-logit-normal-precond-ema0.15-euler-100 \
-    kac-logit-normal-precond-ema0.2-euler-100
+    kac-logit-normal-precond-ema0.2-euler-100 kac-logit-normal-quadratic-euler-100
 wait $FLOWMAP
 $EVAL --rows kac-diffusers-euler-100 distillkac-20-w1.25 distillkac-4-w1.25 distillkac-2-w1.25 \
     distillkac-1-w1.25 rollout-2-w1.25 rollout-1-w1.25 distillkac-1-w1.25-huber \

@@ -123,7 +123,8 @@ ROWS = {
 }
 
 # rows sampled on another time grid than the uniform one: row -> grid(steps, T)
-GRIDS = {row: quadratic_grid for row in ROWS if "-quadratic-" in row}
+GRIDS = {"kac-logit-normal-quadratic-euler-100": quadratic_grid,
+         "kac-logit-normal-quadratic-midpoint-50": quadratic_grid}
 
 # The shipped models the 16x16 pipeline trained, by run directory
 SHIPPED = {"kac-logit-normal": "mnist16-kac-teacher",
@@ -213,6 +214,8 @@ def cmd_run(args) -> None:
                                             run=run, nfe=generation_nfe(method, steps, solver),
                                             guidance=guidance, absorbed_guidance=absorbed)
                 result["sampling_seconds"] = sum(seconds)
+                if row in GRIDS:
+                    result["grid"] = GRIDS[row].__name__.removesuffix("_grid")
             result.update(seconds=time.perf_counter() - start, threads=args.threads)
             with open(args.out, "a") as f:
                 f.write(json.dumps(result, sort_keys=True) + "\n")

@@ -554,6 +554,9 @@ def _pipeline_and_record(ckpt: str, ema: bool | str):
     from kacfast.pretrained import PRETRAINED, load_pretrained
 
     if ckpt in PRETRAINED and not os.path.exists(ckpt):
+        if ema is not True:
+            raise ValueError(f"{ckpt} is a shipped model: it holds one set of weights, so the raw "
+                             "weights and weight averages of a run are not there to choose.")
         network, meta = load_pretrained(ckpt), None
     else:
         network, meta = load_trained(ckpt, ema=ema)

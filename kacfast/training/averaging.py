@@ -35,5 +35,6 @@ def power_ema_decay(gamma: float, update: int) -> float:
 
 
 def average_name(sigma_rel: float) -> str:
-    """The name a power-function EMA is stored and loaded under: 'power0.05' for sigma_rel 0.05."""
-    return f"power{sigma_rel:g}"
+    """The name a power-function EMA is stored and loaded under: 'power0.05' for sigma_rel 0.05
+    (the float's shortest repr, so distinct lengths never share a name)."""
+    return f"power{float(sigma_rel)!r}"

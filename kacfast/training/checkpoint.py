@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, read_checkpoint, write_checkpoint
+from kacfast.checkpoints import (CHECKPOINT_NAME, CheckpointError, average_prefix, read_checkpoint,
+                                 write_checkpoint)
 
 __all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "restore", "read_checkpoint"]
 
@@ -93,7 +94,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, ema: torch.nn.Module |
     if ema is not None:
         tensors.update(_module_tensors(ema, "ema/"))
     for name, average in (averages or {}).items():
-        tensors.update(_module_tensors(average, f"ema-{name}/"))
+        tensors.update(_module_tensors(average, average_prefix(name)))
     modules, optimizers = _split(objective_state)
     for name, part in modules.items():
         tensors.update(_module_tensors(part, f"objective/{name}/"))
@@ -131,7 +132,7 @@ def restore(path: str, *, model, ema=None, optimizer=None, objective_state: dict
     modules, optimizers = _split(objective_state)
     targets = [(m, _prefixed(tensors, prefix)) for m, prefix in
                [(model, "model/"), (ema, "ema/")]
-               + [(average, f"ema-{name}/") for name, average in (averages or {}).items()]
+               + [(average, average_prefix(name)) for name, average in (averages or {}).items()]
                + [(part, f"objective/{name}/") for name, part in modules.items()] if m is not None]
     for module, state in targets:
         _check_fits(module, state, path)

@@ -90,11 +90,16 @@ class RunConfig(ExecutionConfig):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}.")
-        self.ema_lengths = tuple(float(s) for s in self.ema_lengths)
-        if len(set(map(average_name, self.ema_lengths))) < len(self.ema_lengths) or any(
+        lengths = self.ema_lengths
+        if isinstance(lengths, (str, bytes)) or not isinstance(lengths, (tuple, list)) or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) for s in lengths):
+            raise ValueError(f"ema_lengths must be a tuple of numbers, got {lengths!r}.")
+        # sorted: the same set of averages is the same run, whatever order it was asked in
+        self.ema_lengths = tuple(sorted(float(s) for s in lengths))
+        if len(set(self.ema_lengths)) < len(lengths) or any(
                 not 0 < s < MAX_SIGMA_REL for s in self.ema_lengths):
             raise ValueError(f"ema_lengths must be distinct values in (0, {MAX_SIGMA_REL:.4f}), got "
-                             f"{self.ema_lengths}.")
+                             f"{tuple(lengths)}.")
 
     def run_settings(self) -> dict:
         """This config's RunConfig fields (execution fields included), as keyword arguments."""
