@@ -82,10 +82,10 @@ $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w
 adversarial_stage() {  # CHAIN OUT DOUBLINGS...
     $DISTILL --teacher "$RUNS/$1/stage-3-2" --out "$RUNS/$2" --schedule 2 1 --steps-per-stage 600 \
         --seed 3 --objective endpoint-l2-adversarial
-    local chain=$1 previous="$RUNS/$2" longer steps
+    local chain=$1 out=$2 previous="$RUNS/$2" longer steps
     shift 2
     for steps in "$@"; do
-        longer="$RUNS/$2-$steps"
+        longer="$RUNS/$out-$steps"
         [ -d "$longer" ] || cp -r "$previous" "$longer"
         $DISTILL --teacher "$RUNS/$chain/stage-3-2" --out "$longer" --schedule 2 1 \
             --steps-per-stage "$steps" --seed 3 --objective endpoint-l2-adversarial --resume
