@@ -32,11 +32,21 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
 ( $TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal" \
       $(resume "$RUNS/kac-logit-normal")
   # the shipped 16x16 student's recipe on it: pseudo-Huber chain, then the adversarial last stage
-  # (600 steps here; the shipped student ran it to 4,800)
+  # (600 steps, then doubled below; the shipped 16x16 student ran it to 9,600)
   $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
       --steps-per-stage 200 300 500 --guidance "$W" --objective endpoint-pseudo-huber --resume
   $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$RUNS/adversarial-huber-w1.25-logit" \
-      --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial --resume ) & LOGIT_CHAIN=$!
+      --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial --resume
+  # the same stage continued by doublings, each from a copy of the previous run (at 16x16 every
+  # doubling to 9,600 steps still gained)
+  previous="$RUNS/adversarial-huber-w1.25-logit"
+  for steps in 1200 2400; do
+      longer="$RUNS/adversarial-huber-w1.25-logit-$steps"
+      [ -d "$longer" ] || cp -r "$previous" "$longer"
+      previous=$longer
+      $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$longer" --schedule 2 1 \
+          --steps-per-stage "$steps" --seed 3 --objective endpoint-l2-adversarial --resume
+  done ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN
@@ -45,5 +55,6 @@ $EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 k
     distillkac-20 distillkac-4 distillkac-2 distillkac-1
 # the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
 $EVAL --guidance 1 1.25 1.5 --rows kac-logit-normal-euler-100
-$EVAL --rows distillkac-1-w1.25-huber-adversarial-logit
+$EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber-adversarial-logit-1200 \
+    distillkac-1-w1.25-huber-adversarial-logit-2400
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
