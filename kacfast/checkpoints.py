@@ -95,8 +95,12 @@ def _weights_prefix(tensors: dict, ema: bool | str, file: str) -> str:
         prefix = average_prefix(ema)
         if not any(k.startswith(prefix) for k in tensors):
             kept = sorted({k.split("/")[0][len("ema-"):] for k in tensors if k.startswith("ema-")})
-            what = (", ".join(kept) if kept else "none besides its EMA"
-                    if any(k.startswith("ema/") for k in tensors) else "none: it holds one set of weights")
+            if kept:
+                what = ", ".join(kept)
+            elif any(k.startswith("ema/") for k in tensors):
+                what = "none besides its EMA"
+            else:
+                what = "none: it holds one set of weights"
             raise CheckpointError(f"{file} holds no weight average {ema!r} (averages it holds: {what}).")
         return prefix
     if not isinstance(ema, bool):
@@ -142,7 +146,8 @@ def export_weights(path: str, out: str, *, ema: bool | str = True) -> dict:
     # a shipped file should not carry the exporting machine's paths
     kept["run"] = {k: (os.path.basename(v) if k == "teacher" else v) for k, v in kept.get("run", {}).items()}
     kept["exported"] = {"from_step": meta.get("step"),
-                        "weights": f"ema-{ema}" if isinstance(ema, str) else "ema" if ema else "model"}
+                        "weights": average_prefix(ema).rstrip("/") if isinstance(ema, str)
+                        else "ema" if ema else "model"}
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_checkpoint(out, tensors, kept)
     return kept

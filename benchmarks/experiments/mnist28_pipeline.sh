@@ -18,6 +18,7 @@ DISTILL="kacfast distill --batch-size 64 --lr 2e-4 --threads 1 --quiet"
 EVAL="python $HERE/benchmarks/experiments/mnist_results.py run --data mnist5k --runs $RUNS
       --out $RUNS/results.jsonl --grids $RUNS/grids --threads 1 --compile"
 resume() { [ -f "$1/checkpoint.safetensors" ] && echo --resume || true; }
+source "$HERE/benchmarks/experiments/adversarial_stage.sh"
 
 mkdir -p "$RUNS"
 python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # both judges, cached once
@@ -32,21 +33,10 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
 ( $TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal" \
       $(resume "$RUNS/kac-logit-normal")
   # the shipped 16x16 student's recipe on it: pseudo-Huber chain, then the adversarial last stage
-  # (600 steps, then doubled below; the shipped 16x16 student ran it to 9,600)
   $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
       --steps-per-stage 200 300 500 --guidance "$W" --objective endpoint-pseudo-huber --resume
-  $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$RUNS/adversarial-huber-w1.25-logit" \
-      --schedule 2 1 --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial --resume
-  # the same stage continued by doublings, each from a copy of the previous run (at 16x16 every
-  # doubling to 9,600 steps still gained)
-  previous="$RUNS/adversarial-huber-w1.25-logit"
-  for steps in 1200 2400; do
-      longer="$RUNS/adversarial-huber-w1.25-logit-$steps"
-      [ -d "$longer" ] || cp -r "$previous" "$longer"
-      previous=$longer
-      $DISTILL --teacher "$RUNS/distill-w1.25-huber-logit/stage-3-2" --out "$longer" --schedule 2 1 \
-          --steps-per-stage "$steps" --seed 3 --objective endpoint-l2-adversarial --resume
-  done ) & LOGIT_CHAIN=$!
+  # (600 steps, then doubled to 1,200 and 2,400: at 16x16 every doubling to 9,600 steps still gained)
+  adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit 1200 2400 ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN

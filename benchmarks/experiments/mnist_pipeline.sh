@@ -76,22 +76,7 @@ $DISTILL --teacher "$RUNS/kac" --out "$RUNS/flowmap-w1.25" --schedule 100 1 --st
 $DISTILL --teacher "$RUNS/distill-w1.25/stage-3-2" --out "$RUNS/adversarial0.3-w1.25" --schedule 2 1 \
     --steps-per-stage 600 --seed 3 --objective endpoint-l2-adversarial \
     --objective-option adversarial_weight=0.3
-# the adversarial last stage (2 -> 1) from a chain's 2-step student, 600 steps into RUNS/OUT, then
-# run longer: the LR is constant after warm-up, so resuming a copy of the shorter run with a larger
-# step count continues it exactly (600 -> 1,200 -> 2,400 -> 4,800 steps into OUT-1200 ... OUT-4800)
-adversarial_stage() {  # CHAIN OUT DOUBLINGS...
-    $DISTILL --teacher "$RUNS/$1/stage-3-2" --out "$RUNS/$2" --schedule 2 1 --steps-per-stage 600 \
-        --seed 3 --objective endpoint-l2-adversarial
-    local chain=$1 out=$2 previous="$RUNS/$2" longer steps
-    shift 2
-    for steps in "$@"; do
-        longer="$RUNS/$out-$steps"
-        [ -d "$longer" ] || cp -r "$previous" "$longer"
-        $DISTILL --teacher "$RUNS/$chain/stage-3-2" --out "$longer" --schedule 2 1 \
-            --steps-per-stage "$steps" --seed 3 --objective endpoint-l2-adversarial --resume
-        previous=$longer
-    done
-}
+source "$HERE/benchmarks/experiments/adversarial_stage.sh"
 # on the pseudo-Huber chain (its 4,800-step run was the shipped student until the logit-normal pair)
 adversarial_stage distill-w1.25-huber adversarial-huber-w1.25 1200 2400 4800
 # teacher levers (one change each to the teacher's recipe): logit-normal training times; the recipe

@@ -56,6 +56,9 @@ import torch
 from kacfast.facts import facts_of
 from kacfast.sampling import quadratic_grid
 
+# the relative lengths of the power-function EMAs kept by kac-logit-normal-precond-ema/, one row each
+EMA_LENGTHS = ("0.05", "0.1", "0.15", "0.2")
+
 # name -> (run directory under RUNS[@weight average of the run, as load_trained(ema=...)], method,
 # steps, solver)
 ROWS = {
@@ -103,7 +106,7 @@ ROWS = {
     # preconditioned logit-normal recipe (its exponential EMA is kac-logit-normal-precond's, bit for bit)
     **{f"kac-logit-normal-precond-ema{length}-euler-100": (f"kac-logit-normal-precond-ema@power{length}",
                                                            "kac", 100, "euler")
-       for length in ("0.05", "0.1", "0.15", "0.2")},
+       for length in EMA_LENGTHS},
     # the solver at equal NFE on the shipped (logit-normal) teacher
     **{f"kac-logit-normal-{solver}-{steps}": ("kac-logit-normal", "kac", steps, solver)
        for solver, steps in (("ab2", 100), ("midpoint", 50), ("heun", 50))},
@@ -269,7 +272,7 @@ LABELS = {
     "kac-logit-normal-weighted-euler-100": "Kac teacher, logit-normal + target loss weighting, Euler",
     **{f"kac-logit-normal-precond-ema{length}-euler-100":
        f"Kac teacher, logit-normal + Kac preconditioning, power-function EMA of length {length}, Euler"
-       for length in ("0.05", "0.1", "0.15", "0.2")},
+       for length in EMA_LENGTHS},
     "single-stage-1": "single-stage 100 -> 1 student",
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
     "rollout-1": "DistillKac student, roll-out starts in 4 -> 2",

@@ -274,9 +274,8 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # in place; the EMA copy inherits it
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    averages = {average_name(s): copy.deepcopy(model).eval().requires_grad_(False)
-                for s in config.ema_lengths}
     gammas = {average_name(s): power_ema_gamma(s) for s in config.ema_lengths}
+    averages = {name: copy.deepcopy(model).eval().requires_grad_(False) for name in gammas}
     # fused (one kernel for all tensors) on CUDA only: on CPU it would change today's numbers
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay, fused=device.type == "cuda")
