@@ -36,9 +36,9 @@ def cmd_demo(args) -> int:
         torch.set_num_threads(args.threads)
     labels = torch.arange(10 * args.rows) % 10
     grids = []
-    print(f"kacfast {kacfast.__version__}: class-conditional MNIST (16x16), labels 0-9 per row, "
-          f"{len(labels)} images per model, {torch.get_num_threads()} CPU thread(s)")
-    for name in ("mnist16-distillkac-1step", "mnist16-kac-teacher"):
+    print(f"kacfast {kacfast.__version__}: class-conditional MNIST ({args.size}x{args.size}), labels 0-9 "
+          f"per row, {len(labels)} images per model, {torch.get_num_threads()} CPU thread(s)")
+    for name in (f"mnist{args.size}-distillkac-1step", f"mnist{args.size}-kac-teacher"):
         model = kacfast.load_pretrained(name)
         entry = facts_of(model).pretrained
         steps, guidance = entry["steps"], entry["guidance"]
@@ -436,6 +436,8 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help=cmd_demo.__doc__)
     demo.add_argument("--out", default="kacfast_demo.png", help="PNG grid (default kacfast_demo.png)")
     demo.add_argument("--rows", type=int, default=2, help="rows of 10 labelled images per model (default 2)")
+    demo.add_argument("--size", type=int, choices=(16, 28), default=28,
+                      help="the shipped pair to run: 28x28 (default) or 16x16 digits")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     demo.set_defaults(func=cmd_demo)

@@ -151,19 +151,26 @@ def test_load_pretrained_rejects_unknown_names():
 SHIPPED = kacfast.list_pretrained()
 
 
-@pytest.mark.skipif(len(SHIPPED) < 2, reason="the shipped model files are not in this checkout")
-def test_shipped_models_sample_as_is():
-    assert SHIPPED == ["mnist16-kac-teacher", "mnist16-distillkac-1step"]
-    total = sum(os.path.getsize(kacfast.pretrained.pretrained_path(n)) for n in SHIPPED)
-    assert total <= 10 * 2**20
-    student = kacfast.load_pretrained("mnist16-distillkac-1step")
-    assert facts_of(student).grid == (1.0, 0.0) and student.sample_shape == (1, 16, 16)
+@pytest.mark.skipif(len(SHIPPED) < 4, reason="the shipped model files are not in this checkout")
+def test_shipped_files_stay_small():
+    assert SHIPPED == ["mnist16-kac-teacher", "mnist16-distillkac-1step", "mnist28-kac-teacher",
+                       "mnist28-distillkac-1step"]
+    assert sum(os.path.getsize(kacfast.pretrained.pretrained_path(n)) for n in SHIPPED) <= 12 * 2**20
+
+
+@pytest.mark.skipif(len(SHIPPED) < 4, reason="the shipped model files are not in this checkout")
+@pytest.mark.parametrize("size", [16, 28])
+def test_shipped_models_sample_as_is(size):
+    student = kacfast.load_pretrained(f"mnist{size}-distillkac-1step")
+    assert facts_of(student).grid == (1.0, 0.0) and student.sample_shape == (1, size, size)
     images = kacfast.sample(student, steps=1, labels=list(range(10)), seed=0)
-    assert images.shape == (10, 1, 16, 16) and images.abs().max() <= 1
-    teacher = kacfast.load_pretrained("mnist16-kac-teacher")
+    assert images.shape == (10, 1, size, size) and images.abs().max() <= 1
+    teacher = kacfast.load_pretrained(f"mnist{size}-kac-teacher")
     assert facts_of(teacher).process == facts_of(student).process and teacher.num_classes == 10
-    absorbed = PRETRAINED["mnist16-distillkac-1step"]["absorbed_guidance"]
+    assert teacher.sample_shape == (1, size, size)
+    absorbed = PRETRAINED[f"mnist{size}-distillkac-1step"]["absorbed_guidance"]
     assert facts_of(student).absorbed_guidance == absorbed > 1 and facts_of(teacher).absorbed_guidance is None
+    assert facts_of(teacher).pretrained["guidance"] == absorbed
     with pytest.warns(UserWarning, match=f"absorbed guidance {absorbed:g} during distillation"):
         kacfast.sample(student, 1, labels=[3], guidance=1.5, seed=0)
 
@@ -178,12 +185,16 @@ def test_inference_loads_no_training_code():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.skipif(len(SHIPPED) < 2, reason="the shipped model files are not in this checkout")
-def test_demo_writes_a_grid_and_reports_speed(tmp_path):
-    out = subprocess.run(CLI + ["demo", "--rows", "1", "--out", str(tmp_path / "demo.png"), "--threads", "1"],
-                         check=True, capture_output=True, text=True, timeout=600)
+@pytest.mark.skipif(len(SHIPPED) < 4, reason="the shipped model files are not in this checkout")
+@pytest.mark.parametrize("size", [16, 28])
+def test_demo_writes_a_grid_and_reports_speed(tmp_path, size):
+    out = subprocess.run(CLI + ["demo", "--size", str(size), "--rows", "1", "--out", str(tmp_path / "demo.png"),
+                                "--threads", "1"], check=True, capture_output=True, text=True, timeout=600)
+    assert f"MNIST ({size}x{size})" in out.stdout and f"mnist{size}-kac-teacher" in out.stdout
     assert "images/s" in out.stdout and "NFE   1" in out.stdout and "NFE 100" in out.stdout
-    assert open(tmp_path / "demo.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    png = open(tmp_path / "demo.png", "rb").read(24)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") >= 10 * size  # IHDR width: a row of 10 digits
 
 
 def test_noise_demo_runs():

@@ -8,7 +8,8 @@
 # 2-core CPU (one thread per job, two jobs side by side) a 28x28 training takes about 3x its 16x16
 # run: about 70 minutes alone, 90-100 beside another job.
 # Writes RUNS_DIR/{kac,edm,ddpm,distill}, the logit-normal teacher's chain (kac-logit-normal,
-# distill-w1.25-huber-logit, adversarial-huber-w1.25-logit), RUNS_DIR/results.jsonl, RUNS_DIR/grids/.
+# distill-w1.25-huber-logit, adversarial-huber-w1.25-logit), RUNS_DIR/results.jsonl, RUNS_DIR/grids/
+# and the two shipped 28x28 model files.
 set -euo pipefail
 RUNS=${1:?usage: mnist28_pipeline.sh RUNS_DIR [GUIDANCE_ABSORBED]}
 W=${2:-1.25}  # the guidance the students absorb (the 16x16 sweep's best for the Kac teacher)
@@ -46,5 +47,10 @@ $EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 k
 # the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
 $EVAL --guidance 1 1.25 1.5 --rows kac-logit-normal-euler-100
 $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber-adversarial-logit-1200 \
-    distillkac-1-w1.25-huber-adversarial-logit-2400
+    distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
+    distillkac-2-w1.25-huber-logit
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
+# 3. the shipped 28x28 pair (kacfast/pretrained: mnist28-kac-teacher, mnist28-distillkac-1step)
+kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist28-kac-teacher.safetensors"
+kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-logit-2400/stage-1-1" \
+    --out "$HERE/kacfast/pretrained/mnist28-distillkac-1step.safetensors"

@@ -90,6 +90,10 @@ ROWS = {
        for chain in ("", "-logit") for steps in ("", "-1200", "-2400", "-4800")},
     "distillkac-1-w1.25-huber-adversarial-logit-9600": ("adversarial-huber-w1.25-logit-9600/stage-1-1",
                                                         "distill", 1, "euler"),
+    # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
+    **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
+                                                 "distill", steps, "euler")
+       for stage, steps in ((1, 20), (2, 4), (3, 2))},
     **{f"distillkac-1-w1.25-huber-adversarial-logit-precond{steps}":
        (f"adversarial-huber-w1.25-logit-precond{steps}/stage-1-1", "distill", 1, "euler")
        for steps in ("", "-1200", "-2400")},
@@ -129,22 +133,24 @@ ROWS = {
 GRIDS = {"kac-logit-normal-quadratic-euler-100": quadratic_grid,
          "kac-logit-normal-quadratic-midpoint-50": quadratic_grid}
 
-# The shipped models the 16x16 pipeline trained, by run directory
-SHIPPED = {"kac-logit-normal": "mnist16-kac-teacher",
-           "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"}
-SHIPPED_DATA = "mnist5k16"
+# The shipped models the MNIST pipelines trained, by dataset and run directory
+SHIPPED = {"mnist5k16": {"kac-logit-normal": "mnist16-kac-teacher",
+                         "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"},
+           "mnist5k": {"kac-logit-normal": "mnist28-kac-teacher",
+                       "adversarial-huber-w1.25-logit-2400/stage-1-1": "mnist28-distillkac-1step"}}
 
 
-def _load_row(runs: str, run: str, data: str = SHIPPED_DATA):
-    """(model, meta) of a run directory, or, for the 16x16 data, (model, None) of the shipped model
-    the same pipeline trained (loaded with its PRETRAINED facts: the guidance a student absorbed)."""
+def _load_row(runs: str, run: str, data: str = "mnist5k16"):
+    """(model, meta) of a run directory, or, where the directory is missing, (model, None) of the
+    shipped model the same pipeline trained (loaded with its PRETRAINED facts: the guidance a
+    student absorbed)."""
     from kacfast.checkpoints import load_trained
     from kacfast.pretrained import load_pretrained
 
     run, _, average = run.partition("@")
     path = os.path.join(runs, run)
-    if not os.path.isdir(path) and run in SHIPPED and data == SHIPPED_DATA:
-        return load_pretrained(SHIPPED[run]), None
+    if not os.path.isdir(path) and run in SHIPPED.get(data, {}):
+        return load_pretrained(SHIPPED[data][run]), None
     return load_trained(path, ema=average or True)
 
 
@@ -255,6 +261,8 @@ LABELS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}":
        f"DistillKac student of the logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
        for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800), ("-9600", 9600))},
+    **{f"distillkac-{steps}-w1.25-huber-logit": "DistillKac student of the logit-normal teacher, pseudo-Huber"
+       for steps in (20, 4, 2)},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
     "kac-teacher-heun-50": "Kac teacher, Heun",
     "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",

@@ -1,8 +1,9 @@
 """Models shipped with kacfast (safetensors in this folder; no download).
 
 `list_pretrained()` names them, `load_pretrained(name)` returns a model that `kacfast.sample` takes
-as is (it carries its Kac process, and a student its step grid). Each entry records the commands
-that reproduce its file (benchmarks/experiments/mnist_pipeline.sh runs them all).
+as is (it carries its Kac process, and a student its step grid). Two pairs, the same recipe at two
+resolutions: `mnist28-*` (28x28 digits) and `mnist16-*` (16x16). Each entry records the commands
+that reproduce its file (benchmarks/experiments/mnist28_pipeline.sh and mnist_pipeline.sh run them).
 """
 from __future__ import annotations
 
@@ -15,58 +16,87 @@ from kacfast.facts import attach_facts
 __all__ = ["PRETRAINED", "list_pretrained", "load_pretrained", "pretrained_path"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_TRAIN = ("kacfast train --data mnist5k16 --model unet-tiny --method kac --time-distribution logit-normal "
-          "--steps 3600 --batch-size 64 --lr 5e-4 --threads 1 --out runs/kac-logit-normal")
-_DISTILL = ("kacfast distill --teacher runs/kac-logit-normal --out runs/distill-w1.25-huber-logit --schedule "
-            "100 20 4 2 --steps-per-stage 200 300 500 --batch-size 64 --lr 2e-4 --guidance 1.25 "
-            "--objective endpoint-pseudo-huber --threads 1")
-# the last stage (2 -> 1) with the seed it has in the full schedule (seed 0 + 4), with the paper's
-# L2 plus the adversarial term, 9,600 steps (the pipeline reaches it by resuming copies of its
-# 600-, 1,200-, 2,400- and 4,800-step runs: with a constant LR after warm-up, the same run)
-_ADVERSARIAL = ("kacfast distill --teacher runs/distill-w1.25-huber-logit/stage-3-2 --out "
-                "runs/adversarial-huber-w1.25-logit-9600 --schedule 2 1 --steps-per-stage 9600 --seed 3 "
-                "--objective endpoint-l2-adversarial --batch-size 64 --lr 2e-4 --threads 1")
 
-_SCORED = ("mnist5k16, 3 seeds x 1,000 class-balanced samples against the training split, 95% "
-           "intervals (`python benchmarks/experiments/mnist_results.py run ...`, README 'Quality under two "
-           "judges'); real-vs-real floor: cnn FD 0.28 +- 0.18, strided FD 0.60 +- 0.26")
+
+def _recipe(data: str, adversarial_steps: int) -> list[str]:
+    """The commands that train a shipped pair on `data` (the MNIST pipelines run them): the
+    logit-normal Kac teacher, its pseudo-Huber chain 100 -> 20 -> 4 -> 2 at guidance 1.25, and the
+    last stage (2 -> 1) with the paper's L2 plus the adversarial term and the seed it has in the full
+    schedule (seed 0 + 4). The pipelines reach `adversarial_steps` by resuming copies of the
+    600-step run doubled (a constant LR after warm-up makes that the same run)."""
+    return [f"kacfast train --data {data} --model unet-tiny --method kac --time-distribution logit-normal "
+            "--steps 3600 --batch-size 64 --lr 5e-4 --threads 1 --out runs/kac-logit-normal",
+            "kacfast distill --teacher runs/kac-logit-normal --out runs/distill-w1.25-huber-logit --schedule "
+            "100 20 4 2 --steps-per-stage 200 300 500 --batch-size 64 --lr 2e-4 --guidance 1.25 "
+            "--objective endpoint-pseudo-huber --threads 1",
+            "kacfast distill --teacher runs/distill-w1.25-huber-logit/stage-3-2 --out "
+            f"runs/adversarial-huber-w1.25-logit-{adversarial_steps} --schedule 2 1 --steps-per-stage "
+            f"{adversarial_steps} --seed 3 --objective endpoint-l2-adversarial --batch-size 64 --lr 2e-4 --threads 1"]
+
+
+def _scored(data: str, pipeline: str, floor: str) -> str:
+    return (f"{data}, 3 seeds x 1,000 class-balanced samples against the training split, 95% intervals "
+            f"(`python benchmarks/experiments/mnist_results.py run ...`, {pipeline}, README 'Quality under "
+            f"two judges'); real-vs-real floor: {floor}")
+
+
+def _pair(size: int, data: str, adversarial_steps: int, scored: str, *, teacher_how: str,
+          teacher_guidance: float, teacher_scores: list[str], student_scores: list[str]) -> dict:
+    """The PRETRAINED entries of one resolution's teacher and 1-step student."""
+    train, distill, adversarial = _recipe(data, adversarial_steps)
+    teacher_name, student_name = f"mnist{size}-kac-teacher", f"mnist{size}-distillkac-1step"
+    student_run = f"runs/adversarial-huber-w1.25-logit-{adversarial_steps}/stage-1-1"
+    return {
+        teacher_name: dict(
+            file=f"{teacher_name}.safetensors",
+            description=f"Kac flow-matching teacher, class-conditional unet-tiny (0.70M parameters) on "
+                        f"MNIST-5k at {size}x{size} (a=9, c=3, T=1; training times drawn logit-normal); "
+                        + teacher_how,
+            commands=[train, f"kacfast export --ckpt runs/kac-logit-normal --out {teacher_name}.safetensors"],
+            steps=100, guidance=teacher_guidance, scores=[scored] + teacher_scores),
+        student_name: dict(
+            file=f"{student_name}.safetensors",
+            description=f"DistillKac 1-step student of {teacher_name} (100 -> 20 -> 4 -> 2 with the "
+                        "pseudo-Huber endpoint distance, guidance 1.25 absorbed; then 2 -> 1 with the "
+                        f"endpoint-l2-adversarial objective, {adversarial_steps:,} steps): one network "
+                        "call per image.",
+            commands=[train, distill, adversarial,
+                      f"kacfast export --ckpt {student_run} --out {student_name}.safetensors"],
+            steps=1, guidance=1.0, absorbed_guidance=1.25, scores=[scored] + student_scores),
+    }
+
 
 #: name -> file, description, the commands that made it, how to sample it (guidance: the w its
 #: sweep picks, README "Teacher levers": the best on the first judge, tied with the best on the
 #: second) and its scores under the two-judge protocol.
 PRETRAINED = {
-    "mnist16-kac-teacher": {
-        "file": "mnist16-kac-teacher.safetensors",
-        "description": "Kac flow-matching teacher, class-conditional unet-tiny (0.70M parameters) on "
-                       "MNIST-5k at 16x16 (a=9, c=3, T=1; training times drawn logit-normal); "
-                       "sample with 100 Euler steps at guidance 1.25 (50 midpoint steps, the same "
-                       "100 network calls, score better on the first judge).",
-        "commands": [_TRAIN, "kacfast export --ckpt runs/kac-logit-normal --out mnist16-kac-teacher.safetensors"],
-        "steps": 100, "guidance": 1.25,
-        "scores": [_SCORED,
-                   "100 Euler steps, w = 1.25: cnn FD 0.80 +- 0.14, strided FD 0.67 +- 0.11, "
-                   "class accuracy 0.987 / 0.990",
-                   "100 Euler steps, w = 1: cnn FD 1.07 +- 0.05, strided FD 0.65 +- 0.06, "
-                   "class accuracy 0.951 / 0.959",
-                   "100 Euler steps, w = 1.5: cnn FD 1.06 +- 0.17, strided FD 1.18 +- 0.18, "
-                   "class accuracy 0.996 / 0.997",
-                   "50 midpoint steps, w = 1.25: cnn FD 0.69 +- 0.11, strided FD 0.67 +- 0.11, "
-                   "class accuracy 0.988 / 0.990"],
-    },
-    "mnist16-distillkac-1step": {
-        "file": "mnist16-distillkac-1step.safetensors",
-        "description": "DistillKac 1-step student of mnist16-kac-teacher (100 -> 20 -> 4 -> 2 with "
-                       "the pseudo-Huber endpoint distance, guidance 1.25 absorbed; then 2 -> 1 with "
-                       "the endpoint-l2-adversarial objective, 9,600 steps): one network "
-                       "call per image.",
-        "commands": [_TRAIN, _DISTILL, _ADVERSARIAL, "kacfast export --ckpt "
-                     "runs/adversarial-huber-w1.25-logit-9600/stage-1-1 --out "
-                     "mnist16-distillkac-1step.safetensors"],
-        "steps": 1, "guidance": 1.0, "absorbed_guidance": 1.25,
-        "scores": [_SCORED,
-                   "1 step: cnn FD 0.74 +- 0.13, strided FD 0.55 +- 0.10, class accuracy "
-                   "0.979 / 0.986"],
-    },
+    **_pair(16, "mnist5k16", 9600,
+            _scored("mnist5k16", "benchmarks/experiments/mnist_pipeline.sh",
+                    "cnn FD 0.28 +- 0.18, strided FD 0.60 +- 0.26"),
+            teacher_how="sample with 100 Euler steps at guidance 1.25 (50 midpoint steps, the same 100 "
+                        "network calls, score better on the first judge).",
+            teacher_guidance=1.25,
+            teacher_scores=["100 Euler steps, w = 1.25: cnn FD 0.80 +- 0.14, strided FD 0.67 +- 0.11, "
+                            "class accuracy 0.987 / 0.990",
+                            "100 Euler steps, w = 1: cnn FD 1.07 +- 0.05, strided FD 0.65 +- 0.06, "
+                            "class accuracy 0.951 / 0.959",
+                            "100 Euler steps, w = 1.5: cnn FD 1.06 +- 0.17, strided FD 1.18 +- 0.18, "
+                            "class accuracy 0.996 / 0.997",
+                            "50 midpoint steps, w = 1.25: cnn FD 0.69 +- 0.11, strided FD 0.67 +- 0.11, "
+                            "class accuracy 0.988 / 0.990"],
+            student_scores=["1 step: cnn FD 0.74 +- 0.13, strided FD 0.55 +- 0.10, class accuracy "
+                            "0.979 / 0.986"]),
+    **_pair(28, "mnist5k", 2400,
+            _scored("mnist5k (28x28)", "benchmarks/experiments/mnist28_pipeline.sh",
+                    "cnn FD 0.25 +- 0.20, strided FD 0.99 +- 0.41"),
+            teacher_how="sample with 100 Euler steps at guidance 1.25 (the 16x16 sweep's choice; "
+                        "the only w scored at 28x28).",
+            teacher_guidance=1.25,
+            teacher_scores=["100 Euler steps, w = 1.25: cnn FD 0.49 +- 0.04, strided FD 0.97 +- 0.20, "
+                            "class accuracy 0.983 / 0.984 (EDM, 35 Heun NFE at the same w: 0.49 +- 0.17, "
+                            "2.04 +- 0.48)"],
+            student_scores=["1 step: cnn FD 0.68 +- 0.12, strided FD 1.26 +- 0.32, class accuracy "
+                            "0.985 / 0.983"]),
 }
 
 
