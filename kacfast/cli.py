@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from kacfast._device import tune_cpu_allocator
 from kacfast.facts import facts_of
 
 
@@ -556,6 +557,7 @@ def main(argv=None) -> int:
                     help="local Inception weights file: adds the real FID (needs kacfast[fid])")
     ev.set_defaults(func=cmd_eval)
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # this process is ours: repeated network calls stop page-faulting
     try:
         if args.debug:
             return args.func(args)

@@ -19,18 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import kacfast
-from kacfast._device import cpu_has_bf16
-
-
-def _cpu() -> str:
-    """The CPU's model name and the SIMD level torch dispatches to."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
-    bf16 = " + native bf16" if cpu_has_bf16() else ""
-    return f"{model} ({torch.backends.cpu.get_cpu_capability()}{bf16})"
+from kacfast._device import cpu_description
 
 
 def _conv_and_total_ms(fn, calls: int) -> tuple[float, float]:
@@ -75,7 +64,7 @@ def main() -> None:
         conv_ms = _conv_and_total_ms(lambda: conv(probe), 20)[1]
     probe_gflops = 2 * 9 * 32 * 32 * 16 * 16 * args.batch / conv_ms / 1e6
 
-    print(f"{_cpu()}, torch {torch.__version__}, "
+    print(f"{cpu_description()}, torch {torch.__version__}, "
           f"{args.threads} threads, batch {args.batch}")
     print(f"convolutions: {conv_flops / 1e9:.1f} GFLOP per call; a lone 32->32 3x3 convolution at "
           f"16x16 runs at {probe_gflops:.0f} GFLOP/s")

@@ -53,6 +53,7 @@ import time
 
 import torch
 
+from kacfast._device import tune_cpu_allocator
 from kacfast.facts import facts_of
 from kacfast.sampling import quadratic_grid
 
@@ -184,6 +185,7 @@ def cmd_run(args) -> None:
     from kacfast.images import make_grid, save_png
 
     torch.set_num_threads(args.threads)
+    tune_cpu_allocator()  # hours of sampling: stop page-faulting the activations
     os.makedirs(args.grids, exist_ok=True)
     rows = args.rows or ["data", *ROWS]
     unknown = sorted(set(rows) - set(ROWS) - {"data"})

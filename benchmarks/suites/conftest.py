@@ -2,7 +2,20 @@
 where it was measured (the same kernel ran 10.7x on an AVX-512 CPU and 4.3x on an AVX2 one)."""
 import torch
 
-from kacfast._device import cpu_has_bf16
+from kacfast._device import cpu_has_bf16, tune_cpu_allocator
+
+
+def pytest_addoption(parser):
+    parser.addoption("--pair", choices=("28", "16"), default="28",
+                     help="the shipped model pair the sampling benchmarks run (default 28x28)")
+    parser.addoption("--tuned-allocator", action="store_true",
+                     help="call kacfast.tune_cpu_allocator() first, as the kacfast CLI does "
+                          "(process-wide: freed memory stays in the process)")
+
+
+def pytest_configure(config):
+    if config.getoption("--tuned-allocator", default=False):
+        tune_cpu_allocator()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -10,3 +23,4 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["simd"] = torch.backends.cpu.get_cpu_capability() + bf16
     machine_info["torch"] = torch.__version__
     machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["tuned_allocator"] = config.getoption("--tuned-allocator")

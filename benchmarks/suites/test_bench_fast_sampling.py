@@ -5,6 +5,10 @@ labels against 1,000 images sampled by hand in chunks of several sizes.
     python -m pytest benchmarks/suites/test_bench_fast_sampling.py --benchmark-json=fast.json
     python benchmarks/suites/report.py fast.json
 
+--pair 16 runs the 16x16 pair instead of the 28x28 one; --tuned-allocator calls
+kacfast.tune_cpu_allocator() first, as the kacfast CLI does (see cpu_allocator.py for both side by
+side: the setting is process-wide).
+
 Each test runs its rows interleaved, round by round (see `side_by_side`), and report.py prints
 them as one table: images/s, speed-up over the first row, the share of wall time outside the
 network (eager rows: timed around each network call; compiled 1-step rows: 1 - the compiled
@@ -37,9 +41,10 @@ if cpu_has_bf16():
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {"student": kacfast.load_pretrained("mnist16-distillkac-1step"),
-            "teacher": kacfast.load_pretrained("mnist16-kac-teacher")}
+def models(request):
+    pair = request.config.getoption("--pair")
+    return {"student": kacfast.load_pretrained(f"mnist{pair}-distillkac-1step"),
+            "teacher": kacfast.load_pretrained(f"mnist{pair}-kac-teacher")}
 
 
 def _seconds(fn) -> float:
