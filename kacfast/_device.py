@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 import warnings
 
@@ -40,7 +41,12 @@ def cpu_description() -> str:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_MMAP_CEILING = 32 << 20  # glibc's largest mmap threshold on 64-bit: larger blocks are always mapped
+# glibc's own ceiling for its dynamic mmap threshold on 64-bit: activations of the shipped networks
+# stay under it, and larger blocks are still mapped (and returned) as glibc does by default
+_MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 2**31 - 1  # the largest C int: the heap's free top is never handed back
+# a user's own malloc settings, which the tuning must not override
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 @functools.cache
@@ -53,14 +59,23 @@ def tune_cpu_allocator() -> bool:
     (25,000-840,000 faults per call of the 28x28 pair at batch 200; 1.08-1.15x faster with this
     on the VM measured, benchmarks/experiments/cpu_allocator.py). With it, repeated calls reuse
     the same memory and the process keeps its peak footprint. `kacfast` CLI commands call it;
-    call it once in your own sampling or training script. Returns True where applied (Linux with glibc), False elsewhere (no-op)."""
-    if not sys.platform.startswith("linux"):
+    call it once in your own sampling or training script. Returns True where applied; False, and
+    changes nothing, off glibc Linux, under another malloc (an LD_PRELOADed jemalloc or tcmalloc)
+    or where the environment already sets glibc's malloc tunables."""
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in _MALLOC_ENV):
         return False
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_CEILING)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    process = ctypes.CDLL(None)
+    if not hasattr(libc, "mallopt") or (ctypes.cast(process.malloc, ctypes.c_void_p).value
+                                        != ctypes.cast(libc.malloc, ctypes.c_void_p).value):
+        return False  # the process's malloc is not glibc's: mallopt would change nothing
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    trim_set = libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    return bool(mmap_set and trim_set)
 
 
 # Names a user may give for the network's autocast dtype (None and the float32 names: no autocast).

@@ -2,6 +2,7 @@
 and the sampling CLI. A torch.compile costs tens of seconds on a CPU, so the compiled samplers are
 built once per module (fixtures) and reused through kacfast's cache."""
 import os
+import platform
 import subprocess
 import sys
 import warnings
@@ -142,17 +143,38 @@ for _ in range(3):
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def _run_reallocate(mode: str, **env) -> tuple[list[str], list[float]]:
+    """(what tune_cpu_allocator returned, MiB each free handed back) per round, in a fresh process
+    free of the caller's malloc settings."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", *_device._MALLOC_ENV)}
+    lines = subprocess.run([sys.executable, "-c", _REALLOCATE, mode], capture_output=True, text=True,
+                           check=True, env={**clean, **env}).stdout.splitlines()
+    return [line.split()[0] for line in lines], [float(line.split()[1]) for line in lines]
+
+
+_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+_JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+
+
+@pytest.mark.skipif(not _GLIBC, reason="glibc's mallopt")
 def test_tuned_allocator_keeps_freed_memory():
-    def returned_mib(mode):
-        lines = subprocess.run([sys.executable, "-c", _REALLOCATE, mode], capture_output=True,
-                               text=True, check=True).stdout.splitlines()
-        return [line.split()[0] for line in lines], [float(line.split()[1]) for line in lines]
-    _, default = returned_mib("default")
-    applied, tuned = returned_mib("tuned")
+    _, default = _run_reallocate("default")
+    applied, tuned = _run_reallocate("tuned")
     assert applied == ["True"] * 3
     assert default[0] > 40
     assert max(tuned) < 1
+
+
+@pytest.mark.skipif(not _GLIBC, reason="glibc's mallopt")
+def test_tuned_allocator_leaves_a_users_malloc_settings_alone():
+    applied, _ = _run_reallocate("tuned", MALLOC_TRIM_THRESHOLD_="131072")
+    assert applied == ["False"] * 3
+
+
+@pytest.mark.skipif(not os.path.exists(_JEMALLOC), reason="needs libjemalloc2 (apt)")
+def test_tuned_allocator_is_a_no_op_under_another_malloc():
+    applied, _ = _run_reallocate("tuned", LD_PRELOAD=_JEMALLOC)
+    assert applied == ["False"] * 3
 
 
 def test_bf16_network_keeps_state_and_steps_float32(unet):

@@ -7,12 +7,14 @@ processes run interleaved, round by round, because this VM's speed drifts within
 
 Prints one markdown table: median ms per call over the rounds (each round's value is the median
 of --calls calls after a warm-up call that pays any compile), images/s, minor page faults per
-call and the speed-up of the tuned allocator; then compiled over eager under each allocator.
+call and the speed-up of the tuned allocator (the median of the per-round ratios); then compiled
+over eager under each allocator, the same way. Rounds alternate the order of the processes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 
@@ -23,7 +25,7 @@ ROWS = {  # name -> (shipped model, steps, guidance)
 ALLOCATORS = ("glibc default", "tuned")
 
 _CHILD = """
-import json, resource, sys, time, torch, kacfast
+import json, resource, statistics, sys, time, torch, kacfast
 name, steps, guidance, batch, calls, compile, tuned = json.loads(sys.argv[1])
 if tuned:
     assert kacfast.tune_cpu_allocator(), "mallopt was not applied"
@@ -36,15 +38,16 @@ times, start = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(calls):
     t0 = time.perf_counter(); call(); times.append(time.perf_counter() - t0)
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / calls
-print(json.dumps({"ms": 1e3 * sorted(times)[calls // 2], "faults": faults}))
+print(json.dumps({"ms": 1e3 * statistics.median(times), "faults": faults}))
 """
 
 
 def measure(name, steps, guidance, batch, calls, compile, tuned) -> dict:
     spec = json.dumps([name, steps, guidance, batch, calls, compile, tuned])
-    out = subprocess.run([sys.executable, "-c", _CHILD, spec], capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    child = subprocess.run([sys.executable, "-c", _CHILD, spec], capture_output=True, text=True)
+    if child.returncode:
+        sys.exit(f"the measuring process failed:\n{child.stderr}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -61,29 +64,32 @@ def main() -> None:
                for tuned in (False, True)]
     results = {config: [] for config in configs}
     for r in range(args.rounds):
-        for config in configs:
+        for config in (configs if r % 2 == 0 else configs[::-1]):  # no row always runs first
             row, compile, tuned = config
             model, steps, guidance = ROWS[row]
             results[config].append(measure(f"mnist{args.size}-{model}", steps, guidance, args.batch,
                                            args.calls, compile, tuned))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
-    def median(config, key):
-        values = sorted(m[key] for m in results[config])
-        return values[len(values) // 2]
+    def ms(config):
+        return statistics.median(m["ms"] for m in results[config])
+
+    def ratio(slow, fast):  # the median of the per-round ratios: both ran in the same round
+        return statistics.median(a["ms"] / b["ms"] for a, b in zip(results[slow], results[fast]))
 
     print(f"{cpu_description()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"mnist{args.size} pair, batch {args.batch}, median of {args.rounds} rounds")
+          f"mnist{args.size} pair, batch {args.batch}, medians of {args.rounds} rounds of "
+          f"{args.calls} calls")
     print("| row | network | allocator | ms per call | images/s | page faults per call | "
           "tuned speed-up |\n|---|---|---|---:|---:|---:|---:|")
-    for row, compile, tuned in configs:
-        ms = median((row, compile, tuned), "ms")
-        gain = median((row, compile, False), "ms") / ms
-        print(f"| {row} | {'compiled' if compile else 'eager'} | {ALLOCATORS[tuned]} | {ms:.1f} | "
-              f"{args.batch / ms * 1e3:.0f} | {median((row, compile, tuned), 'faults'):,.0f} | "
-              f"{gain:.2f}x |")
+    for config in configs:
+        row, compile, tuned = config
+        faults = statistics.median(m["faults"] for m in results[config])
+        print(f"| {row} | {'compiled' if compile else 'eager'} | {ALLOCATORS[tuned]} | "
+              f"{ms(config):.1f} | {args.batch / ms(config) * 1e3:.0f} | {faults:,.0f} | "
+              f"{ratio((row, compile, False), config):.2f}x |")
     for row in ROWS:
-        ratios = ", ".join(f"{ALLOCATORS[tuned]} {median((row, False, tuned), 'ms') / median((row, True, tuned), 'ms'):.2f}x"
+        ratios = ", ".join(f"{ALLOCATORS[tuned]} {ratio((row, False, tuned), (row, True, tuned)):.2f}x"
                            for tuned in (False, True))
         print(f"{row}: compiled over eager: {ratios}")
 

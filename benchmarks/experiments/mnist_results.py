@@ -185,7 +185,7 @@ def cmd_run(args) -> None:
     from kacfast.images import make_grid, save_png
 
     torch.set_num_threads(args.threads)
-    tune_cpu_allocator()  # hours of sampling: stop page-faulting the activations
+    tuned = tune_cpu_allocator()  # hours of sampling: stop page-faulting the activations
     os.makedirs(args.grids, exist_ok=True)
     rows = args.rows or ["data", *ROWS]
     unknown = sorted(set(rows) - set(ROWS) - {"data"})
@@ -227,7 +227,8 @@ def cmd_run(args) -> None:
                 result["sampling_seconds"] = sum(seconds)
                 if row in GRIDS:
                     result["grid"] = GRIDS[row].__name__.removesuffix("_grid")
-            result.update(seconds=time.perf_counter() - start, threads=args.threads)
+            result.update(seconds=time.perf_counter() - start, threads=args.threads,
+                          tuned_allocator=tuned)
             with open(args.out, "a") as f:
                 f.write(json.dumps(result, sort_keys=True) + "\n")
             m = result["metrics"]

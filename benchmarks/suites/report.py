@@ -74,7 +74,8 @@ def main(argv=None) -> None:
     machine = report.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
           f"{machine.get('cpu', {}).get('count', '?')} CPUs, SIMD {machine.get('simd', '?')}, "
-          f"torch {machine.get('torch', '?')}, {machine.get('torch_threads', '?')} torch threads\n")
+          f"torch {machine.get('torch', '?')}, {machine.get('torch_threads', '?')} torch threads, "
+          f"shipped pair {machine.get('pair', '?')}, tuned allocator {machine.get('tuned_allocator', '?')}\n")
     print(markdown_tables(report))
 
 
