@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,3 +223,22 @@ def test_cli_eval_table_and_json_on_points(tmp_path):
     bad = subprocess.run(CLI + ["eval", "--ckpt", str(run), "--seeds", "3", "--quiet"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "at least 2 distinct seeds" in bad.stderr
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+_SCORED_28 = _ROOT / "docs" / "results" / "2026-12-06" / "mnist28-results.jsonl"
+
+
+def _compare(*rows):
+    return subprocess.run([sys.executable, str(_ROOT / "benchmarks" / "experiments" / "mnist_results.py"),
+                           "compare", "--results", str(_SCORED_28), *rows], capture_output=True, text=True)
+
+
+def test_results_compare_pairs_the_scored_seeds():
+    # README's 28x28 comparison of the teacher at w = 1.25 with EDM-35 at w = 1.5, from the stored values
+    out = _compare("kac-logit-normal-euler-100@1.25", "edm-heun-35@1.5")
+    assert out.returncode == 0, out.stderr
+    assert "| cnn fd | 0.491 | 0.430 | +0.061 [+0.006, +0.116] |" in out.stdout
+    assert "| strided fd | 0.966 | 1.758 | -0.793 [-1.172, -0.413] |" in out.stdout
+    missing = _compare("kac-logit-normal-euler-100@9", "edm-heun-35@1.5")
+    assert missing.returncode != 0 and "not scored" in missing.stderr

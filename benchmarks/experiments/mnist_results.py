@@ -3,6 +3,7 @@
     python benchmarks/experiments/mnist_results.py run --runs RUNS --out RESULTS.jsonl [--rows NAME ...]
         [--guidance 1 1.25 1.5 2] [--n 1000] [--seeds 0 1 2] [--reference train] [--compile]
     python benchmarks/experiments/mnist_results.py report --results RESULTS.jsonl [--plot docs/quality_vs_nfe.png]
+    python benchmarks/experiments/mnist_results.py compare --results RESULTS.jsonl ROW_A[@W] ROW_B[@W]
     python benchmarks/experiments/mnist_results.py speed --runs RUNS [--rows distillkac-1 edm-heun-35]
 
 RUNS holds the run directories of benchmarks/experiments/mnist_pipeline.sh: kac/, edm/, ddpm/ (teachers and
@@ -41,7 +42,8 @@ at every --guidance (students absorbed theirs: one row, sampled at w = 1), plus 
 floor row. Results are appended to RESULTS.jsonl as they finish, and rows already there (same row,
 guidance and protocol) are skipped: an interrupted run, or a table split over several calls with
 --rows, continues where it stopped. `report` prints the table and, per judge, each sampler at its
-own best guidance.
+own best guidance; `compare` the paired difference of two rows (A - B per seed, 95% interval) for
+every judge's FD and class accuracy, the form of every comparison in the README.
 """
 from __future__ import annotations
 
@@ -339,6 +341,32 @@ def cmd_report(args) -> None:
         print(f"\nplot -> {args.plot}")
 
 
+def cmd_compare(args) -> None:
+    """Paired differences A - B (per seed) of two scored rows, per judge: FD and class accuracy.
+    A row is named as `run` names it, with @W for a guided row's scale (edm-heun-35@1.5)."""
+    from kacfast.metrics.intervals import paired_difference
+
+    scored = {}
+    with open(args.results) as f:
+        for r in (json.loads(line) for line in f if line.strip()):
+            w = r.get("guidance")
+            scored[r["row"] if w is None else f"{r['row']}@{w:g}"] = r
+    missing = [row for row in (args.a, args.b) if row not in scored]
+    if missing:
+        sys.exit(f"not scored in {args.results}: {', '.join(missing)} (scored: {', '.join(sorted(scored))})")
+    a, b = scored[args.a], scored[args.b]
+    if _key(a)[2:] != _key(b)[2:]:
+        sys.exit(f"{args.a} and {args.b} were scored with other samples per seed, seeds or reference: not paired.")
+    print(f"A = {args.a}, B = {args.b}; {a['n']} samples x seeds {a['seeds']}, {a['reference']} reference\n")
+    print("| metric | A | B | A - B, 95% paired by seed |\n|---|---:|---:|---:|")
+    for judge in a["judges"]:
+        for metric in ("fd", "accuracy"):
+            key = f"{judge}_{metric}"
+            diff = paired_difference(a["metrics"][key]["values"], b["metrics"][key]["values"])
+            print(f"| {judge} {metric} | {a['metrics'][key]['mean']:.3f} | {b['metrics'][key]['mean']:.3f} | "
+                  f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] |")
+
+
 def cmd_speed(args) -> None:
     """Images/s of several rows side by side in one process (interleaved repeats, median)."""
     import statistics
@@ -384,6 +412,10 @@ def main() -> None:
     rep.add_argument("--plot-guidance", type=float, default=1.5)
     rep.add_argument("--metrics", nargs="+", help="columns to show, e.g. fd precision recall accuracy "
                      "(default: all, KID included)")
+    compare = sub.add_parser("compare", help="paired differences A - B of two scored rows")
+    compare.add_argument("--results", required=True)
+    compare.add_argument("a", help="a scored row, @W for a guided row's scale: edm-heun-35@1.5")
+    compare.add_argument("b")
     speed = sub.add_parser("speed", help="images/s of --rows side by side (the last row is the unit)")
     speed.add_argument("--runs", required=True)
     speed.add_argument("--rows", nargs="+", default=["distillkac-1", "distillkac-4", "edm-heun-35"])
@@ -394,7 +426,7 @@ def main() -> None:
     speed.add_argument("--data", default="mnist5k16", help="the data the runs were trained on")
     speed.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    {"run": cmd_run, "report": cmd_report, "speed": cmd_speed}[args.cmd](args)
+    {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "speed": cmd_speed}[args.cmd](args)
 
 
 if __name__ == "__main__":
