@@ -56,7 +56,7 @@ def tune_cpu_allocator() -> bool:
 
     A network call on the CPU frees and reallocates its activations every time; by default the
     large ones often go back to the OS and return as fresh pages that fault on first touch
-    (25,000-840,000 faults per call of the 28x28 pair at batch 200; 1.08-1.15x faster with this
+    (25,000-840,000 faults per call of the 28x28 pair at batch 200; 1.08-1.38x faster with this
     on the VM measured, benchmarks/experiments/cpu_allocator.py). With it, repeated calls reuse
     the same memory and the process keeps its peak footprint. `kacfast` CLI commands call it;
     call it once in your own sampling or training script. Returns True where applied; False, and
