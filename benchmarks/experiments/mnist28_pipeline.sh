@@ -36,8 +36,8 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   # the shipped 16x16 student's recipe on it: pseudo-Huber chain, then the adversarial last stage
   $DISTILL --teacher "$RUNS/kac-logit-normal" --out "$RUNS/distill-w1.25-huber-logit" --schedule 100 20 4 2 \
       --steps-per-stage 200 300 500 --guidance "$W" --objective endpoint-pseudo-huber --resume
-  # (600 steps, then doubled to 1,200 and 2,400: at 16x16 every doubling to 9,600 steps still gained)
-  adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit 1200 2400 ) & LOGIT_CHAIN=$!
+  # (600 steps, then doubled to 1,200, 2,400 and 4,800: at 16x16 every doubling to 9,600 steps still gained)
+  adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit 1200 2400 4800 ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN
@@ -47,10 +47,11 @@ $EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 k
 # the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
 $EVAL --guidance 1 1.25 1.5 --rows kac-logit-normal-euler-100
 $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber-adversarial-logit-1200 \
-    distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
+    distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-1-w1.25-huber-adversarial-logit-4800 \
+    distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
     distillkac-2-w1.25-huber-logit
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
 # 3. the shipped 28x28 pair (kacfast/pretrained: mnist28-kac-teacher, mnist28-distillkac-1step)
 kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist28-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-logit-2400/stage-1-1" \
+kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-logit-4800/stage-1-1" \
     --out "$HERE/kacfast/pretrained/mnist28-distillkac-1step.safetensors"
