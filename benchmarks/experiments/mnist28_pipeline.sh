@@ -45,7 +45,7 @@ wait $LOGIT_CHAIN
 $EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 kac-teacher-euler-4 \
     distillkac-20 distillkac-4 distillkac-2 distillkac-1
 # the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
-$EVAL --guidance 1 1.25 1.5 --rows kac-logit-normal-euler-100
+$EVAL --rows kac-logit-normal-euler-100
 $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber-adversarial-logit-1200 \
     distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-1-w1.25-huber-adversarial-logit-4800 \
     distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \

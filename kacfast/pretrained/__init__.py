@@ -34,10 +34,10 @@ def _recipe(data: str, adversarial_steps: int) -> list[str]:
             f"{adversarial_steps} --seed 3 --objective endpoint-l2-adversarial --batch-size 64 --lr 2e-4 --threads 1"]
 
 
-def _scored(data: str, pipeline: str, floor: str) -> str:
+def _scored(data: str, pipeline: str, section: str, floor: str) -> str:
     return (f"{data}, 3 seeds x 1,000 class-balanced samples against the training split, 95% intervals "
-            f"(`python benchmarks/experiments/mnist_results.py run ...`, {pipeline}, README 'Quality under "
-            f"two judges'); real-vs-real floor: {floor}")
+            f"(`python benchmarks/experiments/mnist_results.py run ...`, {pipeline}, README '{section}'); "
+            f"real-vs-real floor: {floor}")
 
 
 def _pair(size: int, data: str, adversarial_steps: int, scored: str, *, teacher_how: str,
@@ -67,11 +67,11 @@ def _pair(size: int, data: str, adversarial_steps: int, scored: str, *, teacher_
 
 
 #: name -> file, description, the commands that made it, how to sample it (guidance: the w its
-#: sweep picks, README "Teacher levers": the best on the first judge, tied with the best on the
-#: second) and its scores under the two-judge protocol.
+#: resolution's sweep picks: at 16x16 the best on the first judge and tied with the best on the
+#: second, at 28x28 the best on both) and its scores under the two-judge protocol.
 PRETRAINED = {
     **_pair(16, "mnist5k16", 9600,
-            _scored("mnist5k16", "benchmarks/experiments/mnist_pipeline.sh",
+            _scored("mnist5k16", "benchmarks/experiments/mnist_pipeline.sh", "Quality under two judges",
                     "cnn FD 0.28 +- 0.18, strided FD 0.60 +- 0.26"),
             teacher_how="sample with 100 Euler steps at guidance 1.25 (50 midpoint steps, the same 100 "
                         "network calls, score better on the first judge).",
@@ -87,7 +87,7 @@ PRETRAINED = {
             student_scores=["1 step: cnn FD 0.74 +- 0.13, strided FD 0.55 +- 0.10, class accuracy "
                             "0.979 / 0.986"]),
     **_pair(28, "mnist5k", 4800,
-            _scored("mnist5k (28x28)", "benchmarks/experiments/mnist28_pipeline.sh",
+            _scored("mnist5k (28x28)", "benchmarks/experiments/mnist28_pipeline.sh", "At 28x28",
                     "cnn FD 0.25 +- 0.20, strided FD 0.99 +- 0.41"),
             teacher_how="sample with 100 Euler steps at guidance 1.25 (better than 1.5 on both "
                         "judges at 28x28).",
