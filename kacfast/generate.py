@@ -1,7 +1,8 @@
 """One entry point that samples any trained kacfast model with the sampler its method calls for.
 
 Kac teachers and DistillKac students integrate their velocity (kacfast.sample); EDM models use the
-Heun (or Euler) sampler; DDPM models use DDIM (deterministic) or ancestral DDPM. The CLI, the training loop's
+Heun (or Euler) sampler; DDPM models use DDIM (deterministic; timesteps "leading" as in the DDIM
+paper, or "trailing", which starts at t = 999 and suits few steps) or ancestral DDPM. The CLI, the training loop's
 preview grids and the benchmarks all go through `generate`, so a row of a results table and a
 `kacfast sample` call run the same code.
 """
@@ -19,7 +20,9 @@ __all__ = ["generate", "METHODS", "BASELINE_SOLVERS", "solvers_for", "solver_for
 METHODS = ("kac", "distill", "edm", "ddpm")
 #: the baselines' own samplers (the first is the default); Kac teachers and students take every
 #: entry of kacfast.sampling.SOLVERS (euler first)
-BASELINE_SOLVERS = {"edm": ("heun", "euler"), "ddpm": ("ddim", "ddpm")}
+BASELINE_SOLVERS = {"edm": ("heun", "euler"), "ddpm": ("ddim", "ddim-trailing", "ddpm")}
+#: DDIM solver -> its timestep spacing (kacfast.baselines.ddpm.DDPMSchedule.timesteps)
+DDIM_SPACING = {"ddim": "leading", "ddim-trailing": "trailing"}
 
 
 def solvers_for(method: str) -> tuple[str, ...]:
@@ -100,5 +103,6 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
         out = ddpm_sample(model, latents, labels, num_steps=steps, seed=seed, guidance=guidance,
                           progress=progress)
     else:
-        out = ddim_sample(model, latents, labels, num_steps=steps, guidance=guidance, progress=progress)
+        out = ddim_sample(model, latents, labels, num_steps=steps, guidance=guidance, progress=progress,
+                          timestep_spacing=DDIM_SPACING[solver])
     return out.float().clamp(-1, 1)
