@@ -42,10 +42,11 @@ wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN
 # 2. the table: the floor, the teacher and baselines swept over guidance, the students
-$EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 kac-teacher-euler-4 \
+$EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 ddim-trailing-4 kac-teacher-euler-4 \
     distillkac-20 distillkac-4 distillkac-2 distillkac-1
 # the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
 $EVAL --rows kac-logit-normal-euler-100
+$EVAL --guidance 1.25 --rows kac-logit-normal-midpoint-50  # the same 100 network calls
 $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber-adversarial-logit-1200 \
     distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-1-w1.25-huber-adversarial-logit-4800 \
     distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
