@@ -129,7 +129,7 @@ ROWS = {
     "ddim-100": ("ddpm", "ddpm", 100, "ddim"),
     "ddim-20": ("ddpm", "ddpm", 20, "ddim"),
     "ddim-4": ("ddpm", "ddpm", 4, "ddim"),
-    "ddim-trailing-4": ("ddpm", "ddpm", 4, "ddim-trailing"),  # starts at t = 999: suits few steps
+    "ddim-trailing-4": ("ddpm", "ddpm", 4, "ddim-trailing"),  # from t = 999, the usual few-step choice
     "ddpm-1000": ("ddpm", "ddpm", 1000, "ddpm"),
 }
 
@@ -291,7 +291,8 @@ LABELS = {
     "rollout-2": "DistillKac student, roll-out starts in 4 -> 2",
     "rollout-1": "DistillKac student, roll-out starts in 4 -> 2",
     "edm-heun-35": "EDM, Heun", "edm-euler-4": "EDM, Euler", "edm-euler-2": "EDM, Euler",
-    "edm-euler-1": "EDM, Euler", "ddim-100": "DDIM", "ddim-20": "DDIM", "ddim-4": "DDIM", "ddim-trailing-4": "DDIM, trailing timesteps",
+    "edm-euler-1": "EDM, Euler", "ddim-100": "DDIM", "ddim-20": "DDIM", "ddim-4": "DDIM",
+    "ddim-trailing-4": "DDIM, trailing timesteps",
     "ddpm-1000": "DDPM, ancestral",
 }
 
