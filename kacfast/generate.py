@@ -2,9 +2,9 @@
 
 Kac teachers and DistillKac students integrate their velocity (kacfast.sample); EDM models use the
 Heun (or Euler) sampler; DDPM models use DDIM (deterministic; timesteps "leading" as in the DDIM
-paper, or "trailing", which starts at t = 999 and suits few steps) or ancestral DDPM. The CLI, the training loop's
-preview grids and the benchmarks all go through `generate`, so a row of a results table and a
-`kacfast sample` call run the same code.
+paper, or "trailing", from t = 999, the usual few-step choice) or ancestral DDPM. The CLI, the
+training loop's preview grids and the benchmarks all go through `generate`, so a row of a results
+table and a `kacfast sample` call run the same code.
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ __all__ = ["generate", "METHODS", "BASELINE_SOLVERS", "solvers_for", "solver_for
 
 #: training methods of the models generate samples
 METHODS = ("kac", "distill", "edm", "ddpm")
-#: the baselines' own samplers (the first is the default); Kac teachers and students take every
-#: entry of kacfast.sampling.SOLVERS (euler first)
-BASELINE_SOLVERS = {"edm": ("heun", "euler"), "ddpm": ("ddim", "ddim-trailing", "ddpm")}
 #: DDIM solver -> its timestep spacing (kacfast.baselines.ddpm.DDPMSchedule.timesteps)
 DDIM_SPACING = {"ddim": "leading", "ddim-trailing": "trailing"}
+#: the baselines' own samplers (the first is the default); Kac teachers and students take every
+#: entry of kacfast.sampling.SOLVERS (euler first)
+BASELINE_SOLVERS = {"edm": ("heun", "euler"), "ddpm": (*DDIM_SPACING, "ddpm")}
 
 
 def solvers_for(method: str) -> tuple[str, ...]:
