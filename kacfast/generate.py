@@ -18,11 +18,14 @@ __all__ = ["generate", "METHODS", "BASELINE_SOLVERS", "solvers_for", "solver_for
 
 #: training methods of the models generate samples
 METHODS = ("kac", "distill", "edm", "ddpm")
-#: DDIM solver -> its timestep spacing (kacfast.baselines.ddpm.DDPMSchedule.timesteps)
-DDIM_SPACING = {"ddim": "leading", "ddim-trailing": "trailing"}
+#: DDIM solver -> its ddim_sample settings: the timestep spacing (DDPMSchedule.timesteps) and whether
+#: the predicted x0 is clipped to the data range [-1, 1]
+DDIM_SOLVERS = {"ddim": dict(timestep_spacing="leading"), "ddim-trailing": dict(timestep_spacing="trailing"),
+                "ddim-clip": dict(timestep_spacing="leading", clip_sample=True),
+                "ddim-trailing-clip": dict(timestep_spacing="trailing", clip_sample=True)}
 #: the baselines' own samplers (the first is the default); Kac teachers and students take every
 #: entry of kacfast.sampling.SOLVERS (euler first)
-BASELINE_SOLVERS = {"edm": ("heun", "euler"), "ddpm": (*DDIM_SPACING, "ddpm")}
+BASELINE_SOLVERS = {"edm": ("heun", "euler"), "ddpm": (*DDIM_SOLVERS, "ddpm")}
 
 
 def solvers_for(method: str) -> tuple[str, ...]:
@@ -104,5 +107,5 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
                           progress=progress)
     else:
         out = ddim_sample(model, latents, labels, num_steps=steps, guidance=guidance, progress=progress,
-                          timestep_spacing=DDIM_SPACING[solver])
+                          **DDIM_SOLVERS[solver])
     return out.float().clamp(-1, 1)

@@ -13,7 +13,9 @@ below by an independent float64 recursion (`*_law`). For each sampler we assert:
 The cross-checks against diffusers (optional dependency) run our samplers and diffusers'
 schedulers on the same analytic model and the same latents (and, for DDPM, the same noise).
 """
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -472,10 +474,11 @@ def _f32_model():
     return Gaussian(mu=MU.float(), s=S.float())
 
 
+@pytest.mark.parametrize("clip", [False, True], ids=["unclipped", "clip_sample"])
 @pytest.mark.parametrize("n", [100, 50, 30, 20, 7])
-def test_ddim_matches_diffusers_ddim_scheduler(n):
+def test_ddim_matches_diffusers_ddim_scheduler(n, clip):
     diffusers = pytest.importorskip("diffusers")
-    sched = diffusers.DDIMScheduler(**DIFFUSERS_BETAS, clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+    sched = diffusers.DDIMScheduler(**DIFFUSERS_BETAS, clip_sample=clip, set_alpha_to_one=True, steps_offset=0,
                                     timestep_spacing="leading", prediction_type="epsilon")
     sched.set_timesteps(n)
     assert sched.timesteps.tolist() == DDPMSchedule().timesteps(n, "leading").tolist()
@@ -483,13 +486,17 @@ def test_ddim_matches_diffusers_ddim_scheduler(n):
     x = z.clone()
     for t in sched.timesteps:
         x = sched.step(model.eps(x, torch.full((512,), float(t))), t, x, eta=0.0).prev_sample
-    torch.testing.assert_close(ddim_sample(model.eps, z, num_steps=n), x, rtol=1e-4, atol=1e-4)
+    ours = ddim_sample(model.eps, z, num_steps=n, clip_sample=clip)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+    # the data N(mu, s^2) reaches beyond [-1, 1]: clipping must have changed the samples
+    assert clip == ((ours - ddim_sample(model.eps, z, num_steps=n)).abs().max().item() > 1e-2)
 
 
+@pytest.mark.parametrize("clip", [False, True], ids=["unclipped", "clip_sample"])
 @pytest.mark.parametrize("n", [1000, 100, 37])
-def test_ddpm_matches_diffusers_ddpm_scheduler_same_noise(n):
+def test_ddpm_matches_diffusers_ddpm_scheduler_same_noise(n, clip):
     diffusers = pytest.importorskip("diffusers")
-    sched = diffusers.DDPMScheduler(**DIFFUSERS_BETAS, variance_type="fixed_small", clip_sample=False,
+    sched = diffusers.DDPMScheduler(**DIFFUSERS_BETAS, variance_type="fixed_small", clip_sample=clip,
                                     timestep_spacing="linspace", prediction_type="epsilon")
     sched.set_timesteps(n)
     assert sched.timesteps.tolist() == DDPMSchedule().timesteps(n).tolist()
@@ -497,7 +504,8 @@ def test_ddpm_matches_diffusers_ddpm_scheduler_same_noise(n):
     generator, x = torch.Generator().manual_seed(11), z.clone()
     for t in sched.timesteps:
         x = sched.step(model.eps(x, torch.full((512,), float(t))), t, x, generator=generator).prev_sample
-    torch.testing.assert_close(ddpm_sample(model.eps, z, num_steps=n, seed=11), x, rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(ddpm_sample(model.eps, z, num_steps=n, seed=11, clip_sample=clip), x,
+                               rtol=2e-4, atol=2e-4)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' own numpy-2 warning
@@ -537,3 +545,23 @@ def test_edm_grid_and_precond_match_diffusers_edm_euler():
         c_noise = sched.precondition_noise(sg)
         expected = sched.precondition_outputs(x, raw(sched.precondition_inputs(x, sg)) * (1 + c_noise), sg)
         torch.testing.assert_close(precond(x, sigma), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_ddpm_error_diagnostic_matches_the_optimal_networks_closed_form():
+    # benchmarks/experiments/ddpm_error.py on the Bayes-optimal eps network of Gaussian data: its
+    # errors are the posterior variances, eps | x_t: ab s^2 / (ab s^2 + 1 - ab), x0 | x_t: that
+    # times (1 - ab) / ab; the class mean (here mu) errs by s^2
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "ddpm_error.py"
+    spec = importlib.util.spec_from_file_location("ddpm_error", path)
+    ddpm_error = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ddpm_error)
+    x0 = MU + S * latents(seed=3)
+    y = torch.zeros(x0.shape[0], dtype=torch.long)
+    for t in (999, 750, 100, 0):
+        out = ddpm_error.timestep_errors(Gaussian().eps, x0, y, MU[None], t, DDPMSchedule(), seed=0)
+        ab = DDPMSchedule().alpha_bar(t)
+        eps_var = ab * S ** 2 / (ab * S ** 2 + 1 - ab)
+        assert out["t"] == t and out["alpha_bar"] == ab
+        assert out["eps_mse"] == pytest.approx(eps_var.mean().item(), rel=0.05)
+        assert out["x0_mse"] == pytest.approx((eps_var * (1 - ab) / ab).mean().item(), rel=0.05)
+        assert out["class_mean_mse"] == pytest.approx((S ** 2).mean().item(), rel=0.05)

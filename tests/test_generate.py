@@ -70,7 +70,7 @@ def test_solver_for_defaults_and_errors():
     assert {m: solver_for(m) for m in METHODS} == {
         "kac": "euler", "edm": "heun", "ddpm": "ddim", "distill": "euler"}
     assert solvers_for("kac") == solvers_for("distill") == ("euler", "ab2", "heun", "midpoint")
-    assert solvers_for("ddpm") == ("ddim", "ddim-trailing", "ddpm")
+    assert solvers_for("ddpm") == ("ddim", "ddim-trailing", "ddim-clip", "ddim-trailing-clip", "ddpm")
     with pytest.raises(ValueError, match="does not apply to edm models"):
         solver_for("edm", "ab2")
     with pytest.raises(ValueError, match="method must be one of"):
@@ -107,14 +107,16 @@ def test_ddim_callback_sees_every_step():
     assert all(s["eps"].shape == z.shape and s["eps"].dtype == torch.float64 for s in seen)
 
 
-@pytest.mark.parametrize("solver, spacing", [("ddim", "leading"), ("ddim-trailing", "trailing")])
-def test_generate_ddim_timestep_spacing(solver, spacing):
+@pytest.mark.parametrize("solver, spacing, clip", [("ddim", "leading", False), ("ddim-trailing", "trailing", False),
+                                                   ("ddim-clip", "leading", True),
+                                                   ("ddim-trailing-clip", "trailing", True)])
+def test_generate_ddim_timestep_spacing(solver, spacing, clip):
     # "trailing" starts at t = 999 (the prior's own noise level); "leading" at 750 for 4 steps
     assert DDPMSchedule().timesteps(4, spacing).tolist() == {"leading": [750, 500, 250, 0],
                                                              "trailing": [999, 749, 499, 249]}[spacing]
     model, labels = Counting().eval(), torch.tensor([0, 3])
     z = torch.randn((2,) + tuple(model.sample_shape), generator=torch.Generator().manual_seed(5))
-    expected = ddim_sample(model, z, labels, num_steps=4, guidance=1.5, timestep_spacing=spacing)
+    expected = ddim_sample(model, z, labels, num_steps=4, guidance=1.5, timestep_spacing=spacing, clip_sample=clip)
     out = generate(model, "ddpm", 4, solver=solver, labels=labels, guidance=1.5, seed=5)
     torch.testing.assert_close(out, expected.float().clamp(-1, 1))
     assert generation_nfe("ddpm", 4, solver) == 4

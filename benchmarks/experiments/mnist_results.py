@@ -130,6 +130,10 @@ ROWS = {
     "ddim-20": ("ddpm", "ddpm", 20, "ddim"),
     "ddim-4": ("ddpm", "ddpm", 4, "ddim"),
     "ddim-trailing-4": ("ddpm", "ddpm", 4, "ddim-trailing"),  # from t = 999, the usual few-step choice
+    # the predicted x0 clipped to [-1, 1] (Ho et al.'s sampler; diffusers' clip_sample=True)
+    "ddim-clip-4": ("ddpm", "ddpm", 4, "ddim-clip"),
+    "ddim-trailing-clip-4": ("ddpm", "ddpm", 4, "ddim-trailing-clip"),
+    "ddim-trailing-clip-20": ("ddpm", "ddpm", 20, "ddim-trailing-clip"),
     "ddpm-1000": ("ddpm", "ddpm", 1000, "ddpm"),
 }
 
@@ -293,6 +297,8 @@ LABELS = {
     "edm-heun-35": "EDM, Heun", "edm-euler-4": "EDM, Euler", "edm-euler-2": "EDM, Euler",
     "edm-euler-1": "EDM, Euler", "ddim-100": "DDIM", "ddim-20": "DDIM", "ddim-4": "DDIM",
     "ddim-trailing-4": "DDIM, trailing timesteps",
+    "ddim-clip-4": "DDIM, x0 clipped", "ddim-trailing-clip-4": "DDIM, trailing timesteps, x0 clipped",
+    "ddim-trailing-clip-20": "DDIM, trailing timesteps, x0 clipped",
     "ddpm-1000": "DDPM, ancestral",
 }
 

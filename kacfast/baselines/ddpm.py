@@ -21,7 +21,10 @@ Step-count choices (both named after diffusers' `timestep_spacing`):
   are treated as noisier-than-N(0, I)-at-that-step; pass timestep_spacing="trailing" or "linspace"
   there (diffusers' DDIMScheduler agrees with "trailing" only when N divides 1000, and never with
   "linspace", whose previous-step rule differs).
-Neither sampler clips the predicted x0 (data-range agnostic).
+Neither sampler clips the predicted x0 by default (data-range agnostic); `clip_sample=True` clamps it
+to [-1, 1] before the update, as Ho et al.'s sampler and diffusers' `clip_sample=True` (range 1, the
+eps prediction itself unclipped) do: it bounds the x0 error of an eps network that is inaccurate near
+t = 999, where x0_hat amplifies the eps error by sqrt((1 - ab_t) / ab_t) (157 at t = 999).
 """
 from __future__ import annotations
 
@@ -147,6 +150,10 @@ def _check_spacing(fn: str, spacing) -> None:
         raise ValueError(f"{fn}: timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}.")
 
 
+def _clip(x0: torch.Tensor, clip_sample: bool) -> torch.Tensor:
+    return x0.clamp(-1, 1) if clip_sample else x0
+
+
 def _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule, spacing):
     """Validate; return (schedule, [(t, t_prev), ...], eps(x_float64, t) -> float64 eps)."""
     _check_latents(fn, latents)
@@ -172,7 +179,7 @@ def _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule, 
 def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
                 num_steps: int = 1000, seed: int | None = None, guidance: float = 1.0,
                 progress: bool = False, *, schedule: DDPMSchedule | None = None,
-                timestep_spacing: str = "linspace") -> torch.Tensor:
+                timestep_spacing: str = "linspace", clip_sample: bool = False) -> torch.Tensor:
     """Ancestral DDPM sampling with the "fixed small" posterior variance (beta-tilde).
 
     Per step t -> t_prev (next kept timestep, -1 after the last): x0_hat = (x - sqrt(1-ab_t) eps) /
@@ -193,6 +200,7 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
         progress: tqdm bar over steps.
         schedule: the DDPMSchedule (default DDPMSchedule(): linear 1e-4..0.02, 1000 steps).
         timestep_spacing: "linspace" (default), "leading" or "trailing" (DDPMSchedule.timesteps).
+        clip_sample: clamp x0_hat to [-1, 1] (default False; see the module docstring).
     Returns:
         (B, ...) samples x_{-1} in latents.dtype.
     """
@@ -209,7 +217,7 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
     with eval_mode(eps_model):
         for t, t_prev in _progress(pairs, progress, "ddpm"):
             ab_t = schedule.alpha_bar(t)
-            x0 = (x - math.sqrt(1 - ab_t) * eps(x, t)) / math.sqrt(ab_t)
+            x0 = _clip((x - math.sqrt(1 - ab_t) * eps(x, t)) / math.sqrt(ab_t), clip_sample)
             c_x0, c_xt, var = schedule.posterior(t, t_prev)
             x = c_x0 * x0 + c_xt * x
             if t_prev >= 0:
@@ -222,7 +230,7 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
 def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
                 num_steps: int = 50, guidance: float = 1.0, progress: bool = False, *,
                 schedule: DDPMSchedule | None = None, timestep_spacing: str = "leading",
-                callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+                clip_sample: bool = False, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Deterministic DDIM sampling (eta = 0).
 
     Per step t -> t_prev (next kept timestep; -1 = the data, ab = 1, after the last):
@@ -234,6 +242,7 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
         eps_model, latents, class_labels, guidance, progress, schedule: as in ddpm_sample.
         num_steps: 1..1000 (default 50).
         timestep_spacing: "leading" (default), "trailing" or "linspace" (DDPMSchedule.timesteps).
+        clip_sample: clamp x0_hat to [-1, 1] (default False; see the module docstring).
         callback: called before each step's update with {'x': state at timestep t (float64),
             'i': step index, 't': t (int), 'eps': the (guided) eps prediction (float64)}.
     Returns:
@@ -248,7 +257,7 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
             e = eps(x, t)
             if callback is not None:
                 callback({"x": x, "i": i, "t": t, "eps": e})
-            x0 = (x - math.sqrt(1 - ab_t) * e) / math.sqrt(ab_t)
+            x0 = _clip((x - math.sqrt(1 - ab_t) * e) / math.sqrt(ab_t), clip_sample)
             x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * e
     return x.to(latents.dtype)
 
