@@ -240,5 +240,7 @@ def test_results_compare_pairs_the_scored_seeds():
     assert out.returncode == 0, out.stderr
     assert "| cnn fd | 0.491 | 0.430 | +0.061 [+0.006, +0.116] |" in out.stdout
     assert "| strided fd | 0.966 | 1.758 | -0.793 [-1.172, -0.413] |" in out.stdout
+    # a scale is matched by value: @1.50 names the row scored at w = 1.5
+    assert _compare("kac-logit-normal-euler-100@1.25", "edm-heun-35@1.50").stdout == out.stdout
     missing = _compare("kac-logit-normal-euler-100@9", "edm-heun-35@1.5")
     assert missing.returncode != 0 and "not scored" in missing.stderr

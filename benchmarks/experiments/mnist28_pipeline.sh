@@ -42,8 +42,10 @@ wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN
 # 2. the table: the floor, the teacher and baselines swept over guidance, the students
-$EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 ddim-trailing-4 kac-teacher-euler-4 \
-    distillkac-20 distillkac-4 distillkac-2 distillkac-1
+$EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 ddim-trailing-4 ddim-clip-4 \
+    ddim-trailing-clip-4 kac-teacher-euler-4 distillkac-20 distillkac-4 distillkac-2 distillkac-1
+# where the DDPM network errs: its x0 estimate per timestep against the class mean, on held-out digits
+python "$HERE/benchmarks/experiments/ddpm_error.py" --run "$RUNS/ddpm" > "$RUNS/ddpm-timestep-error.jsonl"
 # the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
 $EVAL --rows kac-logit-normal-euler-100
 $EVAL --guidance 1.25 --rows kac-logit-normal-midpoint-50  # the same 100 network calls

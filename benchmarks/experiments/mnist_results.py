@@ -349,6 +349,15 @@ def cmd_report(args) -> None:
         print(f"\nplot -> {args.plot}")
 
 
+def _row_name(row: str) -> str:
+    """ROW@W with W written as the results name it (edm-heun-35@1.50 -> edm-heun-35@1.5)."""
+    name, at, w = row.rpartition("@")
+    try:
+        return f"{name}@{float(w):g}" if at else row
+    except ValueError:
+        return row
+
+
 def cmd_compare(args) -> None:
     """Paired differences A - B (per seed) of two scored rows, per judge: FD and class accuracy.
     A row is named as `run` names it, with @W for a guided row's scale (edm-heun-35@1.5)."""
@@ -359,13 +368,14 @@ def cmd_compare(args) -> None:
         for r in (json.loads(line) for line in f if line.strip()):
             w = r.get("guidance")
             scored[r["row"] if w is None else f"{r['row']}@{w:g}"] = r
-    missing = [row for row in (args.a, args.b) if row not in scored]
+    names = [_row_name(row) for row in (args.a, args.b)]
+    missing = [row for row in names if row not in scored]
     if missing:
         sys.exit(f"not scored in {args.results}: {', '.join(missing)} (scored: {', '.join(sorted(scored))})")
-    a, b = scored[args.a], scored[args.b]
+    a, b = (scored[row] for row in names)
     if _key(a)[2:] != _key(b)[2:]:
         sys.exit(f"{args.a} and {args.b} were scored with other samples per seed, seeds or reference: not paired.")
-    print(f"A = {args.a}, B = {args.b}; {a['n']} samples x seeds {a['seeds']}, {a['reference']} reference\n")
+    print(f"A = {names[0]}, B = {names[1]}; {a['n']} samples x seeds {a['seeds']}, {a['reference']} reference\n")
     print("| metric | A | B | A - B, 95% paired by seed |\n|---|---:|---:|---:|")
     for judge in a["judges"]:
         for metric in ("fd", "accuracy"):
