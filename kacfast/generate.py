@@ -2,7 +2,8 @@
 
 Kac teachers and DistillKac students integrate their velocity (kacfast.sample); EDM models use the
 Heun (or Euler) sampler; DDPM models use DDIM (deterministic; timesteps "leading" as in the DDIM
-paper, or "trailing", from t = 999, the usual few-step choice) or ancestral DDPM. The CLI, the
+paper, or "trailing", from t = 999, the usual few-step choice; either with the predicted x0 clipped
+to [-1, 1]: "ddim-clip", "ddim-trailing-clip") or ancestral DDPM. The CLI, the
 training loop's preview grids and the benchmarks all go through `generate`, so a row of a results
 table and a `kacfast sample` call run the same code.
 """

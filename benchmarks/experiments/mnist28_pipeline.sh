@@ -8,8 +8,8 @@
 # 2-core CPU (one thread per job, two jobs side by side) a 28x28 training takes about 3x its 16x16
 # run: about 70 minutes alone, 90-100 beside another job.
 # Writes RUNS_DIR/{kac,edm,ddpm,distill}, the logit-normal teacher's chain (kac-logit-normal,
-# distill-w1.25-huber-logit, adversarial-huber-w1.25-logit), RUNS_DIR/results.jsonl, RUNS_DIR/grids/
-# and the two shipped 28x28 model files.
+# distill-w1.25-huber-logit, adversarial-huber-w1.25-logit), RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
+# RUNS_DIR/ddpm-timestep-error.jsonl and the two shipped 28x28 model files.
 set -euo pipefail
 RUNS=${1:?usage: mnist28_pipeline.sh RUNS_DIR [GUIDANCE_ABSORBED]}
 W=${2:-1.25}  # the guidance the students absorb (the 16x16 sweep's best for the Kac teacher)

@@ -91,8 +91,11 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial{chain}{steps}": (f"adversarial-huber-w1.25{chain}{steps}/stage-1-1",
                                                                "distill", 1, "euler")
        for chain in ("", "-logit") for steps in ("", "-1200", "-2400", "-4800")},
-    "distillkac-1-w1.25-huber-adversarial-logit-9600": ("adversarial-huber-w1.25-logit-9600/stage-1-1",
-                                                        "distill", 1, "euler"),
+    # the logit-normal chain's stage continued to 9,600 steps; -6500: a copy of its step-6,500 checkpoint;
+    # -cooldown: that copy resumed to 7,500 steps at a quarter of the LR (--lr 5e-5)
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-{run}": (f"adversarial-huber-w1.25-logit-{run}/stage-1-1",
+                                                             "distill", 1, "euler")
+       for run in ("6500", "9600", "cooldown")},
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")
@@ -130,10 +133,9 @@ ROWS = {
     "ddim-20": ("ddpm", "ddpm", 20, "ddim"),
     "ddim-4": ("ddpm", "ddpm", 4, "ddim"),
     "ddim-trailing-4": ("ddpm", "ddpm", 4, "ddim-trailing"),  # from t = 999, the usual few-step choice
-    # the predicted x0 clipped to [-1, 1] (Ho et al.'s sampler; diffusers' clip_sample=True)
+    # the predicted x0 clipped to [-1, 1] (as Ho et al.'s ancestral sampler; diffusers' clip_sample=True)
     "ddim-clip-4": ("ddpm", "ddpm", 4, "ddim-clip"),
     "ddim-trailing-clip-4": ("ddpm", "ddpm", 4, "ddim-trailing-clip"),
-    "ddim-trailing-clip-20": ("ddpm", "ddpm", 20, "ddim-trailing-clip"),
     "ddpm-1000": ("ddpm", "ddpm", 1000, "ddpm"),
 }
 
@@ -270,7 +272,10 @@ LABELS = {
     "kac-diffusers-euler-100": "Kac teacher on a diffusers UNet2DModel, Euler",
     **{f"distillkac-1-w1.25-huber-adversarial-logit{suffix}":
        f"DistillKac student of the logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
-       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800), ("-9600", 9600))},
+       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800), ("-6500", 6500),
+                         ("-9600", 9600))},
+    "distillkac-1-w1.25-huber-adversarial-logit-cooldown":
+        "DistillKac student of the logit-normal teacher, adversarial stage of 6,500 steps + 1,000 at LR / 4",
     **{f"distillkac-{steps}-w1.25-huber-logit": "DistillKac student of the logit-normal teacher, pseudo-Huber"
        for steps in (20, 4, 2)},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
@@ -298,7 +303,6 @@ LABELS = {
     "edm-euler-1": "EDM, Euler", "ddim-100": "DDIM", "ddim-20": "DDIM", "ddim-4": "DDIM",
     "ddim-trailing-4": "DDIM, trailing timesteps",
     "ddim-clip-4": "DDIM, x0 clipped", "ddim-trailing-clip-4": "DDIM, trailing timesteps, x0 clipped",
-    "ddim-trailing-clip-20": "DDIM, trailing timesteps, x0 clipped",
     "ddpm-1000": "DDPM, ancestral",
 }
 
@@ -374,7 +378,7 @@ def cmd_compare(args) -> None:
         sys.exit(f"not scored in {args.results}: {', '.join(missing)} (scored: {', '.join(sorted(scored))})")
     a, b = (scored[row] for row in names)
     if _key(a)[2:] != _key(b)[2:]:
-        sys.exit(f"{args.a} and {args.b} were scored with other samples per seed, seeds or reference: not paired.")
+        sys.exit(f"{names[0]} and {names[1]} were scored with other samples per seed, seeds or reference: not paired.")
     print(f"A = {names[0]}, B = {names[1]}; {a['n']} samples x seeds {a['seeds']}, {a['reference']} reference\n")
     print("| metric | A | B | A - B, 95% paired by seed |\n|---|---:|---:|---:|")
     for judge in a["judges"]:

@@ -22,9 +22,10 @@ Step-count choices (both named after diffusers' `timestep_spacing`):
   there (diffusers' DDIMScheduler agrees with "trailing" only when N divides 1000, and never with
   "linspace", whose previous-step rule differs).
 Neither sampler clips the predicted x0 by default (data-range agnostic); `clip_sample=True` clamps it
-to [-1, 1] before the update, as Ho et al.'s sampler and diffusers' `clip_sample=True` (range 1, the
-eps prediction itself unclipped) do: it bounds the x0 error of an eps network that is inaccurate near
-t = 999, where x0_hat amplifies the eps error by sqrt((1 - ab_t) / ab_t) (157 at t = 999).
+to [-1, 1] before the update, as Ho et al.'s ancestral sampler and diffusers' schedulers with
+`clip_sample=True` do (range 1, the eps prediction itself unclipped): it bounds the x0 error of an
+eps network that is inaccurate near t = 999, where x0_hat amplifies the eps error by
+sqrt((1 - ab_t) / ab_t) (157 at t = 999).
 """
 from __future__ import annotations
 
