@@ -151,7 +151,9 @@ def _check_spacing(fn: str, spacing) -> None:
         raise ValueError(f"{fn}: timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}.")
 
 
-def _clip(x0: torch.Tensor, clip_sample: bool) -> torch.Tensor:
+def _x0_estimate(x: torch.Tensor, eps: torch.Tensor, ab_t: float, clip_sample: bool) -> torch.Tensor:
+    """x0_hat = (x - sqrt(1 - ab_t) eps) / sqrt(ab_t), clamped to [-1, 1] if clip_sample."""
+    x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
     return x0.clamp(-1, 1) if clip_sample else x0
 
 
@@ -218,7 +220,7 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
     with eval_mode(eps_model):
         for t, t_prev in _progress(pairs, progress, "ddpm"):
             ab_t = schedule.alpha_bar(t)
-            x0 = _clip((x - math.sqrt(1 - ab_t) * eps(x, t)) / math.sqrt(ab_t), clip_sample)
+            x0 = _x0_estimate(x, eps(x, t), ab_t, clip_sample)
             c_x0, c_xt, var = schedule.posterior(t, t_prev)
             x = c_x0 * x0 + c_xt * x
             if t_prev >= 0:
@@ -258,7 +260,7 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
             e = eps(x, t)
             if callback is not None:
                 callback({"x": x, "i": i, "t": t, "eps": e})
-            x0 = _clip((x - math.sqrt(1 - ab_t) * e) / math.sqrt(ab_t), clip_sample)
+            x0 = _x0_estimate(x, e, ab_t, clip_sample)
             x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * e
     return x.to(latents.dtype)
 
