@@ -163,7 +163,7 @@ def cmd_train(args) -> int:
                                              loss_weighting=args.loss_weighting, rms_data=rms_data),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         warmup=args.warmup, ema_decay=args.ema_decay, ema_lengths=args.ema_lengths,
+                         warmup=args.warmup, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, ema_lengths=args.ema_lengths,
                          label_dropout=args.label_dropout if num_classes else 0.0,
                          seed=args.seed, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
                          precision=args.precision, compile=args.compile,
@@ -195,7 +195,8 @@ def cmd_distill(args) -> int:
         raise ValueError("--objective-option names an option twice.")
     config = DistillConfig(schedule=tuple(args.schedule), steps_per_stage=per_stage,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                           guidance=args.guidance, start=args.start, teacher_solver=args.teacher_solver,
+                           lr_schedule=args.lr_schedule, guidance=args.guidance, start=args.start,
+                           teacher_solver=args.teacher_solver,
                            objective=args.objective, objective_options=options,
                            seed=args.seed, ema_lengths=args.ema_lengths,
                            ckpt_every=args.ckpt_every, sample_every=args.sample_every,
@@ -406,6 +407,13 @@ def _add_ema_lengths_arg(p) -> None:
                         "0.289), e.g. 0.05 0.1; saved as powerSIGMA_REL, see `export --average`)")
 
 
+def _add_lr_schedule_arg(p) -> None:
+    from kacfast.training.loop import LR_SCHEDULES
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="after the warm-up: constant (default) or cosine (half a cosine down to 0 at "
+                        "the last step; per stage in distill)")
+
+
 def _add_execution_args(p) -> None:
     """train's and distill's ExecutionConfig flags (distill applies them to every stage)."""
     from kacfast._device import COMPILE_MODES
@@ -475,6 +483,7 @@ def main(argv=None) -> int:
     tr.add_argument("--batch-size", type=int, default=128, help="global batch (default 128)")
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--warmup", type=int, default=200)
+    _add_lr_schedule_arg(tr)
     tr.add_argument("--ema-decay", type=float, default=0.999)
     _add_ema_lengths_arg(tr)
     tr.add_argument("--label-dropout", type=float, default=0.1)
@@ -513,6 +522,7 @@ def main(argv=None) -> int:
     di.add_argument("--batch-size", type=int, default=128)
     di.add_argument("--lr", type=float, default=1e-4)
     di.add_argument("--warmup", type=int, default=100, help="LR warm-up steps per stage (default 100)")
+    _add_lr_schedule_arg(di)
     di.add_argument("--guidance", type=float, default=1.0, help="teacher guidance in stage 1")
     di.add_argument("--start", choices=("noise", "rollout"), default="noise",
                     help="interval start points: forward-noised data or teacher roll-outs")

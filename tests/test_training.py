@@ -130,6 +130,37 @@ def test_resume_refuses_a_different_objective(tmp_path):
         train(small_mlp(), KacObjective(), (x, y), cfg, str(tmp_path), progress=False)
 
 
+def test_cosine_lr_schedule_decays_to_zero_and_resumes_exactly(tmp_path):
+    """After the linear warm-up the cosine schedule falls from lr to 0 over the remaining steps,
+    as a function of the step alone: a run split at a checkpoint ends bit-identical."""
+    from kacfast.training.loop import learning_rate
+    cfg = TrainConfig(steps=102, lr=1e-3, warmup=2, lr_schedule="cosine")
+    lrs = [learning_rate(cfg, step) for step in range(cfg.steps)]
+    assert lrs[:3] == [5e-4, 1e-3, 1e-3]  # warm-up ramp, then the top of the cosine
+    assert lrs[52] == pytest.approx(5e-4, abs=1e-12)  # half way through the decay
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and 0 < lrs[-1] < 1e-6
+    constant = TrainConfig(steps=102, lr=1e-3, warmup=2)
+    assert [learning_rate(constant, step) for step in (0, 1, 50, 101)] == [5e-4, 1e-3, 1e-3, 1e-3]
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(steps=1, lr_schedule="linear")
+    data, kw = toy_data(), dict(EXEC_KW, lr_schedule="cosine")
+    train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, **kw), str(tmp_path / "ref"),
+          progress=False)
+    train(small_mlp(), KacObjective(), data, TrainConfig(steps=3, **kw), str(tmp_path / "split"),
+          progress=False)
+    train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, **kw), str(tmp_path / "split"),
+          resume=True, progress=False)
+    train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, **EXEC_KW),
+          str(tmp_path / "constant"), progress=False)
+    (meta_ref, ref), (meta_split, split) = (read_checkpoint(str(tmp_path / run / CHECKPOINT_NAME))
+                                            for run in ("ref", "split"))
+    assert meta_ref["config"]["lr_schedule"] == "cosine"
+    assert all(torch.equal(ref[key], split[key]) for key in ref)
+    assert meta_ref["optimizer"]["param_groups"][0]["lr"] == learning_rate(TrainConfig(steps=6, **kw), 5)
+    constant = read_checkpoint(str(tmp_path / "constant" / CHECKPOINT_NAME))[1]
+    assert any(not torch.equal(ref[key], constant[key]) for key in ref)  # the schedule acted
+
+
 @pytest.mark.parametrize("name, middle_share", [("uniform", 0.5), ("logit-normal", 0.727)])
 def test_kac_objective_draws_training_times_from_its_distribution(name, middle_share):
     """The loss sees t = T * s, s from TIME_DISTRIBUTIONS[name] on the step's generator; the share

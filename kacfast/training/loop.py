@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import time
 import warnings
@@ -33,6 +34,7 @@ from kacfast.training.checkpoint import restore, save_checkpoint
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(kw_only=True)
@@ -69,8 +71,10 @@ class ExecutionConfig:
 class RunConfig(ExecutionConfig):
     """What every optimisation run sets, a teacher's run and each distillation stage alike
     (keyword-only; plus the ExecutionConfig fields). batch_size is global (split across DDP
-    ranks); warmup: linear LR warm-up steps; sample_every: preview grid of the EMA model every
-    N steps (image data only; 0 = never). ema_decay: the run's exponential EMA (what loading a run
+    ranks); warmup: linear LR warm-up steps; lr_schedule: after the warm-up, "constant" (default)
+    keeps lr, "cosine" decays it along half a cosine to 0 at the run's last step (see
+    `learning_rate`); sample_every: preview grid of the EMA model every N steps (image data only;
+    0 = never). ema_decay: the run's exponential EMA (what loading a run
     returns); ema_lengths: relative lengths sigma_rel in (0, 0.289) of power-function EMAs kept
     beside it (kacfast.training.averaging; default none), each loaded as
     load_trained(run, ema="power<sigma_rel>")."""
@@ -78,6 +82,7 @@ class RunConfig(ExecutionConfig):
     batch_size: int = 128
     lr: float = 2e-4
     warmup: int = 200
+    lr_schedule: str = "constant"
     ema_decay: float = 0.999
     ema_lengths: tuple = ()
     seed: int = 0
@@ -88,6 +93,8 @@ class RunConfig(ExecutionConfig):
         super().__post_init__()
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}.")
         lengths = self.ema_lengths
@@ -123,6 +130,17 @@ class TrainConfig(RunConfig):
             raise ValueError(f"steps must be >= 1, got {self.steps}.")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}.")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The LR of optimisation step `step` (0-based, < config.steps): config.lr ramped linearly over
+    the first config.warmup steps, then constant or (lr_schedule "cosine") lr * (1 + cos(pi p)) / 2
+    with p = (step - warmup) / (steps - warmup) in [0, 1): a function of the step alone, so a
+    resumed run continues the same schedule."""
+    if config.lr_schedule == "cosine" and step >= config.warmup:
+        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * min(1.0, (step + 1) / max(1, config.warmup))
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -340,7 +358,7 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         y = None if y_all is None else y_all[idx].to(device, non_blocking=True)
         y = _drop_labels(y, getattr(model, "num_classes", None), config.label_dropout, gen)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+            group["lr"] = learning_rate(config, step)
         with _serial_scatter_adds() if serial else contextlib.nullcontext():
             with autocast:
                 loss = objective.loss(net, x0, y, gen, seed)
