@@ -163,7 +163,8 @@ def cmd_train(args) -> int:
                                              loss_weighting=args.loss_weighting, rms_data=rms_data),
                  "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         warmup=args.warmup, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, ema_lengths=args.ema_lengths,
+                         warmup=args.warmup, lr_schedule=args.lr_schedule,
+                         ema_decay=args.ema_decay, ema_lengths=args.ema_lengths,
                          label_dropout=args.label_dropout if num_classes else 0.0,
                          seed=args.seed, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
                          precision=args.precision, compile=args.compile,
@@ -410,8 +411,9 @@ def _add_ema_lengths_arg(p) -> None:
 def _add_lr_schedule_arg(p) -> None:
     from kacfast.training.loop import LR_SCHEDULES
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                   help="after the warm-up: constant (default) or cosine (half a cosine down to 0 at "
-                        "the last step; per stage in distill)")
+                   help="after the warm-up: constant (default) or cosine (half a cosine towards 0 "
+                        "at the last step; per stage in distill; the run's optimizer only, not a "
+                        "discriminator's)")
 
 
 def _add_execution_args(p) -> None:

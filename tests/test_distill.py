@@ -279,6 +279,8 @@ def test_schedule_and_objective_validation(teacher):
         DistillConfig(precision="fp16")
     with pytest.raises(ValueError, match="compile must be True, False or one of"):
         DistillConfig(compile="fast")
+    with pytest.raises(ValueError, match=r"every stage needs more steps than warmup \(100\)"):
+        DistillConfig(schedule=(4, 2, 1), steps_per_stage=(500, 100), lr_schedule="cosine")
 
 
 @pytest.mark.parametrize("solver", ["euler", "ab2"])
@@ -324,7 +326,7 @@ def test_cli_distill_then_sample_the_student(tmp_path):
     out = subprocess.run(cli + ["distill", "--teacher", str(run), "--out", str(tmp_path / "student"),
                                 "--schedule", "4", "2", "1", "--steps-per-stage", "10",
                                 "--batch-size", "64", "--guidance", "1.5", "--threads", "1", "--quiet",
-                                "--precision", "bf16"],
+                                "--precision", "bf16", "--lr-schedule", "cosine", "--warmup", "2"],
                          check=True, timeout=600, capture_output=True, text=True)
     assert "student:" in out.stdout
     student, meta = load_trained(str(tmp_path / "student" / "stage-2-1"))
@@ -332,7 +334,10 @@ def test_cli_distill_then_sample_the_student(tmp_path):
     assert meta["objective"]["guidance"] == 1.0  # only stage 1 uses the guided teacher
     # ... but every later student reproduces that guided teacher, and says so
     assert meta["objective"]["absorbed_guidance"] == 1.5 and facts_of(student).absorbed_guidance == 1.5
-    assert meta["config"]["precision"] == "bf16"  # every stage trains as the flags say
+    assert meta["config"]["precision"] == "bf16"  # every stage trains as the flags say ...
+    # ... and decays its own LR over its own 10 steps (the last: lr * (1 + cos(7 pi / 8)) / 2)
+    assert meta["config"]["lr_schedule"] == "cosine"
+    assert meta["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.5 * (1 + np.cos(7 * np.pi / 8)))
     first = load_trained(str(tmp_path / "student" / "stage-1-2"))[1]
     assert first["objective"]["guidance"] == 1.5
     npy = tmp_path / "s.npy"

@@ -130,9 +130,10 @@ def test_resume_refuses_a_different_objective(tmp_path):
         train(small_mlp(), KacObjective(), (x, y), cfg, str(tmp_path), progress=False)
 
 
-def test_cosine_lr_schedule_decays_to_zero_and_resumes_exactly(tmp_path):
-    """After the linear warm-up the cosine schedule falls from lr to 0 over the remaining steps,
-    as a function of the step alone: a run split at a checkpoint ends bit-identical."""
+def test_cosine_lr_schedule_decays_towards_zero_and_resumes_exactly(tmp_path):
+    """After the linear warm-up the cosine schedule falls from lr towards 0 over the remaining
+    steps, as a function of the step alone: a run killed after a checkpoint and resumed ends
+    bit-identical; resuming with another schedule warns."""
     from kacfast.training.loop import learning_rate
     cfg = TrainConfig(steps=102, lr=1e-3, warmup=2, lr_schedule="cosine")
     lrs = [learning_rate(cfg, step) for step in range(cfg.steps)]
@@ -143,22 +144,30 @@ def test_cosine_lr_schedule_decays_to_zero_and_resumes_exactly(tmp_path):
     assert [learning_rate(constant, step) for step in (0, 1, 50, 101)] == [5e-4, 1e-3, 1e-3, 1e-3]
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainConfig(steps=1, lr_schedule="linear")
-    data, kw = toy_data(), dict(EXEC_KW, lr_schedule="cosine")
-    train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, **kw), str(tmp_path / "ref"),
+    with pytest.raises(ValueError, match=r"warmup \(2\) must be below steps \(2\)"):
+        TrainConfig(steps=2, warmup=2, lr_schedule="cosine")
+    data, cosine = toy_data(), TrainConfig(steps=6, **EXEC_KW, lr_schedule="cosine")  # ckpt every 3
+    train(small_mlp(), KacObjective(), data, cosine, str(tmp_path / "ref"), progress=False)
+
+    def killed(step, ema):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(small_mlp(), KacObjective(), data, cosine, str(tmp_path / "split"), progress=False,
+              on_checkpoint=killed)
+    assert read_checkpoint(str(tmp_path / "split" / CHECKPOINT_NAME))[0]["step"] == 3
+    train(small_mlp(), KacObjective(), data, cosine, str(tmp_path / "split"), resume=True,
           progress=False)
-    train(small_mlp(), KacObjective(), data, TrainConfig(steps=3, **kw), str(tmp_path / "split"),
-          progress=False)
-    train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, **kw), str(tmp_path / "split"),
-          resume=True, progress=False)
     train(small_mlp(), KacObjective(), data, TrainConfig(steps=6, **EXEC_KW),
           str(tmp_path / "constant"), progress=False)
-    (meta_ref, ref), (meta_split, split) = (read_checkpoint(str(tmp_path / run / CHECKPOINT_NAME))
-                                            for run in ("ref", "split"))
+    (meta_ref, ref), (_, split), (_, constant) = (
+        read_checkpoint(str(tmp_path / run / CHECKPOINT_NAME)) for run in ("ref", "split", "constant"))
     assert meta_ref["config"]["lr_schedule"] == "cosine"
+    assert meta_ref["optimizer"]["param_groups"][0]["lr"] == learning_rate(cosine, 5)
     assert all(torch.equal(ref[key], split[key]) for key in ref)
-    assert meta_ref["optimizer"]["param_groups"][0]["lr"] == learning_rate(TrainConfig(steps=6, **kw), 5)
-    constant = read_checkpoint(str(tmp_path / "constant" / CHECKPOINT_NAME))[1]
     assert any(not torch.equal(ref[key], constant[key]) for key in ref)  # the schedule acted
+    with pytest.warns(UserWarning, match="changes the LR of the remaining steps"):
+        train(small_mlp(), KacObjective(), data, TrainConfig(steps=7, **EXEC_KW),
+              str(tmp_path / "split"), resume=True, progress=False)
 
 
 @pytest.mark.parametrize("name, middle_share", [("uniform", 0.5), ("logit-normal", 0.727)])
@@ -511,12 +520,13 @@ def test_cli_train_passes_execution_flags(tmp_path, monkeypatch):
               "--quiet"]
     main(common)
     main(common + ["--precision", "bf16", "--compile", "--channels-last"])
-    main(common + ["--compile", "max-autotune"])
-    assert [{k: getattr(c, k) for k in ("precision", "compile", "channels_last")}
+    main(common + ["--compile", "max-autotune", "--lr-schedule", "cosine", "--warmup", "0"])
+    assert [{k: getattr(c, k) for k in ("precision", "compile", "channels_last", "lr_schedule")}
             for c in seen] == [
-        {"precision": "auto", "compile": False, "channels_last": False},
-        {"precision": "bf16", "compile": "default", "channels_last": True},
-        {"precision": "auto", "compile": "max-autotune", "channels_last": False}]
+        {"precision": "auto", "compile": False, "channels_last": False, "lr_schedule": "constant"},
+        {"precision": "bf16", "compile": "default", "channels_last": True, "lr_schedule": "constant"},
+        {"precision": "auto", "compile": "max-autotune", "channels_last": False,
+         "lr_schedule": "cosine"}]
 
 
 # ----------------------------------------------------------------------------------------------

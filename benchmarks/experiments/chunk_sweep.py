@@ -15,7 +15,6 @@ import time
 import torch
 
 import kacfast
-from kacfast._device import tune_cpu_allocator
 from kacfast.models.unet import UNet
 
 
@@ -28,14 +27,14 @@ def main() -> None:
                         help="call kacfast.tune_cpu_allocator() first, as the kacfast CLI does")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.tuned_allocator:
-        tune_cpu_allocator()
-    chunks, images = sorted(args.chunks), max(args.chunks)
+    tuned = args.tuned_allocator and kacfast.tune_cpu_allocator()
+    chunks = sorted(set(args.chunks))
+    images = chunks[-1]
     student = kacfast.load_pretrained("mnist16-distillkac-1step")
     networks = {16: student, 28: UNet(**dict(student.config, image_size=28,
                                              attention_resolutions=[14])).eval()}
     print(f"{torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, "
-          f"tuned allocator {args.tuned_allocator}, {images} images per round")
+          f"tuned allocator {tuned}, {images} images per round")
     print("| chunk (images) | " + " | ".join(map(str, chunks)) + " |")
     print("|---|" + "---:|" * len(chunks))
     for size, net in networks.items():

@@ -32,7 +32,9 @@ kac-logit-normal-weighted/ (`--loss-weighting target`) and kac-logit-normal-prec
 preconditioned recipe keeping power-function EMAs of relative length 0.05, 0.1, 0.15 and 0.2,
 `--ema-lengths`: the EMA length as a lever, one row each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
-continued to 9,600 steps).
+continued to 9,600 steps); adversarial-finetune-cosine-LR/ continues the 28x28 shipped student
+(the stage at 4,800 steps) 900 steps with the same objective against itself as the endpoint
+target (`distill --teacher mnist28-distillkac-1step --schedule 1 1 --lr LR --lr-schedule cosine`).
 Rows named -quadratic- sample the shipped teacher on the quadratic time grid (kacfast.quadratic_grid,
 denser near the data) instead of the uniform one, at the same NFE.
 
@@ -96,6 +98,11 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-{run}": (f"adversarial-huber-w1.25-logit-{run}/stage-1-1",
                                                              "distill", 1, "euler")
        for run in ("6500", "9600", "cooldown")},
+    # the 4,800-step student fine-tuned 900 steps by the same objective with itself as the endpoint
+    # target (`distill --teacher mnist28-distillkac-1step --schedule 1 1`), the student's LR on a
+    # cosine from --lr to 0 after the 100-step warm-up (the discriminator's stays at 2e-4)
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{lr}": (
+        f"adversarial-finetune-cosine-{lr}/stage-1-1", "distill", 1, "euler") for lr in ("5e-5", "1.5e-4")},
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")
@@ -276,6 +283,9 @@ LABELS = {
                          ("-9600", 9600))},
     "distillkac-1-w1.25-huber-adversarial-logit-cooldown":
         "DistillKac student of the logit-normal teacher, adversarial stage of 6,500 steps + 1,000 at LR / 4",
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{lr}":
+       f"DistillKac student of the logit-normal teacher, adversarial stage of 4,800 steps + 900 against "
+       f"itself, cosine LR from {lr}" for lr in ("5e-5", "1.5e-4")},
     **{f"distillkac-{steps}-w1.25-huber-logit": "DistillKac student of the logit-normal teacher, pseudo-Huber"
        for steps in (20, 4, 2)},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",

@@ -26,8 +26,9 @@ __all__ = ["DistillConfig", "distill", "DistillObjective", "teacher_integrate"]
 @dataclass(kw_only=True)
 class DistillConfig(RunConfig):
     """Multi-stage schedule, plus the RunConfig fields every stage's TrainConfig gets (batch_size,
-    lr, warmup per stage and capped at its step count, ema_decay, ema_lengths, seed (stage k runs
-    seed + k), ckpt_every, sample_every) and the ExecutionConfig fields (all keyword-only). Each
+    lr, warmup per stage and capped at its step count, lr_schedule per stage over its own steps,
+    ema_decay, ema_lengths, seed (stage k runs seed + k), ckpt_every, sample_every) and the
+    ExecutionConfig fields (all keyword-only). Each
     stage's EMA (ema_decay) is the next stage's teacher; power-function EMAs (ema_lengths) are
     kept in each stage's checkpoint beside it, to load or export by name.
 
@@ -67,6 +68,9 @@ class DistillConfig(RunConfig):
         if len(self.steps_per_stage) != stages or min(self.steps_per_stage) < 1:
             raise ValueError(f"steps_per_stage needs one count >= 1 per stage ({stages}), or one "
                              f"for all; got {self.steps_per_stage}.")
+        if self.lr_schedule == "cosine" and min(self.steps_per_stage) <= self.warmup:
+            raise ValueError(f"lr_schedule 'cosine' decays after the warm-up: every stage needs more "
+                             f"steps than warmup ({self.warmup}); got {self.steps_per_stage}.")
 
 
 def distill(teacher, process: KacProcess, data, config: DistillConfig, out_dir: str, *,

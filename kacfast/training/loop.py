@@ -72,9 +72,10 @@ class RunConfig(ExecutionConfig):
     """What every optimisation run sets, a teacher's run and each distillation stage alike
     (keyword-only; plus the ExecutionConfig fields). batch_size is global (split across DDP
     ranks); warmup: linear LR warm-up steps; lr_schedule: after the warm-up, "constant" (default)
-    keeps lr, "cosine" decays it along half a cosine to 0 at the run's last step (see
-    `learning_rate`); sample_every: preview grid of the EMA model every N steps (image data only;
-    0 = never). ema_decay: the run's exponential EMA (what loading a run
+    keeps lr, "cosine" decays it along half a cosine towards 0, reached one step after the run's
+    last (`learning_rate`; the run's optimizer only: a distillation objective's discriminator
+    keeps its own LR; cosine needs warmup < steps); sample_every: preview grid of the EMA model
+    every N steps (image data only; 0 = never). ema_decay: the run's exponential EMA (what loading a run
     returns); ema_lengths: relative lengths sigma_rel in (0, 0.289) of power-function EMAs kept
     beside it (kacfast.training.averaging; default none), each loaded as
     load_trained(run, ema="power<sigma_rel>")."""
@@ -130,13 +131,17 @@ class TrainConfig(RunConfig):
             raise ValueError(f"steps must be >= 1, got {self.steps}.")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}.")
+        if self.lr_schedule == "cosine" and self.warmup >= self.steps:
+            raise ValueError(f"lr_schedule 'cosine' decays after the warm-up: warmup ({self.warmup}) "
+                             f"must be below steps ({self.steps}).")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The LR of optimisation step `step` (0-based, < config.steps): config.lr ramped linearly over
     the first config.warmup steps, then constant or (lr_schedule "cosine") lr * (1 + cos(pi p)) / 2
     with p = (step - warmup) / (steps - warmup) in [0, 1): a function of the step alone, so a
-    resumed run continues the same schedule."""
+    resumed run continues the same schedule (resumed with another `steps`, the cosine is stretched
+    from there on: unlike a constant LR, that is not the longer run's schedule)."""
     if config.lr_schedule == "cosine" and step >= config.warmup:
         progress = (step - config.warmup) / max(1, config.steps - config.warmup)
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
@@ -286,6 +291,13 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
             if expected[key] != found[key]:
                 raise CheckpointError(f"{ckpt_path} was trained with {key}={found[key]!r}, not "
                                       f"{expected[key]!r}: exact resume needs the same run.")
+        # the LR may change on resume (a cool-down), but a schedule change is easy to make by accident
+        schedule = saved["config"].get("lr_schedule", "constant")
+        if schedule != config.lr_schedule or (
+                schedule == "cosine" and saved["config"].get("steps") != config.steps):
+            warnings.warn(f"{ckpt_path} ran lr_schedule {schedule!r} over {saved['config'].get('steps')} "
+                          f"steps; resuming with {config.lr_schedule!r} over {config.steps} changes "
+                          "the LR of the remaining steps.", stacklevel=2)
     elif os.path.exists(ckpt_path):
         raise CheckpointError(f"{out_dir} already holds a run: pass resume=True (--resume) to "
                               "continue it, or choose another output directory.")
