@@ -154,7 +154,7 @@ GRIDS = {"kac-logit-normal-quadratic-euler-100": quadratic_grid,
 SHIPPED = {"mnist5k16": {"kac-logit-normal": "mnist16-kac-teacher",
                          "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"},
            "mnist5k": {"kac-logit-normal": "mnist28-kac-teacher",
-                       "adversarial-huber-w1.25-logit-4800/stage-1-1": "mnist28-distillkac-1step"}}
+                       "adversarial-finetune-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
 
 
 def _load_row(runs: str, run: str, data: str = "mnist5k16"):
