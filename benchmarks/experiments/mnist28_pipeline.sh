@@ -40,12 +40,15 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   # (600 steps, then doubled to 1,200, 2,400 and 4,800: at 16x16 every doubling to 9,600 steps still gained)
   adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit 1200 2400 4800
   # the 4,800-step student, 900 more steps of the same objective against its own samples (1 -> 1),
-  # the LR on a cosine to 0 (the shipped student: 1.5e-4)
+  # the LR on a cosine to 0; then the 1.5e-4 one a second cycle of 500 steps (the shipped student)
   for lr in 5e-5 1.5e-4; do
     $DISTILL --teacher "$RUNS/adversarial-huber-w1.25-logit-4800/stage-1-1" --schedule 1 1 \
         --out "$RUNS/adversarial-finetune-cosine-$lr" --steps-per-stage 900 --seed 3 \
         --objective endpoint-l2-adversarial --lr "$lr" --lr-schedule cosine --resume
-  done ) & LOGIT_CHAIN=$!
+  done
+  $DISTILL --teacher "$RUNS/adversarial-finetune-cosine-1.5e-4/stage-1-1" --schedule 1 1 \
+      --out "$RUNS/adversarial-finetune2-cosine-1.5e-4" --steps-per-stage 500 --warmup 50 --seed 3 \
+      --objective endpoint-l2-adversarial --lr 1.5e-4 --lr-schedule cosine --resume ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN
@@ -60,10 +63,11 @@ $EVAL --guidance 1.25 --rows kac-logit-normal-midpoint-50  # the same 100 networ
 $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber-adversarial-logit-1200 \
     distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-1-w1.25-huber-adversarial-logit-4800 \
     distillkac-1-w1.25-huber-adversarial-logit-finetune-5e-5 distillkac-1-w1.25-huber-adversarial-logit-finetune-1.5e-4 \
+    distillkac-1-w1.25-huber-adversarial-logit-finetune2-1.5e-4 \
     distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
     distillkac-2-w1.25-huber-logit
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
 # 3. the shipped 28x28 pair (kacfast/pretrained: mnist28-kac-teacher, mnist28-distillkac-1step)
 kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist28-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-finetune-cosine-1.5e-4/stage-1-1" \
+kacfast export --ckpt "$RUNS/adversarial-finetune2-cosine-1.5e-4/stage-1-1" \
     --out "$HERE/kacfast/pretrained/mnist28-distillkac-1step.safetensors"

@@ -103,6 +103,9 @@ ROWS = {
     # cosine from --lr to 0 after the 100-step warm-up (the discriminator's stays at 2e-4)
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{lr}": (
         f"adversarial-finetune-cosine-{lr}/stage-1-1", "distill", 1, "euler") for lr in ("5e-5", "1.5e-4")},
+    # a second cycle: the 1.5e-4 fine-tune, 500 more steps against itself (warm-up 50, cosine from 1.5e-4)
+    "distillkac-1-w1.25-huber-adversarial-logit-finetune2-1.5e-4": (
+        "adversarial-finetune2-cosine-1.5e-4/stage-1-1", "distill", 1, "euler"),
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")
@@ -154,7 +157,7 @@ GRIDS = {"kac-logit-normal-quadratic-euler-100": quadratic_grid,
 SHIPPED = {"mnist5k16": {"kac-logit-normal": "mnist16-kac-teacher",
                          "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"},
            "mnist5k": {"kac-logit-normal": "mnist28-kac-teacher",
-                       "adversarial-finetune-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
+                       "adversarial-finetune2-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
 
 
 def _load_row(runs: str, run: str, data: str = "mnist5k16"):
@@ -286,6 +289,9 @@ LABELS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{lr}":
        f"DistillKac student of the logit-normal teacher, adversarial stage of 4,800 steps + 900 against "
        f"itself, cosine LR from {lr}" for lr in ("5e-5", "1.5e-4")},
+    "distillkac-1-w1.25-huber-adversarial-logit-finetune2-1.5e-4":
+        "DistillKac student of the logit-normal teacher, adversarial stage of 4,800 steps + 900 + 500 "
+        "against itself, cosine LR from 1.5e-4 in each",
     **{f"distillkac-{steps}-w1.25-huber-logit": "DistillKac student of the logit-normal teacher, pseudo-Huber"
        for steps in (20, 4, 2)},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",

@@ -18,20 +18,23 @@ __all__ = ["PRETRAINED", "list_pretrained", "load_pretrained", "pretrained_path"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _adversarial_run(adversarial_steps: int, finetune_lr: str | None) -> str:
-    """The run folder of a shipped student's last stage (the fine-tune's, where it has one)."""
-    return (f"runs/adversarial-finetune-cosine-{finetune_lr}" if finetune_lr
-            else f"runs/adversarial-huber-w1.25-logit-{adversarial_steps}")
+def _adversarial_run(adversarial_steps: int, finetunes: tuple = ()) -> str:
+    """The run folder of a shipped student's last stage (its last fine-tune cycle's, if any)."""
+    if not finetunes:
+        return f"runs/adversarial-huber-w1.25-logit-{adversarial_steps}"
+    cycle = "" if len(finetunes) == 1 else len(finetunes)
+    return f"runs/adversarial-finetune{cycle}-cosine-{finetunes[-1][0]}"
 
 
-def _recipe(data: str, adversarial_steps: int, finetune_lr: str | None = None) -> list[str]:
+def _recipe(data: str, adversarial_steps: int, finetunes: tuple = ()) -> list[str]:
     """The commands that train a shipped pair on `data` (the MNIST pipelines run them): the
     logit-normal Kac teacher, its pseudo-Huber chain 100 -> 20 -> 4 -> 2 at guidance 1.25, and the
     last stage (2 -> 1) with the paper's L2 plus the adversarial term and the seed it has in the full
     schedule (seed 0 + 4). The pipelines reach `adversarial_steps` by resuming copies of the
-    600-step run doubled (a constant LR after warm-up makes that the same run). With `finetune_lr`,
-    the 1-step student then trains 900 more steps with the same objective against itself (a
-    1 -> 1 stage: its own samples are the L2 target), its LR on a cosine from finetune_lr to 0."""
+    600-step run doubled (a constant LR after warm-up makes that the same run). Each of
+    `finetunes`, (lr, steps, warmup), then trains the 1-step student further with the same
+    objective against itself (a 1 -> 1 stage: its own samples are the L2 target), its LR on a
+    cosine from lr to 0 after the warm-up."""
     commands = [f"kacfast train --data {data} --model unet-tiny --method kac --time-distribution logit-normal "
             "--steps 3600 --batch-size 64 --lr 5e-4 --threads 1 --out runs/kac-logit-normal",
             "kacfast distill --teacher runs/kac-logit-normal --out runs/distill-w1.25-huber-logit --schedule "
@@ -40,12 +43,12 @@ def _recipe(data: str, adversarial_steps: int, finetune_lr: str | None = None) -
             "kacfast distill --teacher runs/distill-w1.25-huber-logit/stage-3-2 --out "
             f"runs/adversarial-huber-w1.25-logit-{adversarial_steps} --schedule 2 1 --steps-per-stage "
             f"{adversarial_steps} --seed 3 --objective endpoint-l2-adversarial --batch-size 64 --lr 2e-4 --threads 1"]
-    if finetune_lr:
+    for k, (lr, steps, warmup) in enumerate(finetunes):
         commands.append(
-            f"kacfast distill --teacher {_adversarial_run(adversarial_steps, None)}/stage-1-1 --out "
-            f"{_adversarial_run(adversarial_steps, finetune_lr)} --schedule 1 1 --steps-per-stage 900 "
-            f"--seed 3 --objective endpoint-l2-adversarial --batch-size 64 --lr {finetune_lr} "
-            "--lr-schedule cosine --threads 1")
+            f"kacfast distill --teacher {_adversarial_run(adversarial_steps, finetunes[:k])}/stage-1-1 --out "
+            f"{_adversarial_run(adversarial_steps, finetunes[:k + 1])} --schedule 1 1 --steps-per-stage "
+            f"{steps} --warmup {warmup} --seed 3 --objective endpoint-l2-adversarial --batch-size 64 "
+            f"--lr {lr} --lr-schedule cosine --threads 1")
     return commands
 
 
@@ -57,13 +60,13 @@ def _scored(data: str, pipeline: str, section: str, floor: str) -> str:
 
 def _pair(size: int, data: str, adversarial_steps: int, scored: str, *, teacher_how: str,
           teacher_guidance: float, teacher_scores: list[str], student_scores: list[str],
-          finetune_lr: str | None = None) -> dict:
+          finetunes: tuple = ()) -> dict:
     """The PRETRAINED entries of one resolution's teacher and 1-step student."""
-    train, *student_commands = _recipe(data, adversarial_steps, finetune_lr)
+    train, *student_commands = _recipe(data, adversarial_steps, finetunes)
     teacher_name, student_name = f"mnist{size}-kac-teacher", f"mnist{size}-distillkac-1step"
-    student_run = f"{_adversarial_run(adversarial_steps, finetune_lr)}/stage-1-1"
-    finetuned = (f", then 900 steps of the same objective against its own samples (a 1 -> 1 stage, "
-                 f"LR on a cosine from {finetune_lr})" if finetune_lr else "")
+    student_run = f"{_adversarial_run(adversarial_steps, finetunes)}/stage-1-1"
+    finetuned = "".join(f", then {steps} steps of the same objective against its own samples (a 1 -> 1 "
+                        f"stage, LR on a cosine from {lr})" for lr, steps, _ in finetunes)
     return {
         teacher_name: dict(
             file=f"{teacher_name}.safetensors",
@@ -120,11 +123,11 @@ PRETRAINED = {
                             "class accuracy 0.996 / 0.996",
                             "50 midpoint steps, w = 1.25: cnn FD 0.41 +- 0.04, strided FD 0.96 +- 0.20, "
                             "class accuracy 0.984 / 0.983"],
-            student_scores=["1 step: cnn FD 0.59 +- 0.08, strided FD 1.18 +- 0.29, class accuracy "
-                            "0.986 / 0.983 (the judges retrained on an AVX2 CPU: the floor and the "
-                            "4,800-step student before this fine-tune re-score cnn FD 0.25 / 0.63, "
+            student_scores=["1 step: cnn FD 0.57 +- 0.08, strided FD 1.17 +- 0.29, class accuracy "
+                            "0.985 / 0.984 (the judges retrained on an AVX2 CPU: the floor and the "
+                            "4,800-step student before these fine-tunes re-score cnn FD 0.25 / 0.63, "
                             "strided FD 0.99 / 1.21)"],
-            finetune_lr="1.5e-4"),
+            finetunes=(("1.5e-4", 900, 100), ("1.5e-4", 500, 50))),
 }
 
 
