@@ -8,7 +8,8 @@
 # 2-core CPU (one thread per job, two jobs side by side) a 28x28 training takes about 3x its 16x16
 # run: about 70 minutes alone, 90-100 beside another job.
 # Writes RUNS_DIR/{kac,edm,ddpm,distill}, the logit-normal teacher's chain (kac-logit-normal,
-# distill-w1.25-huber-logit, adversarial-huber-w1.25-logit, adversarial-finetune-cosine-LR),
+# distill-w1.25-huber-logit, adversarial-huber-w1.25-logit, adversarial-finetune-cosine-LR,
+# adversarial-finetune2-cosine-1.5e-4),
 # RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
 # RUNS_DIR/ddpm-timestep-error.jsonl and the two shipped 28x28 model files.
 set -euo pipefail
@@ -48,7 +49,7 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   done
   $DISTILL --teacher "$RUNS/adversarial-finetune-cosine-1.5e-4/stage-1-1" --schedule 1 1 \
       --out "$RUNS/adversarial-finetune2-cosine-1.5e-4" --steps-per-stage 500 --warmup 50 --seed 3 \
-      --objective endpoint-l2-adversarial --lr 1.5e-4 --lr-schedule cosine --resume ) & LOGIT_CHAIN=$!
+      --objective endpoint-l2-adversarial --lr 1.5e-4 --lr-schedule cosine --threads 2 --resume ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN

@@ -32,7 +32,7 @@ def _recipe(data: str, adversarial_steps: int, finetunes: tuple = ()) -> list[st
     last stage (2 -> 1) with the paper's L2 plus the adversarial term and the seed it has in the full
     schedule (seed 0 + 4). The pipelines reach `adversarial_steps` by resuming copies of the
     600-step run doubled (a constant LR after warm-up makes that the same run). Each of
-    `finetunes`, (lr, steps, warmup), then trains the 1-step student further with the same
+    `finetunes`, (lr, steps, warmup, threads), then trains the 1-step student further with the same
     objective against itself (a 1 -> 1 stage: its own samples are the L2 target), its LR on a
     cosine from lr to 0 after the warm-up."""
     commands = [f"kacfast train --data {data} --model unet-tiny --method kac --time-distribution logit-normal "
@@ -43,12 +43,12 @@ def _recipe(data: str, adversarial_steps: int, finetunes: tuple = ()) -> list[st
             "kacfast distill --teacher runs/distill-w1.25-huber-logit/stage-3-2 --out "
             f"runs/adversarial-huber-w1.25-logit-{adversarial_steps} --schedule 2 1 --steps-per-stage "
             f"{adversarial_steps} --seed 3 --objective endpoint-l2-adversarial --batch-size 64 --lr 2e-4 --threads 1"]
-    for k, (lr, steps, warmup) in enumerate(finetunes):
+    for k, (lr, steps, warmup, threads) in enumerate(finetunes):
         commands.append(
             f"kacfast distill --teacher {_adversarial_run(adversarial_steps, finetunes[:k])}/stage-1-1 --out "
             f"{_adversarial_run(adversarial_steps, finetunes[:k + 1])} --schedule 1 1 --steps-per-stage "
             f"{steps} --warmup {warmup} --seed 3 --objective endpoint-l2-adversarial --batch-size 64 "
-            f"--lr {lr} --lr-schedule cosine --threads 1")
+            f"--lr {lr} --lr-schedule cosine --threads {threads}")
     return commands
 
 
@@ -66,7 +66,7 @@ def _pair(size: int, data: str, adversarial_steps: int, scored: str, *, teacher_
     teacher_name, student_name = f"mnist{size}-kac-teacher", f"mnist{size}-distillkac-1step"
     student_run = f"{_adversarial_run(adversarial_steps, finetunes)}/stage-1-1"
     finetuned = "".join(f", then {steps} steps of the same objective against its own samples (a 1 -> 1 "
-                        f"stage, LR on a cosine from {lr})" for lr, steps, _ in finetunes)
+                        f"stage, LR on a cosine from {lr})" for lr, steps, _, _ in finetunes)
     return {
         teacher_name: dict(
             file=f"{teacher_name}.safetensors",
@@ -127,7 +127,7 @@ PRETRAINED = {
                             "0.985 / 0.984 (the judges retrained on an AVX2 CPU: the floor and the "
                             "4,800-step student before these fine-tunes re-score cnn FD 0.25 / 0.63, "
                             "strided FD 0.99 / 1.21)"],
-            finetunes=(("1.5e-4", 900, 100), ("1.5e-4", 500, 50))),
+            finetunes=(("1.5e-4", 900, 100, 1), ("1.5e-4", 500, 50, 2))),
 }
 
 
