@@ -28,9 +28,9 @@ class DistillConfig(RunConfig):
     """Multi-stage schedule, plus the RunConfig fields every stage's TrainConfig gets (batch_size,
     lr, warmup per stage and capped at its step count, lr_schedule per stage over its own steps,
     ema_decay, ema_lengths, seed (stage k runs seed + k), ckpt_every, sample_every) and the
-    ExecutionConfig fields (all keyword-only). Each
-    stage's EMA (ema_decay) is the next stage's teacher; power-function EMAs (ema_lengths) are
-    kept in each stage's checkpoint beside it, to load or export by name.
+    ExecutionConfig fields (all keyword-only). Each stage's EMA (ema_decay) is the next stage's
+    teacher; power-function EMAs (ema_lengths) are kept in each stage's checkpoint beside it, to
+    load or export by name.
 
     schedule: step counts, each dividing the previous (default 100 20 4 2 1).
     steps_per_stage: optimisation steps of every stage (an int) or of each stage (one per stage,

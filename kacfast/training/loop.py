@@ -369,8 +369,9 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
             x0 = x0.contiguous(memory_format=torch.channels_last)
         y = None if y_all is None else y_all[idx].to(device, non_blocking=True)
         y = _drop_labels(y, getattr(model, "num_classes", None), config.label_dropout, gen)
+        lr = learning_rate(config, step)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = lr
         with _serial_scatter_adds() if serial else contextlib.nullcontext():
             with autocast:
                 loss = objective.loss(net, x0, y, gen, seed)
