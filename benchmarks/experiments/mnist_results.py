@@ -32,9 +32,10 @@ kac-logit-normal-weighted/ (`--loss-weighting target`) and kac-logit-normal-prec
 preconditioned recipe keeping power-function EMAs of relative length 0.05, 0.1, 0.15 and 0.2,
 `--ema-lengths`: the EMA length as a lever, one row each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
-continued to 9,600 steps); adversarial-finetune-cosine-LR/ continues the 28x28 shipped student
-(the stage at 4,800 steps) 900 steps with the same objective against itself as the endpoint
-target (`distill --teacher mnist28-distillkac-1step --schedule 1 1 --lr LR --lr-schedule cosine`).
+continued to 9,600 steps); adversarial-finetune-cosine-LR/ continues that stage's student (28x28:
+at 4,800 steps; 16x16: at 9,600, the shipped one) 900 steps with the same objective against itself
+as the endpoint target (`distill --teacher <student> --schedule 1 1 --lr LR --lr-schedule cosine`),
+and adversarial-finetune{2,3}-cosine-1.5e-4/ (28x28) each continue the previous cycle 500 steps.
 Rows named -quadratic- sample the shipped teacher on the quadratic time grid (kacfast.quadratic_grid,
 denser near the data) instead of the uniform one, at the same NFE.
 
@@ -103,9 +104,10 @@ ROWS = {
     # cosine from --lr to 0 after the 100-step warm-up (the discriminator's stays at 2e-4)
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{lr}": (
         f"adversarial-finetune-cosine-{lr}/stage-1-1", "distill", 1, "euler") for lr in ("5e-5", "1.5e-4")},
-    # a second cycle: the 1.5e-4 fine-tune, 500 more steps against itself (warm-up 50, cosine from 1.5e-4)
-    "distillkac-1-w1.25-huber-adversarial-logit-finetune2-1.5e-4": (
-        "adversarial-finetune2-cosine-1.5e-4/stage-1-1", "distill", 1, "euler"),
+    # further cycles: the previous cycle's student, 500 more steps against itself (warm-up 50, cosine
+    # from 1.5e-4)
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune{cycle}-1.5e-4": (
+        f"adversarial-finetune{cycle}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler") for cycle in (2, 3)},
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")
@@ -287,11 +289,12 @@ LABELS = {
     "distillkac-1-w1.25-huber-adversarial-logit-cooldown":
         "DistillKac student of the logit-normal teacher, adversarial stage of 6,500 steps + 1,000 at LR / 4",
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{lr}":
-       f"DistillKac student of the logit-normal teacher, adversarial stage of 4,800 steps + 900 against "
-       f"itself, cosine LR from {lr}" for lr in ("5e-5", "1.5e-4")},
-    "distillkac-1-w1.25-huber-adversarial-logit-finetune2-1.5e-4":
-        "DistillKac student of the logit-normal teacher, adversarial stage of 4,800 steps + 900 + 500 "
-        "against itself, cosine LR from 1.5e-4 in each",
+       f"DistillKac student of the logit-normal teacher, adversarial stage (28x28: 4,800 steps, 16x16: 9,600) "
+       f"+ 900 against itself, cosine LR from {lr}" for lr in ("5e-5", "1.5e-4")},
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune{cycle}-1.5e-4":
+       f"DistillKac student of the logit-normal teacher, adversarial stage (28x28: 4,800 steps) + 900"
+       f"{' + 500' * (cycle - 1)} "
+       "against itself, cosine LR from 1.5e-4 in each" for cycle in (2, 3)},
     **{f"distillkac-{steps}-w1.25-huber-logit": "DistillKac student of the logit-normal teacher, pseudo-Huber"
        for steps in (20, 4, 2)},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
