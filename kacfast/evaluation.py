@@ -177,8 +177,10 @@ class Evaluator:
     def _row(self, name: str, per_seed: list[dict], info: dict) -> dict:
         keys = per_seed[0].keys()
         summary = {k: metrics.seed_interval([s[k] for s in per_seed]).as_dict() for k in keys}
+        digests = {judge: j.classifier.weights_digest() for judge, j in self.judges.items()
+                   if j.classifier is not None}
         return {"row": name, **info, **self.protocol.as_dict(), "reference_size": self.reference_size,
-                "metrics": summary}
+                **({"judge_digests": digests} if digests else {}), "metrics": summary}
 
     def evaluate(self, name: str, sample_fn: Callable[[int, int], tuple], progress: bool = False,
                  **info) -> dict:
@@ -205,9 +207,16 @@ class Evaluator:
 
 
 def compare(row_a: dict, row_b: dict, key: str) -> metrics.Interval:
-    """Paired 95% interval of ``row_a - row_b`` for one metric (rows of the same protocol)."""
+    """Paired 95% interval of ``row_a - row_b`` for one metric (rows of the same protocol, scored by
+    the same judge: rows that record different weights for the key's judge are refused)."""
     if row_a["seeds"] != row_b["seeds"] or row_a["reference"] != row_b["reference"]:
         raise ValueError("rows compared per seed need the same seeds and reference.")
+    judge = key.split("_")[0]
+    digests = [row.get("judge_digests", {}).get(judge) for row in (row_a, row_b)]
+    if None not in digests and digests[0] != digests[1]:
+        raise ValueError(f"{row_a['row']!r} and {row_b['row']!r} were scored by different {judge!r} "
+                         f"judges ({digests[0]} vs {digests[1]}): retrained on another machine? "
+                         "Score both with the same judge.")
     return metrics.paired_difference(row_a["metrics"][key]["values"], row_b["metrics"][key]["values"])
 
 

