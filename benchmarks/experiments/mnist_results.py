@@ -207,7 +207,6 @@ def cmd_run(args) -> None:
 
     torch.set_num_threads(args.threads)
     tuned = tune_cpu_allocator()  # hours of sampling: stop page-faulting the activations
-    os.makedirs(args.grids, exist_ok=True)
     rows = args.rows or ["data", *ROWS]
     unknown = sorted(set(rows) - set(ROWS) - {"data"})
     if unknown:
@@ -238,6 +237,8 @@ def cmd_run(args) -> None:
                     images, elapsed = _sample_row(model, row, labels, w, seed, args.compile)
                     seconds.append(elapsed)
                     if not seconds[:-1]:  # a column per class, from the first seed
+                        # made here, not once up front: a folder removed mid-run must not cost the row
+                        os.makedirs(args.grids, exist_ok=True)
                         save_png(make_grid(images[:100], nrow=10),
                                  os.path.join(args.grids, f"{row}-w{w:g}.png"))
                     return images, labels
