@@ -211,7 +211,7 @@ def compare(row_a: dict, row_b: dict, key: str) -> metrics.Interval:
     the same judge: rows that record different weights for the key's judge are refused)."""
     if row_a["seeds"] != row_b["seeds"] or row_a["reference"] != row_b["reference"]:
         raise ValueError("rows compared per seed need the same seeds and reference.")
-    judge = key.split("_")[0]
+    judge = key.rsplit("_", 1)[0]  # metric names ("fd", "accuracy", ...) have no underscore
     digests = [row.get("judge_digests", {}).get(judge) for row in (row_a, row_b)]
     if None not in digests and digests[0] != digests[1]:
         raise ValueError(f"{row_a['row']!r} and {row_b['row']!r} were scored by different {judge!r} "
@@ -243,7 +243,8 @@ def format_table(rows: list[dict], metrics_shown=None) -> str:
     """Markdown table of rows of one protocol: mean +- half-width of each 95% interval.
 
     The best model row of each column (the floor row excluded) is in bold; ``~`` marks model rows
-    whose paired difference from it is not significant (its interval contains 0).
+    whose paired difference from it is not significant (its interval contains 0). Rows that
+    record different judges (``judge_digests``) raise ValueError, as in :func:`compare`.
     ``metrics_shown``: metric names to keep (e.g. ``("fd", "precision")``; default all).
     """
     if not rows:

@@ -199,9 +199,9 @@ def test_two_draws_agree_and_a_bad_model_is_separated_from_the_floor(shipped):
         assert ma["low"] <= mb["high"] and mb["low"] <= ma["high"], (key, ma, mb)
     floor = first.floor()
     # every row records its judges' weights, the shipped ones here (the same on every machine)
-    shipped_judges = {name: metrics.classifier.Classifier.load(
-        metrics.classifier.SHIPPED_JUDGES_DIR / f"mnist5k16{'' if name == 'cnn' else '-' + name}-{spec.seed}.safetensors"
-    ).weights_digest() for name, spec in metrics.JUDGES.items()}
+    from kacfast.metrics.classifier import SHIPPED_JUDGES_DIR, Classifier, _cache_path
+    shipped_judges = {name: Classifier.load(_cache_path("mnist5k16", spec.seed, SHIPPED_JUDGES_DIR, spec.arch)
+                                            ).weights_digest() for name, spec in metrics.JUDGES.items()}
     assert a["judge_digests"] == b["judge_digests"] == floor["judge_digests"] == shipped_judges
     bad = first.evaluate("teacher, 1 step", _sampler(teacher, 1), method="kac", nfe=1)
     for judge in ("cnn", "strided"):

@@ -1,4 +1,5 @@
 """kacfast.metrics: classifier FD / KID, matrix square roots, 2-D distances, the metric classifier."""
+import json
 import math
 import sys
 import time
@@ -240,15 +241,15 @@ def test_classifier_cache_roundtrip(digits_classifier):
 @pytest.mark.parametrize("dataset", ["mnist5k16", "mnist5k"])
 def test_shipped_judges_load_instead_of_training(dataset, tmp_path):
     from kacfast.metrics.classifier import SHIPPED_JUDGES_DIR
-    t = time.perf_counter()
     judges = metrics.load_judges(dataset, cache_dir=tmp_path)
-    assert time.perf_counter() - t < 5 and not any(tmp_path.iterdir())  # loaded, nothing trained or cached
+    assert not any(tmp_path.iterdir())  # loaded: nothing trained or cached
     for name, judge in judges.items():
         spec = metrics.JUDGES[name]
         assert (judge.meta["arch"], judge.meta["seed"], judge.meta["lr"]) == (spec.arch, spec.seed, spec.lr)
-        assert "AVX2" in judge.meta["trained_on"] and judge.meta["test_accuracy"] > 0.97
+        assert judge.meta["trained_on"] and judge.meta["test_accuracy"] > 0.97
     stems = sorted(p.stem for p in SHIPPED_JUDGES_DIR.glob(f"{dataset}-*.safetensors"))
     assert stems == [f"{dataset}-0", f"{dataset}-strided-1"]
+    assert sum(p.stat().st_size for p in SHIPPED_JUDGES_DIR.iterdir()) <= 8 * 2**20  # the wheel's budget
 
 
 def test_other_judge_settings_train_instead_of_using_the_shipped_judge(tmp_path):
@@ -258,6 +259,24 @@ def test_other_judge_settings_train_instead_of_using_the_shipped_judge(tmp_path)
     assert "trained_on" not in trained.meta and trained.meta["steps"] == 5
     assert (tmp_path / "mnist5k16-0.safetensors").is_file()
     assert trained.weights_digest() != shipped.weights_digest()
+    # a cache entry with the shipped settings is shadowed by the shipped judge; retrain bypasses both
+    retrained = metrics.train_classifier("mnist5k16", seed=0, cache_dir=tmp_path, retrain=True)
+    assert "trained_on" not in retrained.meta and retrained.meta["steps"] == shipped.meta["steps"]
+    again = metrics.train_classifier("mnist5k16", seed=0, cache_dir=tmp_path)
+    assert again.weights_digest() == shipped.weights_digest() and "trained_on" in again.meta
+
+
+def test_a_shipped_judge_that_does_not_load_warns_and_trains(tmp_path, monkeypatch):
+    from kacfast.metrics import classifier
+    monkeypatch.setattr(classifier, "SHIPPED_JUDGES_DIR", tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    pytest.importorskip("sklearn")
+    reference = metrics.train_classifier("digits", steps=5, seed=0, cache_dir=False)
+    (tmp_path / "shipped" / "digits-0.json").write_text(json.dumps(reference.meta))
+    (tmp_path / "shipped" / "digits-0.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="did not load"):
+        trained = metrics.train_classifier("digits", steps=5, seed=0, cache_dir=False)
+    assert trained.weights_digest() == reference.weights_digest()  # trained here, deterministically
 
 
 def test_classifier_is_deterministic():

@@ -24,7 +24,7 @@ resume() { [ -f "$1/checkpoint.safetensors" ] && echo --resume || true; }
 source "$HERE/benchmarks/experiments/adversarial_stage.sh"
 
 mkdir -p "$RUNS"
-python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # both judges, cached once
+python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # both judges (shipped; trained and cached once if not)
 # 1. three chains side by side, one thread each: the Kac teacher then its distillation, the EDM
 #    then the DDPM baseline, and the logit-normal teacher then its distillation (no chain waits for
 #    another, so no core idles between steps; on 2 cores each runs at about 2/3 speed)

@@ -18,7 +18,7 @@ EVAL="python $HERE/benchmarks/experiments/mnist_results.py run --runs $RUNS --ou
 
 # 1. the Kac teacher and the EDM / DDPM baselines: same network, data, batch, steps, optimizer
 rm -f "$RUNS/distill.done"
-python -c "from kacfast.metrics import load_judges; load_judges('mnist5k16')"  # both judges, cached once
+python -c "from kacfast.metrics import load_judges; load_judges('mnist5k16')"  # both judges (shipped; trained and cached once if not)
 $TRAIN --method kac --out "$RUNS/kac" & KAC=$!
 $TRAIN --method edm --out "$RUNS/edm"
 wait $KAC

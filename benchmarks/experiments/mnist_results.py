@@ -384,8 +384,9 @@ def _row_name(row: str) -> str:
 
 def cmd_compare(args) -> None:
     """Paired differences A - B (per seed) of two scored rows, per judge: FD and class accuracy.
-    A row is named as `run` names it, with @W for a guided row's scale (edm-heun-35@1.5)."""
-    from kacfast.metrics.intervals import paired_difference
+    A row is named as `run` names it, with @W for a guided row's scale (edm-heun-35@1.5). Rows
+    that record different judges (`judge_digests`) are refused."""
+    from kacfast.evaluation import compare
 
     scored = {}
     with open(args.results) as f:
@@ -404,7 +405,10 @@ def cmd_compare(args) -> None:
     for judge in a["judges"]:
         for metric in ("fd", "accuracy"):
             key = f"{judge}_{metric}"
-            diff = paired_difference(a["metrics"][key]["values"], b["metrics"][key]["values"])
+            try:
+                diff = compare(a, b, key)
+            except ValueError as error:
+                sys.exit(str(error))
             print(f"| {judge} {metric} | {a['metrics'][key]['mean']:.3f} | {b['metrics'][key]['mean']:.3f} | "
                   f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] |")
 

@@ -1,4 +1,5 @@
-"""The judges' feature spaces: small image classifiers trained here on the same data, cached to disk.
+"""The judges' feature spaces: small image classifiers trained on the same data (the judges of
+mnist5k and mnist5k16 ship with kacfast; others are trained here and cached to disk).
 
 :class:`Classifier` has two architectures: ``"cnn"`` (conv3x3-BatchNorm-ReLU blocks with max-pooling,
 the project's original judge) and ``"strided"`` (5x5 and strided 4x4 convolutions, GroupNorm,
@@ -21,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -155,15 +157,23 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
 SHIPPED_JUDGES_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "judges"
 
 
-def _load_if_settings_match(path: Path, settings: dict) -> Classifier | None:
-    """The classifier at ``path`` (+ .json) if it was trained with ``settings``, else None."""
+def _load_if_settings_match(path: Path, settings: dict, *, shipped: bool = False) -> Classifier | None:
+    """The classifier at ``path`` (+ .json) if it was trained with ``settings``, else None. A cache
+    entry that does not load is None (retrained over); a shipped one that does not load warns, since
+    the judge trained instead differs from the shipped one in its last bits."""
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         return None
     try:
-        model = Classifier.load(path)
-    except Exception:  # a corrupt / stale cache entry: the caller retrains over it
+        meta = json.loads(path.with_suffix(".json").read_text())
+        meta.setdefault("arch", "cnn")  # files written before the second judge existed
+        if any(meta.get(k) != v for k, v in settings.items()):
+            return None
+        return Classifier.load(path)
+    except Exception as error:
+        if shipped:
+            warnings.warn(f"the shipped judge {path.name} did not load ({error}); training one here "
+                          "instead: its scores will not match other machines'.", stacklevel=3)
         return None
-    return model if all(model.meta.get(k) == v for k, v in settings.items()) else None
 
 
 def _cache_path(dataset_name: str, seed: int, cache_dir, arch: str = "cnn") -> Path:
@@ -220,7 +230,8 @@ def train_classifier(dataset_name: str, steps: int | None = None, seed: int = 0,
             loses a lot on a shared machine, and one thread makes the weights reproducible across
             machines with the same CPU kernels); None keeps torch's setting.
         device: where to train (the returned model is on the CPU).
-        retrain: ignore the shipped judge and an existing cache entry.
+        retrain: ignore the shipped judge and an existing cache entry (the new judge overwrites
+            the cache entry, but later calls without ``retrain`` still return the shipped one).
         **data_kwargs: passed to ``load_dataset`` (e.g. ``root=...``, ``image_size=...``).
 
     Returns:
@@ -241,10 +252,12 @@ def train_classifier(dataset_name: str, steps: int | None = None, seed: int = 0,
                                 for k, v in data_kwargs.items() if k != "root"}}
     path = None if cache_dir is False else _cache_path(dataset_name, seed, cache_dir, arch)
     if not retrain:
-        for candidate in (_cache_path(dataset_name, seed, SHIPPED_JUDGES_DIR, arch), path):
-            model = None if candidate is None else _load_if_settings_match(candidate, settings)
-            if model is not None:
-                return model
+        model = _load_if_settings_match(_cache_path(dataset_name, seed, SHIPPED_JUDGES_DIR, arch),
+                                        settings, shipped=True)
+        if model is None and path is not None:
+            model = _load_if_settings_match(path, settings)
+        if model is not None:
+            return model
 
     x, y = _data.load_dataset(dataset_name, "train", seed=0, **data_kwargs)
     x_test, y_test = _data.load_dataset(dataset_name, "test", seed=0, **data_kwargs)
@@ -364,9 +377,9 @@ JUDGES = {"cnn": JudgeSpec(arch="cnn", seed=0, lr=2e-3),
 
 def load_judges(dataset_name: str, names=None, *, steps: int | None = None,
                 cache_dir: str | os.PathLike | None = None, **data_kwargs) -> dict[str, Classifier]:
-    """Train (or load from the cache) the judges ``names`` (default: all of :data:`JUDGES`) of an
-    image dataset; returns {name: classifier in eval mode}. Each judge sees the dataset at its own
-    resolution: a model trained at 16x16 is judged at 16x16."""
+    """Load the shipped judges ``names`` (default: all of :data:`JUDGES`) of an image dataset, or
+    train (or load from the cache) those not shipped; returns {name: classifier in eval mode}.
+    Each judge sees the dataset at its own resolution: a model trained at 16x16 is judged at 16x16."""
     names = list(JUDGES) if names is None else list(names)
     unknown = [n for n in names if n not in JUDGES]
     if unknown or not names:
