@@ -7,7 +7,7 @@ oneDNN's convolutions faster (they are frozen and prepacked, and a 3x3 convoluti
 already runs near the CPU's FMA throughput: the script prints its GFLOP/s). The ceiling printed is
 eager time / compiled convolution time.
 
-    python benchmarks/experiments/fp32_ceiling.py [--batch 200] [--threads 2] [--rounds 7]
+    python benchmarks/experiments/fp32_ceiling.py [--batch 200] [--threads 2] [--rounds 7] [--tuned-allocator]
 """
 from __future__ import annotations
 
@@ -38,8 +38,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median)")
+    parser.add_argument("--tuned-allocator", action="store_true",
+                        help="call kacfast.tune_cpu_allocator() first, as the kacfast CLI does")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = args.tuned_allocator and kacfast.tune_cpu_allocator()
     student = kacfast.load_pretrained("mnist16-distillkac-1step")
     labels = torch.arange(args.batch) % 10
     runs = {name: (lambda c=compile: kacfast.sample(student, 1, labels=labels, seed=0, compile=c))
@@ -65,7 +68,7 @@ def main() -> None:
     probe_gflops = 2 * 9 * 32 * 32 * 16 * 16 * args.batch / conv_ms / 1e6
 
     print(f"{cpu_description()}, torch {torch.__version__}, "
-          f"{args.threads} threads, batch {args.batch}")
+          f"{args.threads} threads, batch {args.batch}, tuned allocator {tuned}")
     print(f"convolutions: {conv_flops / 1e9:.1f} GFLOP per call; a lone 32->32 3x3 convolution at "
           f"16x16 runs at {probe_gflops:.0f} GFLOP/s")
     # the split comes from a separate profiled run (3 calls): its wall time drifts from the
