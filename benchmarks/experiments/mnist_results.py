@@ -59,6 +59,7 @@ import time
 import torch
 
 from kacfast._device import tune_cpu_allocator
+from kacfast.evaluation import check_same_judges
 from kacfast.facts import facts_of
 from kacfast.sampling import quadratic_grid
 
@@ -193,6 +194,20 @@ def _key(result: dict) -> tuple:
     return result["row"], result.get("guidance"), result["n"], tuple(result["seeds"]), result["reference"]
 
 
+def _check_judges_of(path: str, evaluator) -> None:
+    """Refuse to add rows to a results file whose rows were scored by other judges."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    ours = {name: judge.classifier.weights_digest() for name, judge in evaluator.judges.items()
+            if judge.classifier is not None}
+    try:
+        check_same_judges(rows + [{"row": "(this run)", "judge_digests": ours}])
+    except ValueError as error:
+        sys.exit(f"{path}: {error}")
+
+
 def _done(path: str) -> set[tuple]:
     if not os.path.exists(path):
         return set()
@@ -213,6 +228,7 @@ def cmd_run(args) -> None:
         raise SystemExit(f"unknown rows {unknown}; choose from data, {', '.join(ROWS)}")
     protocol = Protocol(args.data, n=args.n, seeds=tuple(args.seeds), reference=args.reference)
     evaluator = Evaluator(protocol)
+    _check_judges_of(args.out, evaluator)
     done = _done(args.out)
     labels = balanced_labels(args.n, 10)
     for row in rows:
@@ -341,7 +357,10 @@ def cmd_report(args) -> None:
     results.sort(key=lambda r: (order[r["row"]], r.get("guidance") or 0))
     for r in results:
         r["row"] = _label(r)
-    print(format_table(results, args.metrics))
+    try:
+        print(format_table(results, args.metrics))
+    except ValueError as error:  # rows scored by different judges
+        sys.exit(str(error))
     judges = results[0]["judges"]
     print("\nEach sampler at its own best guidance (lowest FD of the judge; w in brackets):\n")
     print("| sampler | NFE | " + " | ".join(f"{j} FD (w)" for j in judges) + " |")
@@ -400,15 +419,16 @@ def cmd_compare(args) -> None:
     a, b = (scored[row] for row in names)
     if _key(a)[2:] != _key(b)[2:]:
         sys.exit(f"{names[0]} and {names[1]} were scored with other samples per seed, seeds or reference: not paired.")
+    try:
+        check_same_judges([a, b])
+    except ValueError as error:
+        sys.exit(str(error))
     print(f"A = {names[0]}, B = {names[1]}; {a['n']} samples x seeds {a['seeds']}, {a['reference']} reference\n")
     print("| metric | A | B | A - B, 95% paired by seed |\n|---|---:|---:|---:|")
     for judge in a["judges"]:
         for metric in ("fd", "accuracy"):
             key = f"{judge}_{metric}"
-            try:
-                diff = compare(a, b, key)
-            except ValueError as error:
-                sys.exit(str(error))
+            diff = compare(a, b, key)
             print(f"| {judge} {metric} | {a['metrics'][key]['mean']:.3f} | {b['metrics'][key]['mean']:.3f} | "
                   f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] |")
 

@@ -161,7 +161,10 @@ def _load_if_settings_match(path: Path, settings: dict, *, shipped: bool = False
     """The classifier at ``path`` (+ .json) if it was trained with ``settings``, else None. A cache
     entry that does not load is None (retrained over); a shipped one that does not load warns, since
     the judge trained instead differs from the shipped one in its last bits."""
-    if not (path.is_file() and path.with_suffix(".json").is_file()):
+    files = (path, path.with_suffix(".json"))
+    if not all(f.is_file() for f in files):
+        if shipped and any(f.is_file() for f in files):
+            _warn_shipped(path, "half of its pair of files is missing")
         return None
     try:
         meta = json.loads(path.with_suffix(".json").read_text())
@@ -171,9 +174,13 @@ def _load_if_settings_match(path: Path, settings: dict, *, shipped: bool = False
         return Classifier.load(path)
     except Exception as error:
         if shipped:
-            warnings.warn(f"the shipped judge {path.name} did not load ({error}); training one here "
-                          "instead: its scores will not match other machines'.", stacklevel=3)
+            _warn_shipped(path, error)
         return None
+
+
+def _warn_shipped(path: Path, why) -> None:
+    warnings.warn(f"the shipped judge {path.name} did not load ({why}); using this machine's cached "
+                  "or newly trained judge instead: its scores will not match other machines'.")
 
 
 def _cache_path(dataset_name: str, seed: int, cache_dir, arch: str = "cnn") -> Path:
