@@ -131,6 +131,9 @@ class Evaluator:
             if self.inception_weights:
                 path = self.inception_weights
                 self.judges["inception"] = _Judge(lambda x: metrics.inception_features(x, path))
+        # what every row records of its judges (fixed for this Evaluator: hashed once)
+        self.judge_digests = {name: judge.classifier.weights_digest()
+                              for name, judge in self.judges.items() if judge.classifier is not None}
         self._reference_cache: dict[int, tuple] = {}
 
     # -- references ------------------------------------------------------------------------------
@@ -177,10 +180,9 @@ class Evaluator:
     def _row(self, name: str, per_seed: list[dict], info: dict) -> dict:
         keys = per_seed[0].keys()
         summary = {k: metrics.seed_interval([s[k] for s in per_seed]).as_dict() for k in keys}
-        digests = {judge: j.classifier.weights_digest() for judge, j in self.judges.items()
-                   if j.classifier is not None}
         return {"row": name, **info, **self.protocol.as_dict(), "reference_size": self.reference_size,
-                **({"judge_digests": digests} if digests else {}), "metrics": summary}
+                **({"judge_digests": dict(self.judge_digests)} if self.judge_digests else {}),
+                "metrics": summary}
 
     def evaluate(self, name: str, sample_fn: Callable[[int, int], tuple], progress: bool = False,
                  **info) -> dict:

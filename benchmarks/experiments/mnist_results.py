@@ -200,10 +200,8 @@ def _check_judges_of(path: str, evaluator) -> None:
         return
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    ours = {name: judge.classifier.weights_digest() for name, judge in evaluator.judges.items()
-            if judge.classifier is not None}
     try:
-        check_same_judges(rows + [{"row": "(this run)", "judge_digests": ours}])
+        check_same_judges(rows + [{"row": "(this run)", "judge_digests": evaluator.judge_digests}])
     except ValueError as error:
         sys.exit(f"{path}: {error}")
 
