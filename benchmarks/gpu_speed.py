@@ -14,6 +14,7 @@ section inherits another's graphs or its remembered input sizes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -152,7 +153,8 @@ TRAINING_SETTINGS = (("fp32", False), ("bf16", False), ("bf16", True))  # (preci
 def training_rows(preset: str, image_size: int, batch: int, steps: int, device,
                   settings=TRAINING_SETTINGS) -> list[dict]:
     """Kac flow-matching training images/s per precision and compile, over the last `steps` of
-    2 x `steps` optimizer steps (the first `steps` pay the compile and the warm-up)."""
+    2 x `steps` optimizer steps (the first `steps` pay the compile and the warm-up), and each
+    run's last loss (a miscompiled backward shows as NaN)."""
     from kacfast.training import TrainConfig, train
     from kacfast.training.objectives import KacObjective
 
@@ -169,10 +171,13 @@ def training_rows(preset: str, image_size: int, batch: int, steps: int, device,
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             train(net, objective, (x, y), config, out, progress=False)
+            with open(os.path.join(out, "log.jsonl")) as f:
+                last_loss = json.loads(f.read().splitlines()[-1])["loss"]
         t = objective.times
         rows.append({"row": f"train {precision}{' + compile' if compile else ''}",
                      "images_per_s": (len(t) - 1 - steps) * batch / (t[-1] - t[steps]),
-                     "warm-up s": t[steps] - start, "network": preset, "batch": batch})
+                     "warm-up s": t[steps] - start, "last loss": last_loss, "network": preset,
+                     "batch": batch})
     for r in rows:
         r["x_fp32_eager"] = r["images_per_s"] / rows[0]["images_per_s"]
     return rows

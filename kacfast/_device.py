@@ -1,6 +1,7 @@
 """What the host CPU can do, for choices shared by training and sampling."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -15,29 +16,43 @@ _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """True if the CPU has native bf16 instructions (read from /proc/cpuinfo; False where that
-    file is missing, e.g. on macOS or Windows)."""
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where that file is missing, e.g. on
+    macOS or Windows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
-                    return not _BF16_FLAGS.isdisjoint(value.split())
+                    return frozenset(value.split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """True if the CPU has native bf16 instructions."""
+    return not _BF16_FLAGS.isdisjoint(_cpu_flags())
 
 
 def cpu_description() -> str:
-    """The CPU's model name and the SIMD level torch dispatches to, for benchmark reports."""
+    """The CPU's model name, the SIMD level torch dispatches to, and its bf16 units (native bf16
+    dot products; AMX tiles, which oneDNN uses for bf16 convolutions and matmuls), for benchmark
+    reports."""
     try:
         with open("/proc/cpuinfo") as f:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         model = "unknown CPU"
-    bf16 = " + native bf16" if cpu_has_bf16() else ""
-    return f"{model} ({torch.backends.cpu.get_cpu_capability()}{bf16})"
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}{cpu_bf16_units()})"
+
+
+def cpu_bf16_units() -> str:
+    """' + native bf16 + AMX', ' + native bf16' or ', no native bf16': what a report appends to
+    the SIMD level."""
+    if not cpu_has_bf16():
+        return ", no native bf16"
+    return " + native bf16" + (" + AMX" if "amx_bf16" in _cpu_flags() else "")
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -100,6 +115,41 @@ def network_dtype(dtype, device: torch.device) -> torch.dtype | None:
                       "slower than float32 (measured 20x slower on an AVX2 CPU); pass dtype=None.",
                       stacklevel=3)
     return dtype
+
+
+@functools.cache
+def _inductor_cpu_simdlen() -> int:
+    """The vector width (bits) inductor's C++ kernels use on this CPU by default (0 if unknown)."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+        return pick_vec_isa().bit_width()
+    except Exception:  # private API: a torch without it keeps the default
+        return 0
+
+
+def wide_kernels_miscompile(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """True where inductor's 512-bit CPU kernels miscompile a bf16 / fp16 UNet.
+
+    With torch 2.13 on an AVX-512 CPU (Intel Xeon with AMX, 2026-12-07), inductor's 512-bit
+    kernels (VecAMX and VecAVX512 alike) gave NaN for the first thread's share of the batch in
+    the bf16-autocast UNet with frozen weights (bisected to the cast that feeds the GroupNorm
+    after the attention block, in the channels-last layout freezing picks), and NaN gradients
+    in training; float32 agrees with eager. Samplers then compile without freezing (correct and
+    as fast); training compiles 256-bit kernels (`narrow_cpu_kernels`).
+    """
+    return (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+            and torch._inductor.config.cpp.simdlen is None and _inductor_cpu_simdlen() > 256)
+
+
+@contextlib.contextmanager
+def narrow_cpu_kernels(device: torch.device, dtype: torch.dtype | None):
+    """Inductor's CPU kernels at most 256 bits wide where `wide_kernels_miscompile`; any compile
+    or recompile must run inside this context."""
+    if wide_kernels_miscompile(device, dtype):
+        with torch._inductor.config.patch({"cpp.simdlen": 256}):
+            yield
+    else:
+        yield
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -6,7 +6,9 @@ shape, whatever the number of steps (compiling the unrolled step loop would put 
 the network in one graph and its compile time would grow with them); the fused steps between
 network calls are already one kernel each. On the CPU the weights are frozen into the graph
 (inductor's freezing: constants folded, convolution weights prepacked for oneDNN), so an in-place
-weight update needs a new compile. On CUDA the whole sampler is then captured as CUDA graphs with
+weight update needs a new compile (not for a bf16 / fp16 network where inductor's 512-bit kernels
+miscompile it: see kacfast._device.wide_kernels_miscompile). Every build checks one compiled
+network call against the eager one. On CUDA the whole sampler is then captured as CUDA graphs with
 static buffers: one draws the prior from a device tensor [seed, offset] (so a new seed replays the
 same graph), one runs every network call and fused step; a call replays both and returns a copy
 of the static output. Samplers put the model in eval mode while they build and run.
@@ -25,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from kacfast._device import compile_mode
+from kacfast._device import compile_mode, wide_kernels_miscompile
 from kacfast.ops import _check_seed
 from kacfast.sampling import (SamplingPlan, _as_labels, draw_seed, eval_mode, guided_velocity_fn,
                               plan_sampling, run_plan)
@@ -70,7 +72,7 @@ class Sampler:
         if self.cuda_graph and not on_cuda:
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {plan.device}.")
         self.model, self.plan, self.batch_size = model, plan, plan.batch
-        self.frozen = not on_cuda
+        self.frozen = not on_cuda and not wide_kernels_miscompile(plan.device, plan.dtype)
         self._modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
         self._weights = _weights_state(self._modules, self.frozen)
         if self.frozen and _FROZEN_AT.get(model, self._weights) != self._weights:
@@ -112,9 +114,8 @@ class Sampler:
         shape = (self.batch_size,) + p.shape
         self._null = None if p.null_label is None else torch.full(
             (self.batch_size,), p.null_label, dtype=torch.long, device=p.device)
-        if not self.cuda_graph:  # one network call compiles the graph every step reuses
-            guided_velocity_fn(self._network, self._null, p.guidance, p.null_label, p.dtype)(
-                torch.zeros(shape, device=p.device), p.grid[0], p.grid[0] - p.grid[1])
+        self._check_compiled_network(shape)  # compiles the graph every step reuses
+        if not self.cuda_graph:
             return
         self._labels = None if self._null is None else self._null.clone()  # static input
         self._rng = torch.zeros(2, dtype=torch.int64, device=p.device)
@@ -132,6 +133,25 @@ class Sampler:
             self._x.copy_(p.process.prior(shape, seed=self._rng, device=p.device))
         with torch.cuda.graph(self._graph, pool=self._prior_graph.pool()):
             self._out = self._integrate(self._x, self._labels)
+
+    def _check_compiled_network(self, shape: tuple) -> None:
+        """One network call on prior draws, compiled and eager: raises if they disagree beyond
+        the network dtype's rounding (compilers have miscompiled this UNet: see
+        kacfast._device.wide_kernels_miscompile). Costs one eager call."""
+        p = self.plan
+        x = p.process.prior(shape, seed=0, device=p.device)
+        t, interval = p.grid[0], p.grid[0] - p.grid[1]
+        compiled, eager = (guided_velocity_fn(net, self._null, p.guidance, p.null_label, p.dtype)(
+            x, t, interval) for net in (self._network, self.model))
+        scale = eager.abs().max().item()
+        error = (compiled - eager).abs().max().item()  # NaN if the compiled call gave NaN
+        tolerance = (1e-3 if p.dtype is None else 5e-2) * max(scale, 1.0)
+        if not error <= tolerance:
+            raise RuntimeError(
+                f"the compiled network disagrees with the eager one by {error:.3g} (output scale "
+                f"{scale:.3g}, tolerance {tolerance:.3g}) with torch {torch.__version__} on "
+                f"{p.device.type}, dtype {p.dtype or torch.float32}: a compiler bug; sample with "
+                f"compile=False.")
 
     def weights_changed(self) -> bool:
         """True once the model's parameters were replaced or (CPU: frozen) updated in place."""

@@ -213,6 +213,21 @@ def test_compiled_unet_sampler_matches_eager(compiled_unet_samples):
     torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
 
 
+def test_compiled_bf16_unet_sampler_matches_eager():
+    """The 16x16 UNet compiled under bf16 autocast (unet-tiny at 8x8 does not show it): torch
+    2.13's 512-bit inductor kernels gave NaN here with frozen weights on an AVX-512 CPU with AMX;
+    unfrozen, and with the build's check against eager, it agrees to rounding."""
+    torch.manual_seed(0)
+    net = _random_output_layer(build_model("unet-tiny", image_size=16))
+    args = dict(labels=LABELS, seed=11, guidance=1.5, dtype="bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # emulated bf16 on a CPU without it
+        eager = kacfast.sample(net, 2, **args)
+        fast = kacfast.sample(net, 2, compile=True, **args)
+    assert fast.isfinite().all()
+    torch.testing.assert_close(fast, eager, atol=0.1, rtol=0)
+
+
 def _cached(model):
     return [s for s in compiled._CACHE.values() if s.model is model]
 
@@ -326,6 +341,40 @@ def test_padded_last_chunk_and_updated_weights(mlp):
     again = kacfast.sample(net, 2, compile=True, **args)
     assert not torch.allclose(again, fast)
     torch.testing.assert_close(again, kacfast.sample(net, 2, **args), atol=1e-5, rtol=0)
+
+
+def test_compiled_sampler_refuses_a_miscompiled_network(mlp, monkeypatch):
+    """A compiled network that disagrees with the eager one fails the build, never returns
+    wrong samples (torch 2.13's 512-bit CPU kernels gave NaN for half a bf16 UNet batch)."""
+    def miscompile(model, **kwargs):
+        return lambda *args, **kw: model(*args, **kw) * float("nan")
+
+    monkeypatch.setattr(torch, "compile", miscompile)
+    with pytest.raises(RuntimeError, match="compiled network disagrees with the eager one"):
+        kacfast.compile_sampler(mlp, 2, batch_size=3, guidance=1.5)
+
+
+def test_reduced_precision_avoids_wide_cpu_kernels(monkeypatch, mlp):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+
+    def simdlen_inside(device, dtype):
+        with _device.narrow_cpu_kernels(device, dtype):
+            return torch._inductor.config.cpp.simdlen
+
+    monkeypatch.setattr(_device, "_inductor_cpu_simdlen", lambda: 512)
+    assert simdlen_inside(cpu, torch.bfloat16) == simdlen_inside(cpu, torch.float16) == 256
+    assert torch._inductor.config.cpp.simdlen is None  # restored
+    assert simdlen_inside(cpu, None) is None and simdlen_inside(cuda, torch.bfloat16) is None
+    with torch._inductor.config.patch({"cpp.simdlen": 512}):  # a user's own setting stays
+        assert simdlen_inside(cpu, torch.bfloat16) == 512
+    plan = dict(batch_size=2, dtype="bf16", cuda_graph=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # emulated bf16 on a CPU without it
+        assert not kacfast.compile_sampler(mlp, 1, **plan).frozen  # the sampler: no freezing
+        assert kacfast.compile_sampler(mlp, 1, batch_size=2).frozen  # float32 freezes
+        monkeypatch.setattr(_device, "_inductor_cpu_simdlen", lambda: 256)  # AVX2: all safe
+        assert simdlen_inside(cpu, torch.bfloat16) is None
+        assert kacfast.compile_sampler(mlp, 1, **plan).frozen
 
 
 def test_compile_bad_arguments(mlp, monkeypatch):

@@ -451,12 +451,21 @@ def test_resume_may_switch_to_compiled(compiled_runs, tmp_path):
 def test_bf16_on_cpu_trains_and_is_recorded(tmp_path, monkeypatch):
     import kacfast.training.loop as loop
     monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    narrow, entered = loop.narrow_cpu_kernels, []
+
+    def spy(device, dtype):
+        entered.append((device.type, dtype))
+        return narrow(device, dtype)
+
+    monkeypatch.setattr(loop, "narrow_cpu_kernels", spy)
     with pytest.warns(UserWarning, match="without native bf16 instructions"):
         train(small_mlp(), KacObjective(), toy_data(),
               TrainConfig(steps=6, precision="bf16", **EXEC_KW), str(tmp_path / "bf16"), progress=False)
     train(small_mlp(), KacObjective(), toy_data(), TrainConfig(steps=6, precision="fp32", **EXEC_KW),
           str(tmp_path / "fp32"), progress=False)
     bf16, fp32 = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp32")
+    # every forward and backward (where a compile happens) inside the kernel-width workaround
+    assert entered == [("cpu", torch.bfloat16)] * 6 + [("cpu", None)] * 6
     assert np.all(np.isfinite(bf16)) and bf16 != fp32  # autocast ran: rounding differs ...
     np.testing.assert_allclose(bf16, fp32, rtol=0.05)  # ... and nothing else
     meta, tensors = read_checkpoint(str(tmp_path / "bf16" / CHECKPOINT_NAME))

@@ -3,6 +3,7 @@ network (same seeds, same labels), scored with the project's classifier, beside 
 seed-to-seed spread (the metric's noise at this sample size).
 
     python benchmarks/experiments/precision_quality.py [--model mnist16-distillkac-1step] [--n 2000] [--seeds 5]
+        [--compile]    # the bf16 samples from the compiled sampler (float32 stays eager)
 
 Prints one JSON object: per precision the classifier FD / KID / conditional accuracy of each seed
 against the training split (held-out split with --reference test), their mean and standard
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="samples per seed (default 2000)")
     parser.add_argument("--seeds", type=int, default=5, help="sample seeds (default 5)")
     parser.add_argument("--reference", choices=("train", "test"), default="train")
+    parser.add_argument("--compile", action="store_true",
+                        help="sample the bf16 rows with the compiled sampler (compile=True)")
     args = parser.parse_args()
     if args.seeds < 2 or args.n < 1:
         parser.error("--seeds must be >= 2 (the spread needs two) and --n >= 1.")
@@ -45,10 +48,11 @@ def main() -> None:
     for seed in range(args.seeds):
         for name, dtype in (("float32", None), ("bf16", torch.bfloat16)):
             images = kacfast.sample(model, steps, labels=labels, guidance=guidance, seed=seed,
-                                    dtype=dtype)
+                                    dtype=dtype, compile=args.compile and dtype is not None)
             scores[name].append(metrics.image_metrics(classifier, images, reference, labels))
     out = {"model": args.model, "n": args.n, "seeds": args.seeds, "reference": args.reference,
-           "num_reference": len(reference), "cpu_bf16": kacfast._device.cpu_has_bf16()}
+           "num_reference": len(reference), "cpu": kacfast._device.cpu_description(),
+           "cpu_bf16": kacfast._device.cpu_has_bf16(), "bf16_compiled": args.compile}
     for key in METRICS:
         row = {name: [s[key] for s in runs] for name, runs in scores.items()}
         diffs = [b - f for b, f in zip(row["bf16"], row["float32"])]

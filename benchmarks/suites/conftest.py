@@ -2,7 +2,7 @@
 where it was measured (the same kernel ran 10.7x on an AVX-512 CPU and 4.3x on an AVX2 one)."""
 import torch
 
-from kacfast._device import cpu_has_bf16, tune_cpu_allocator
+from kacfast._device import cpu_bf16_units, tune_cpu_allocator
 
 
 def pytest_addoption(parser):
@@ -22,8 +22,7 @@ def pytest_configure(config):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    bf16 = " + native bf16" if cpu_has_bf16() else ", no native bf16"
-    machine_info["simd"] = torch.backends.cpu.get_cpu_capability() + bf16
+    machine_info["simd"] = torch.backends.cpu.get_cpu_capability() + cpu_bf16_units()
     machine_info["torch"] = torch.__version__
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["tuned_allocator"] = config.getoption("--tuned-allocator")

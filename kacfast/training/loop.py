@@ -26,7 +26,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from kacfast._device import COMPILE_MODES, compile_mode, cpu_has_bf16
+from kacfast._device import (COMPILE_MODES, compile_mode, cpu_has_bf16,
+                             narrow_cpu_kernels)
 from kacfast.data import BatchSampler
 from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, read_checkpoint
 from kacfast.training.averaging import MAX_SIGMA_REL, average_name, power_ema_decay, power_ema_gamma
@@ -372,7 +373,8 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with _serial_scatter_adds() if serial else contextlib.nullcontext():
+        with (_serial_scatter_adds() if serial else contextlib.nullcontext(),
+              narrow_cpu_kernels(device, torch.bfloat16 if bf16 else None)):
             with autocast:
                 loss = objective.loss(net, x0, y, gen, seed)
             optimizer.zero_grad(set_to_none=True)
