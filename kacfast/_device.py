@@ -134,8 +134,9 @@ def wide_kernels_miscompile(device: torch.device, dtype: torch.dtype | None) -> 
     kernels (VecAMX and VecAVX512 alike) gave NaN for the first thread's share of the batch in
     the bf16-autocast UNet with frozen weights (bisected to the cast that feeds the GroupNorm
     after the attention block, in the channels-last layout freezing picks), and NaN gradients
-    in training; float32 agrees with eager. Samplers then compile without freezing (correct and
-    as fast); training compiles 256-bit kernels (`narrow_cpu_kernels`).
+    in training; float32 agrees with eager. Samplers then compile without freezing (correct, and
+    faster there than frozen 256-bit kernels); training compiles 256-bit kernels
+    (`narrow_cpu_kernels`).
     """
     return (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
             and torch._inductor.config.cpp.simdlen is None and _inductor_cpu_simdlen() > 256)
