@@ -86,6 +86,8 @@ def _facts_from_meta(meta: dict) -> dict:
         facts["grid"] = objective["grid"]
     if objective.get("absorbed_guidance") not in (None, 1.0):
         facts["absorbed_guidance"] = float(objective["absorbed_guidance"])
+    if "prediction" in objective:  # a DDPM baseline that predicts v
+        facts["prediction"] = objective["prediction"]
     return facts
 
 

@@ -139,6 +139,9 @@ def cmd_train(args) -> int:
     if args.time_distribution != "uniform" and args.method != "kac":
         raise SystemExit(f"--time-distribution is the Kac teacher's setting; --method {args.method} "
                          "draws its own noise levels.")
+    if args.prediction != "epsilon" and args.method != "ddpm":
+        raise SystemExit(f"--prediction is the DDPM baseline's setting; --method {args.method} has its "
+                         "own parametrization.")
     for flag, value in (("--precondition", args.precondition), ("--loss-weighting", args.loss_weighting)):
         if value != "none" and args.method != "kac":
             raise SystemExit(f"{flag} {value} scales by the Kac marginal; --method {args.method} has "
@@ -161,7 +164,7 @@ def cmd_train(args) -> int:
                             precondition=precondition).to(args.device)
     objective = {"kac": lambda: KacObjective(process, time_distribution=args.time_distribution,
                                              loss_weighting=args.loss_weighting, rms_data=rms_data),
-                 "edm": EDMObjective, "ddpm": DDPMObjective}[args.method]()
+                 "edm": EDMObjective, "ddpm": lambda: DDPMObjective(args.prediction)}[args.method]()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup=args.warmup, lr_schedule=args.lr_schedule,
                          ema_decay=args.ema_decay, ema_lengths=args.ema_lengths,
@@ -434,6 +437,7 @@ def _add_execution_args(p) -> None:
 def main(argv=None) -> int:
     from kacfast.evaluation import REFERENCES
     from kacfast.metrics import JUDGES
+    from kacfast.baselines import PREDICTIONS
     from kacfast.data import dataset_names
     from kacfast.models import PRESETS
     from kacfast.sampling import one_call_solvers
@@ -507,6 +511,9 @@ def main(argv=None) -> int:
     tr.add_argument("--loss-weighting", choices=list(LOSS_WEIGHTINGS), default="none",
                     help="target: each sample's squared error divided by E[u^2 | t], the target's "
                          "mean square at its t (from the Kac marginal and the data's rms); default none")
+    tr.add_argument("--prediction", choices=list(PREDICTIONS), default="epsilon",
+                    help="what a DDPM baseline's network predicts: epsilon (default, Ho et al.) or "
+                         "v_prediction (Salimans & Ho: its x0 estimate stays bounded at high noise)")
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")

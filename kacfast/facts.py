@@ -19,11 +19,13 @@ class ModelFacts:
         grid: a distilled student's time grid (T, ..., 0), else None.
         absorbed_guidance: the guidance scale a student learned to reproduce (sample it at w = 1).
         pretrained: the ``kacfast.pretrained.PRETRAINED`` entry of a shipped model.
+        prediction: what a DDPM baseline's network predicts ("v_prediction"); None = eps.
     """
     process: KacProcess | None = None
     grid: tuple[float, ...] | None = None
     absorbed_guidance: float | None = None
     pretrained: dict | None = None
+    prediction: str | None = None
 
 
 def facts_of(model) -> ModelFacts:

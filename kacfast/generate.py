@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from kacfast.facts import facts_of
 from kacfast.process import KacProcess
 from kacfast.sampling import SOLVERS, nfe
 
@@ -105,8 +106,8 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
                          progress=progress, solver=solver)
     elif solver == "ddpm":
         out = ddpm_sample(model, latents, labels, num_steps=steps, seed=seed, guidance=guidance,
-                          progress=progress)
+                          progress=progress, prediction=facts_of(model).prediction or "epsilon")
     else:
         out = ddim_sample(model, latents, labels, num_steps=steps, guidance=guidance, progress=progress,
-                          **DDIM_SOLVERS[solver])
+                          prediction=facts_of(model).prediction or "epsilon", **DDIM_SOLVERS[solver])
     return out.float().clamp(-1, 1)

@@ -66,6 +66,11 @@ class Gaussian:
         ab = self.ab[t.long().cpu()].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         return (x - ab.sqrt() * mu) * (1 - ab).sqrt() / (ab * s ** 2 + 1 - ab)
 
+    def v(self, x, t, y=None):
+        """The exact v = (eps - sqrt(1 - ab_t) x_t) / sqrt(ab_t) (eps = sqrt(1 - ab_t) x_t + sqrt(ab_t) v)."""
+        ab = self.ab[t.long().cpu()].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return (self.eps(x, t, y) - (1 - ab).sqrt() * x) / ab.sqrt()
+
     def denoiser(self, x, sigma, y=None):
         self.calls += 1
         mu, s = self.mu.to(x.dtype), self.s.to(x.dtype)
@@ -343,6 +348,41 @@ def test_ddpm_loss_known_value():
     assert net.weight.grad is not None
 
 
+@pytest.mark.parametrize("fn, kw", [(ddim_sample, {}), (ddim_sample, dict(timestep_spacing="trailing")),
+                                     (ddpm_sample, dict(seed=3))], ids=["ddim", "ddim-trailing", "ddpm"])
+def test_v_prediction_samples_as_the_same_eps(fn, kw):
+    # the exact v and the exact eps describe one model: every sampler gives the same samples
+    model, z = Gaussian(), latents(256)
+    torch.testing.assert_close(fn(model.v, z, num_steps=20, prediction="v_prediction", **kw),
+                               fn(model.eps, z, num_steps=20, **kw), rtol=1e-9, atol=1e-9)
+
+
+def test_v_prediction_loss_target():
+    # the loss is zero exactly at v = sqrt(ab) eps - sqrt(1 - ab) x0 of the drawn (t, eps), and the
+    # exact-eps network scores the eps loss, not the v one
+    x0 = MU + S * torch.randn(4096, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    schedule, seen = DDPMSchedule(), {}
+
+    def oracle(x_t, t, y):  # recovers (eps, x0) from x_t only through what the loss drew
+        ab = torch.from_numpy(AB)[t.long()].reshape(-1, 1)
+        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        seen["t"] = t
+        return schedule.velocity(x0, eps, t.long())
+
+    loss = ddpm_loss(oracle, x0, generator=torch.Generator().manual_seed(7), prediction="v_prediction")
+    assert loss.item() < 1e-20
+    ab = torch.from_numpy(AB)[seen["t"].long()].reshape(-1, 1)
+    zero = ddpm_loss(lambda x, t, y: torch.zeros_like(x), x0, generator=torch.Generator().manual_seed(7),
+                     prediction="v_prediction")
+    # E|v|^2 = ab + (1 - ab) E[x0^2] per coordinate (eps independent of x0)
+    expected = (ab + (1 - ab) * (x0 ** 2)).mean().item()
+    assert abs(zero.item() - expected) < 0.05 * expected
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        ddpm_loss(oracle, x0, prediction="sample")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        ddim_sample(Gaussian().eps, latents(4), num_steps=2, prediction="v")
+
+
 def test_ddpm_seed_reproducible():
     z = latents(64)
     a = ddpm_sample(Gaussian().eps, z, num_steps=50, seed=3)
@@ -493,6 +533,20 @@ def test_ddim_matches_diffusers_ddim_scheduler(n, clip):
 
 
 @pytest.mark.parametrize("clip", [False, True], ids=["unclipped", "clip_sample"])
+def test_ddim_v_prediction_matches_diffusers(clip):
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(**DIFFUSERS_BETAS, clip_sample=clip, set_alpha_to_one=True, steps_offset=0,
+                                    timestep_spacing="leading", prediction_type="v_prediction")
+    sched.set_timesteps(20)
+    model, z = _f32_model(), latents(512, dtype=torch.float32)
+    x = z.clone()
+    for t in sched.timesteps:
+        x = sched.step(model.v(x, torch.full((512,), float(t))), t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(ddim_sample(model.v, z, num_steps=20, clip_sample=clip, prediction="v_prediction"),
+                               x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["unclipped", "clip_sample"])
 @pytest.mark.parametrize("n", [1000, 100, 37])
 def test_ddpm_matches_diffusers_ddpm_scheduler_same_noise(n, clip):
     diffusers = pytest.importorskip("diffusers")
@@ -565,3 +619,7 @@ def test_ddpm_error_diagnostic_matches_the_optimal_networks_closed_form():
         assert out["eps_mse"] == pytest.approx(eps_var.mean().item(), rel=0.05)
         assert out["x0_mse"] == pytest.approx((eps_var * (1 - ab) / ab).mean().item(), rel=0.05)
         assert out["class_mean_mse"] == pytest.approx((S ** 2).mean().item(), rel=0.05)
+        # the same network written as v: the same errors
+        as_v = ddpm_error.timestep_errors(Gaussian().v, x0, y, MU[None], t, DDPMSchedule(), seed=0,
+                                          prediction="v_prediction")
+        assert as_v == pytest.approx(out, rel=1e-6)

@@ -367,6 +367,37 @@ def test_preconditioning_is_part_of_a_run_and_must_fit_the_objective(tmp_path):
               progress=False)
 
 
+def test_cli_trains_a_v_prediction_ddpm_that_samples_as_v(tmp_path):
+    """`--prediction v_prediction` is recorded in the run; the loaded network carries it, so DDIM
+    and ancestral sampling convert its output from v; the Kac teacher refuses the flag."""
+    from kacfast.baselines import ddim_sample, ddpm_sample
+    from kacfast.facts import facts_of
+    from kacfast.generate import generate
+    out = tmp_path / "ddpm-v"
+    run = subprocess.run(CLI + ["train", "--data", "digits", "--model", "unet-tiny", "--method", "ddpm",
+                                "--prediction", "v_prediction", "--steps", "4", "--batch-size", "8",
+                                "--sample-every", "2", "--quiet", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (out / "samples" / "step-0000002.png").exists()
+    model, meta = load_trained(str(out))
+    assert meta["objective"] == {"method": "ddpm", "prediction": "v_prediction"}
+    assert facts_of(model).prediction == "v_prediction"
+    labels = torch.tensor([1, 7])
+    z = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(3))
+    for solver, reference in (("ddim", lambda **kw: ddim_sample(model, z, labels, num_steps=4, guidance=1.5, **kw)),
+                              ("ddpm", lambda **kw: ddpm_sample(model, z, labels, num_steps=4, seed=3,
+                                                                guidance=1.5, **kw))):
+        out_v = generate(model, "ddpm", 4, solver=solver, labels=labels, guidance=1.5, seed=3)
+        torch.testing.assert_close(out_v, reference(prediction="v_prediction").float().clamp(-1, 1))
+        assert not torch.allclose(out_v, reference().float().clamp(-1, 1))
+    bad = subprocess.run(CLI + ["train", "--data", "digits", "--model", "unet-tiny", "--method", "kac",
+                                "--prediction", "v_prediction", "--steps", "2", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--prediction is the DDPM baseline's setting" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cli_trains_a_preconditioned_weighted_teacher_and_rejects_it_elsewhere(tmp_path):
     """`--precondition kac` records the process and the data's rms in the UNet's config (the run
     samples and distills like any teacher); `--loss-weighting target` records its rms in the
@@ -546,8 +577,8 @@ def test_cli_train_passes_execution_flags(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # objectives and DDP
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("objective", [KacObjective(), EDMObjective(), DDPMObjective()],
-                         ids=["kac", "edm", "ddpm"])
+@pytest.mark.parametrize("objective", [KacObjective(), EDMObjective(), DDPMObjective(),
+                                       DDPMObjective("v_prediction")], ids=["kac", "edm", "ddpm", "ddpm-v"])
 def test_objectives_reduce_their_loss(tmp_path, objective):
     x, y = toy_data()
     cfg = TrainConfig(steps=150, batch_size=128, lr=2e-3, warmup=10, ckpt_every=150, log_every=10)

@@ -1,10 +1,11 @@
-"""Where is a trained DDPM's eps network inaccurate? Per-timestep error on held-out digits.
+"""Where is a trained DDPM network inaccurate? Per-timestep error on held-out digits.
 
     python benchmarks/experiments/ddpm_error.py --run RUNS/ddpm [--data mnist5k] [--n 500]
         [--timesteps 999 950 900 750 500 250 100 20] [--seed 0]
 
 For each timestep t: held-out digits x0 (the test split), x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps,
-the network's conditional eps prediction (w = 1), and per pixel
+the network's conditional eps prediction (w = 1; a v-prediction network's v turned into eps), and
+per pixel
 - eps_mse: mean |eps_hat - eps|^2;
 - x0_mse: mean |x0_hat - x0|^2 of the implied x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t),
   the quantity every DDIM step carries forward (the eps error times (1 - ab_t) / ab_t);
@@ -23,18 +24,20 @@ import torch
 from kacfast.baselines.ddpm import DDPMSchedule
 from kacfast.checkpoints import load_trained
 from kacfast.data import load_dataset
+from kacfast.facts import facts_of
 
 
 @torch.no_grad()
 def timestep_errors(model, x0: torch.Tensor, y: torch.Tensor, class_means: torch.Tensor, t: int,
-                    schedule: DDPMSchedule, seed: int, batch: int = 250) -> dict:
+                    schedule: DDPMSchedule, seed: int, batch: int = 250, prediction: str = "epsilon") -> dict:
     """Per-pixel eps / implied-x0 / class-mean squared errors of `model` at integer timestep t."""
     gen = torch.Generator().manual_seed(seed + t)
     eps = torch.randn(x0.shape, generator=gen)
     tt = torch.full((x0.shape[0],), t, dtype=torch.long)
     x_t = schedule.add_noise(x0, eps, tt)
-    eps_hat = torch.cat([model(x_t[i:i + batch], tt[i:i + batch].float(), y[i:i + batch])
-                         for i in range(0, x0.shape[0], batch)])
+    output = torch.cat([model(x_t[i:i + batch], tt[i:i + batch].float(), y[i:i + batch])
+                        for i in range(0, x0.shape[0], batch)])
+    eps_hat = schedule.predict_eps(x_t, output, tt, prediction)
     x0_hat = schedule.predict_x0(x_t, eps_hat, tt)
     return {"t": t, "alpha_bar": schedule.alpha_bar(t),
             "eps_mse": float((eps_hat - eps).pow(2).mean()),
@@ -61,7 +64,8 @@ def main() -> None:
     x0, y = load_dataset(args.data, "test")
     x0, y = x0[:args.n], y[:args.n]
     for t in args.timesteps:
-        print(json.dumps(timestep_errors(model, x0, y, class_means, t, schedule, args.seed)), flush=True)
+        print(json.dumps(timestep_errors(model, x0, y, class_means, t, schedule, args.seed,
+                                         prediction=facts_of(model).prediction or "epsilon")), flush=True)
     print(json.dumps({"run": args.run, "training_steps": meta.get("config", {}).get("steps"),
                       "held_out": int(x0.shape[0])}))
 

@@ -109,6 +109,11 @@ ROWS = {
     # from 1.5e-4)
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune{cycle}-1.5e-4": (
         f"adversarial-finetune{cycle}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler") for cycle in (2, 3)},
+    # the third cycle again ("3ema") and one of 1,500 steps ("3long"), each from the shipped student,
+    # keeping power-function EMAs of relative length 0.05-0.2 beside the run's exponential one
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune3{kind}-1.5e-4{'-' + average if average else ''}": (
+        f"adversarial-finetune3{kind}-cosine-1.5e-4/stage-1-1{'@' + average if average else ''}", "distill", 1,
+        "euler") for kind in ("ema", "long") for average in ("", "power0.05", "power0.1", "power0.2")},
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")
@@ -150,6 +155,10 @@ ROWS = {
     "ddim-clip-4": ("ddpm", "ddpm", 4, "ddim-clip"),
     "ddim-trailing-clip-4": ("ddpm", "ddpm", 4, "ddim-trailing-clip"),
     "ddpm-1000": ("ddpm", "ddpm", 1000, "ddpm"),
+    # the DDPM baseline trained to predict v (`kacfast train --method ddpm --prediction v_prediction`)
+    **{f"ddim-v{spacing}-{steps}": ("ddpm-v", "ddpm", steps, f"ddim{spacing}")
+       for spacing, steps in (("", 100), ("", 20), ("", 4), ("-trailing", 4), ("-trailing", 2),
+                              ("-trailing", 1))},
 }
 
 # rows sampled on another time grid than the uniform one: row -> grid(steps, T)

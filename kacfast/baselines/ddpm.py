@@ -1,4 +1,5 @@
-"""DDPM baseline (Ho et al. 2020): linear-beta schedule, ancestral and DDIM samplers, eps-prediction loss.
+"""DDPM baseline (Ho et al. 2020): linear-beta schedule, ancestral and DDIM samplers, eps- or
+v-prediction loss.
 
 Forward process: x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t = 0..999, ab_t = prod_{s<=t} (1 - beta_s),
 betas linear from 1e-4 to 0.02 (DDPMSchedule; float64). The data sits at "t = -1" (ab = 1).
@@ -26,6 +27,12 @@ to [-1, 1] before the update, as Ho et al.'s ancestral sampler and diffusers' sc
 `clip_sample=True` do (range 1, the eps prediction itself unclipped): it bounds the x0 error of an
 eps network that is inaccurate near t = 999, where x0_hat amplifies the eps error by
 sqrt((1 - ab_t) / ab_t) (157 at t = 999).
+
+What the network predicts (`prediction`, diffusers' `prediction_type` names): "epsilon" (default,
+Ho et al.) or "v_prediction" (Salimans & Ho 2022), v = sqrt(ab_t) eps - sqrt(1 - ab_t) x0, whose x0
+estimate x0_hat = sqrt(ab_t) x_t - sqrt(1 - ab_t) v stays bounded at every t: the fix for the
+amplification above. The samplers turn a v output into eps = sqrt(1 - ab_t) x_t + sqrt(ab_t) v
+after guidance mixing (the map is affine in the output, so mixing v or eps is the same).
 """
 from __future__ import annotations
 
@@ -40,9 +47,11 @@ from kacfast.baselines.edm import (_check_int, _check_labels, _check_latents, _p
                                    _time_dtype)
 from kacfast.sampling import eval_mode, mixed_velocity_fn
 
-__all__ = ["DDPMSchedule", "ddpm_sample", "ddim_sample", "ddpm_loss", "TIMESTEP_SPACINGS"]
+__all__ = ["DDPMSchedule", "ddpm_sample", "ddim_sample", "ddpm_loss", "TIMESTEP_SPACINGS", "PREDICTIONS"]
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+#: what a DDPM network predicts (diffusers' prediction_type values)
+PREDICTIONS = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,20 @@ class DDPMSchedule:
         ab = self._ab(t, x0)
         return (ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double()).to(x0.dtype)
 
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(ab_t) noise - sqrt(1 - ab_t) x0 (the v-prediction target); shapes as add_noise."""
+        ab = self._ab(t, x0)
+        return (ab.sqrt() * noise.double() - (1 - ab).sqrt() * x0.double()).to(x0.dtype)
+
+    def predict_eps(self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor,
+                    prediction: str = "epsilon") -> torch.Tensor:
+        """The eps a network's `output` stands for: itself ("epsilon"), or sqrt(1 - ab_t) x_t +
+        sqrt(ab_t) v ("v_prediction"); x_t, output (B, ...), t (B,); returns output.dtype."""
+        if prediction == "epsilon":
+            return output
+        ab = self._ab(t, x_t)
+        return ((1 - ab).sqrt() * x_t.double() + ab.sqrt() * output.double()).to(output.dtype)
+
     def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t); x_t, eps (B, ...), t (B,); returns x_t.dtype."""
         ab = self._ab(t, x_t)
@@ -157,9 +180,15 @@ def _x0_estimate(x: torch.Tensor, eps: torch.Tensor, ab_t: float, clip_sample: b
     return x0.clamp(-1, 1) if clip_sample else x0
 
 
-def _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule, spacing):
+def _check_prediction(fn: str, prediction) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{fn}: prediction must be one of {PREDICTIONS}, got {prediction!r}.")
+
+
+def _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule, spacing, prediction):
     """Validate; return (schedule, [(t, t_prev), ...], eps(x_float64, t) -> float64 eps)."""
     _check_latents(fn, latents)
+    _check_prediction(fn, prediction)
     schedule = DDPMSchedule() if schedule is None else schedule
     if not isinstance(schedule, DDPMSchedule):
         raise ValueError(f"{fn}: schedule must be a DDPMSchedule or None, got {type(schedule).__name__}.")
@@ -173,7 +202,7 @@ def _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule, 
 
     def eps(x: torch.Tensor, t: int) -> torch.Tensor:
         tt = torch.full((batch,), float(t), dtype=t_dtype, device=latents.device)
-        return call(x.to(in_dtype), tt).to(torch.float64)
+        return schedule.predict_eps(x, call(x.to(in_dtype), tt).to(torch.float64), tt, prediction)
 
     return schedule, pairs, eps
 
@@ -182,7 +211,8 @@ def _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule, 
 def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
                 num_steps: int = 1000, seed: int | None = None, guidance: float = 1.0,
                 progress: bool = False, *, schedule: DDPMSchedule | None = None,
-                timestep_spacing: str = "linspace", clip_sample: bool = False) -> torch.Tensor:
+                timestep_spacing: str = "linspace", clip_sample: bool = False,
+                prediction: str = "epsilon") -> torch.Tensor:
     """Ancestral DDPM sampling with the "fixed small" posterior variance (beta-tilde).
 
     Per step t -> t_prev (next kept timestep, -1 after the last): x0_hat = (x - sqrt(1-ab_t) eps) /
@@ -190,8 +220,9 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
     `DDPMSchedule.posterior`. num_steps < 1000 respaces (see the module docstring). NFE = num_steps.
 
     Args:
-        eps_model: `eps_model(x, t, y) -> eps`; x (B, ...) in latents.dtype, t (B,) float tensor of
-            the raw integer timestep in [0, 999] (float64 for float64 latents, else float32).
+        eps_model: `eps_model(x, t, y) -> eps` (or v, see `prediction`); x (B, ...) in
+            latents.dtype, t (B,) float tensor of the raw integer timestep in [0, 999] (float64 for
+            float64 latents, else float32).
         latents: (B, ...) standard normal x_{999}; its dtype is the network input's and the result's
             (the state is carried in float64).
         class_labels: (B,) integer labels in [0, eps_model.num_classes) or None.
@@ -204,6 +235,7 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
         schedule: the DDPMSchedule (default DDPMSchedule(): linear 1e-4..0.02, 1000 steps).
         timestep_spacing: "linspace" (default), "leading" or "trailing" (DDPMSchedule.timesteps).
         clip_sample: clamp x0_hat to [-1, 1] (default False; see the module docstring).
+        prediction: what eps_model returns, "epsilon" (default) or "v_prediction" (PREDICTIONS).
     Returns:
         (B, ...) samples x_{-1} in latents.dtype.
     """
@@ -211,7 +243,7 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"{fn}: seed must be an int or None, got {seed!r}.")
     schedule, pairs, eps = _setup(fn, eps_model, latents, class_labels, num_steps, guidance, schedule,
-                                  timestep_spacing)
+                                  timestep_spacing, prediction)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=latents.device)
@@ -233,7 +265,8 @@ def ddpm_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
 def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
                 num_steps: int = 50, guidance: float = 1.0, progress: bool = False, *,
                 schedule: DDPMSchedule | None = None, timestep_spacing: str = "leading",
-                clip_sample: bool = False, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+                clip_sample: bool = False, callback: Callable[[dict], None] | None = None,
+                prediction: str = "epsilon") -> torch.Tensor:
     """Deterministic DDIM sampling (eta = 0).
 
     Per step t -> t_prev (next kept timestep; -1 = the data, ab = 1, after the last):
@@ -242,17 +275,18 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
     DDIMScheduler with timestep_spacing="leading", see the module docstring). NFE = num_steps.
 
     Args:
-        eps_model, latents, class_labels, guidance, progress, schedule: as in ddpm_sample.
+        eps_model, latents, class_labels, guidance, progress, schedule, prediction: as in ddpm_sample.
         num_steps: 1..1000 (default 50).
         timestep_spacing: "leading" (default), "trailing" or "linspace" (DDPMSchedule.timesteps).
         clip_sample: clamp x0_hat to [-1, 1] (default False; see the module docstring).
         callback: called before each step's update with {'x': state at timestep t (float64),
-            'i': step index, 't': t (int), 'eps': the (guided) eps prediction (float64)}.
+            'i': step index, 't': t (int), 'eps': the (guided) eps prediction (float64; converted
+            from v for a v-prediction network)}.
     Returns:
         (B, ...) samples in latents.dtype.
     """
     schedule, pairs, eps = _setup("ddim_sample", eps_model, latents, class_labels, num_steps, guidance,
-                                  schedule, timestep_spacing)
+                                  schedule, timestep_spacing, prediction)
     x = latents.to(torch.float64)
     with eval_mode(eps_model):
         for i, (t, t_prev) in enumerate(_progress(pairs, progress, "ddim")):
@@ -267,8 +301,10 @@ def ddim_sample(eps_model: Callable, latents: torch.Tensor, class_labels: torch.
 
 def ddpm_loss(eps_model: Callable, x0: torch.Tensor, class_labels: torch.Tensor | None = None,
               generator: torch.Generator | None = None, *,
-              schedule: DDPMSchedule | None = None) -> torch.Tensor:
-    """DDPM "simple" loss: mean |eps_model(x_t, t, y) - eps|^2 with t ~ U{0..T-1} per sample, eps ~ N(0, I).
+              schedule: DDPMSchedule | None = None, prediction: str = "epsilon") -> torch.Tensor:
+    """DDPM "simple" loss: mean |eps_model(x_t, t, y) - target|^2 with t ~ U{0..T-1} per sample,
+    eps ~ N(0, I), target eps (prediction="epsilon", default) or v = sqrt(ab_t) eps - sqrt(1 - ab_t) x0
+    ("v_prediction"; its unweighted mean, the usual v loss).
 
     Args:
         eps_model: as in ddpm_sample (t is the raw timestep as a float tensor).
@@ -276,6 +312,7 @@ def ddpm_loss(eps_model: Callable, x0: torch.Tensor, class_labels: torch.Tensor 
         class_labels: (B,) labels or None, passed through (label dropout is the caller's job).
         generator: torch.Generator on x0's device for t and eps (default: global RNG).
         schedule: default DDPMSchedule().
+        prediction: "epsilon" (default) or "v_prediction" (PREDICTIONS).
     Returns:
         scalar loss (mean over batch and elements), differentiable w.r.t. the network's parameters.
     """
@@ -285,9 +322,11 @@ def ddpm_loss(eps_model: Callable, x0: torch.Tensor, class_labels: torch.Tensor 
     if class_labels is not None and (not isinstance(class_labels, torch.Tensor)
                                      or class_labels.shape != x0.shape[:1]):
         raise ValueError(f"{fn}: class_labels must be a tensor of shape ({x0.shape[0]},).")
+    _check_prediction(fn, prediction)
     schedule = DDPMSchedule() if schedule is None else schedule
     t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = schedule.add_noise(x0, noise, t)
     pred = eps_model(x_t, t.to(_time_dtype(x0)), class_labels)
-    return ((pred - noise) ** 2).mean()
+    target = noise if prediction == "epsilon" else schedule.velocity(x0, noise, t)
+    return ((pred - target) ** 2).mean()

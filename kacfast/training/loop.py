@@ -30,6 +30,7 @@ from kacfast._device import (COMPILE_MODES, compile_mode, cpu_has_bf16,
                              narrow_cpu_kernels)
 from kacfast.data import BatchSampler
 from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, read_checkpoint
+from kacfast.facts import attach_facts
 from kacfast.training.averaging import MAX_SIGMA_REL, average_name, power_ema_decay, power_ema_gamma
 from kacfast.training.checkpoint import restore, save_checkpoint
 
@@ -234,6 +235,8 @@ def preview_grid(model: torch.nn.Module, objective, path: str, per_class: int = 
     labels = None if num_classes is None else torch.arange(per_class * num_classes) % num_classes
     steps, solver = objective.preview_sampler
     device = next(model.parameters()).device
+    if getattr(objective, "prediction", "epsilon") != "epsilon":  # what a loaded run's facts say
+        attach_facts(model, prediction=objective.prediction)
     images = generate(model, objective.method, steps, solver=solver,
                       labels=None if labels is None else labels.to(device), n=20, seed=0,
                       process=getattr(objective, "process", None))

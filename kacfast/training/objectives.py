@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from kacfast.baselines import EDMPrecond, ddpm_loss, edm_loss
+from kacfast.baselines import PREDICTIONS, EDMPrecond, ddpm_loss, edm_loss
 from kacfast.models.precondition import KacPreconditioner
 from kacfast.process import KacProcess
 
@@ -121,13 +121,21 @@ class EDMObjective:
 
 
 class DDPMObjective:
-    """DDPM eps-prediction loss on the linear 1000-step schedule."""
+    """DDPM loss on the linear 1000-step schedule; the network predicts eps (`prediction`
+    "epsilon", default) or v ("v_prediction"; see kacfast.baselines.ddpm)."""
 
     method = "ddpm"
     preview_sampler = (50, "ddim")
 
+    def __init__(self, prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
+        self.prediction = prediction
+
     def loss(self, net, x0, y, generator, seed):
-        return ddpm_loss(net, x0, y, generator=generator)
+        return ddpm_loss(net, x0, y, generator=generator, prediction=self.prediction)
 
     def describe(self) -> dict:
-        return {"method": self.method}
+        if self.prediction == "epsilon":  # runs from before the setting keep resuming
+            return {"method": self.method}
+        return {"method": self.method, "prediction": self.prediction}
