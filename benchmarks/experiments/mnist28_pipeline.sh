@@ -7,11 +7,11 @@
 # its last checkpoint when the script is run again, and scored rows are not scored twice. On a
 # 2-core CPU (one thread per job, two jobs side by side) a 28x28 training takes about 3x its 16x16
 # run: about 70 minutes alone, 90-100 beside another job.
-# Writes RUNS_DIR/{kac,edm,ddpm,distill}, the logit-normal teacher's chain (kac-logit-normal,
+# Writes RUNS_DIR/{kac,edm,ddpm,ddpm-v,distill}, the logit-normal teacher's chain (kac-logit-normal,
 # distill-w1.25-huber-logit, adversarial-huber-w1.25-logit, adversarial-finetune-cosine-LR,
-# adversarial-finetune2-cosine-1.5e-4),
+# adversarial-finetune2-cosine-1.5e-4, adversarial-finetune3longadv0.3-cosine-1.5e-4),
 # RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
-# RUNS_DIR/ddpm-timestep-error.jsonl and the two shipped 28x28 model files.
+# RUNS_DIR/ddpm{,-v}-timestep-error.jsonl and the two shipped 28x28 model files.
 set -euo pipefail
 RUNS=${1:?usage: mnist28_pipeline.sh RUNS_DIR [GUIDANCE_ABSORBED]}
 W=${2:-1.25}  # the guidance the students absorb (the 16x16 sweep's best for the Kac teacher)
@@ -32,7 +32,9 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   $DISTILL --teacher "$RUNS/kac" --out "$RUNS/distill" --schedule 100 20 4 2 1 \
       --steps-per-stage 200 300 500 600 --guidance "$W" --resume ) & KAC_CHAIN=$!
 ( $TRAIN --method edm --out "$RUNS/edm" $(resume "$RUNS/edm")
-  $TRAIN --method ddpm --out "$RUNS/ddpm" $(resume "$RUNS/ddpm") ) & BASELINES=$!
+  $TRAIN --method ddpm --out "$RUNS/ddpm" $(resume "$RUNS/ddpm")
+  # DDPM at its best: the same budget predicting v, whose x0 estimate stays bounded at t = 999
+  $TRAIN --method ddpm --prediction v_prediction --out "$RUNS/ddpm-v" $(resume "$RUNS/ddpm-v") ) & BASELINES=$!
 ( $TRAIN --method kac --time-distribution logit-normal --out "$RUNS/kac-logit-normal" \
       $(resume "$RUNS/kac-logit-normal")
   # the shipped 16x16 student's recipe on it: pseudo-Huber chain, then the adversarial last stage
@@ -41,7 +43,8 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   # (600 steps, then doubled to 1,200, 2,400 and 4,800: at 16x16 every doubling to 9,600 steps still gained)
   adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit 1200 2400 4800
   # the 4,800-step student, 900 more steps of the same objective against its own samples (1 -> 1),
-  # the LR on a cosine to 0; then the 1.5e-4 one a second cycle of 500 steps (the shipped student)
+  # the LR on a cosine to 0; then the 1.5e-4 one a second cycle of 500 steps, and that one a third
+  # of 1,500 steps with adversarial weight 0.3 (the shipped student)
   for lr in 5e-5 1.5e-4; do
     $DISTILL --teacher "$RUNS/adversarial-huber-w1.25-logit-4800/stage-1-1" --schedule 1 1 \
         --out "$RUNS/adversarial-finetune-cosine-$lr" --steps-per-stage 900 --seed 3 \
@@ -49,7 +52,11 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   done
   $DISTILL --teacher "$RUNS/adversarial-finetune-cosine-1.5e-4/stage-1-1" --schedule 1 1 \
       --out "$RUNS/adversarial-finetune2-cosine-1.5e-4" --steps-per-stage 500 --warmup 50 --seed 3 \
-      --objective endpoint-l2-adversarial --lr 1.5e-4 --lr-schedule cosine --threads 2 --resume ) & LOGIT_CHAIN=$!
+      --objective endpoint-l2-adversarial --lr 1.5e-4 --lr-schedule cosine --threads 2 --resume
+  $DISTILL --teacher "$RUNS/adversarial-finetune2-cosine-1.5e-4/stage-1-1" --schedule 1 1 \
+      --out "$RUNS/adversarial-finetune3longadv0.3-cosine-1.5e-4" --steps-per-stage 1500 --warmup 50 --seed 3 \
+      --objective endpoint-l2-adversarial --objective-option adversarial_weight=0.3 --lr 1.5e-4 \
+      --lr-schedule cosine --resume ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
 wait $LOGIT_CHAIN
@@ -58,6 +65,9 @@ $EVAL --rows data kac-teacher-euler-100 edm-heun-35 edm-euler-4 ddim-20 ddim-4 d
     ddim-trailing-clip-4 kac-teacher-euler-4 distillkac-20 distillkac-4 distillkac-2 distillkac-1
 # where the DDPM network errs: its x0 estimate per timestep against the class mean, on held-out digits
 python "$HERE/benchmarks/experiments/ddpm_error.py" --run "$RUNS/ddpm" > "$RUNS/ddpm-timestep-error.jsonl"
+python "$HERE/benchmarks/experiments/ddpm_error.py" --run "$RUNS/ddpm-v" > "$RUNS/ddpm-v-timestep-error.jsonl"
+$EVAL --rows ddim-v-4 ddim-v-trailing-4
+$EVAL --guidance 1.25 1.5 --rows ddim-v-20 ddim-v-trailing-2 ddim-v-trailing-1
 # the logit-normal teacher (the 16x16 lever that won) and its student, at the teacher's sweep
 $EVAL --rows kac-logit-normal-euler-100
 $EVAL --guidance 1.25 --rows kac-logit-normal-midpoint-50  # the same 100 network calls
@@ -65,10 +75,11 @@ $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber
     distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-1-w1.25-huber-adversarial-logit-4800 \
     distillkac-1-w1.25-huber-adversarial-logit-finetune-5e-5 distillkac-1-w1.25-huber-adversarial-logit-finetune-1.5e-4 \
     distillkac-1-w1.25-huber-adversarial-logit-finetune2-1.5e-4 \
+    distillkac-1-w1.25-huber-adversarial-logit-finetune3longadv0.3-1.5e-4 \
     distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
     distillkac-2-w1.25-huber-logit
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
 # 3. the shipped 28x28 pair (kacfast/pretrained: mnist28-kac-teacher, mnist28-distillkac-1step)
 kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist28-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-finetune2-cosine-1.5e-4/stage-1-1" \
+kacfast export --ckpt "$RUNS/adversarial-finetune3longadv0.3-cosine-1.5e-4/stage-1-1" \
     --out "$HERE/kacfast/pretrained/mnist28-distillkac-1step.safetensors"

@@ -109,11 +109,15 @@ ROWS = {
     # from 1.5e-4)
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune{cycle}-1.5e-4": (
         f"adversarial-finetune{cycle}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler") for cycle in (2, 3)},
-    # the third cycle again ("3ema") and one of 1,500 steps ("3long"), each from the shipped student,
-    # keeping power-function EMAs of relative length 0.05-0.2 beside the run's exponential one
+    # the third cycle's levers, each from the second cycle's student: run again ("ema"), 1,500 steps
+    # ("long"), adversarial_weight 0.2 / 0.4 (default 0.1), both ("longadv0.2", "longadv0.3": the
+    # shipped student); three runs kept power-function EMAs of relative length 0.05-0.2 beside the
+    # exponential one
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune3{kind}-1.5e-4{'-' + average if average else ''}": (
         f"adversarial-finetune3{kind}-cosine-1.5e-4/stage-1-1{'@' + average if average else ''}", "distill", 1,
-        "euler") for kind in ("ema", "long") for average in ("", "power0.05", "power0.1", "power0.2")},
+        "euler")
+       for kind in ("ema", "long", "adv0.2", "adv0.4", "longadv0.2", "longadv0.3")
+       for average in (("", "power0.05", "power0.1", "power0.2") if kind in ("ema", "long", "longadv0.3") else ("",))},
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")
@@ -169,7 +173,7 @@ GRIDS = {"kac-logit-normal-quadratic-euler-100": quadratic_grid,
 SHIPPED = {"mnist5k16": {"kac-logit-normal": "mnist16-kac-teacher",
                          "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"},
            "mnist5k": {"kac-logit-normal": "mnist28-kac-teacher",
-                       "adversarial-finetune2-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
+                       "adversarial-finetune3longadv0.3-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
 
 
 def _load_row(runs: str, run: str, data: str = "mnist5k16"):
