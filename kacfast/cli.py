@@ -435,9 +435,9 @@ def _add_execution_args(p) -> None:
 
 
 def main(argv=None) -> int:
+    from kacfast.baselines import PREDICTIONS
     from kacfast.evaluation import REFERENCES
     from kacfast.metrics import JUDGES
-    from kacfast.baselines import PREDICTIONS
     from kacfast.data import dataset_names
     from kacfast.models import PRESETS
     from kacfast.sampling import one_call_solvers

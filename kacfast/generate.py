@@ -99,6 +99,7 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
         raise ValueError(f"dtype, compile and grid apply to Kac models; {method} models sample in "
                          "float32 eager mode on their own schedules.")
     device = next(model.parameters()).device
+    prediction = facts_of(model).prediction or "epsilon"  # a DDPM network's output: eps or v
     latents = torch.randn((n,) + tuple(model.sample_shape),
                           generator=torch.Generator().manual_seed(seed)).to(device)
     if method == "edm":
@@ -106,8 +107,8 @@ def generate(model, method: str, steps: int, *, solver: str | None = None,
                          progress=progress, solver=solver)
     elif solver == "ddpm":
         out = ddpm_sample(model, latents, labels, num_steps=steps, seed=seed, guidance=guidance,
-                          progress=progress, prediction=facts_of(model).prediction or "epsilon")
+                          progress=progress, prediction=prediction)
     else:
         out = ddim_sample(model, latents, labels, num_steps=steps, guidance=guidance, progress=progress,
-                          prediction=facts_of(model).prediction or "epsilon", **DDIM_SOLVERS[solver])
+                          prediction=prediction, **DDIM_SOLVERS[solver])
     return out.float().clamp(-1, 1)
