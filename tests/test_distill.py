@@ -152,11 +152,11 @@ def _image_teacher():
     return attach_facts(model.eval(), process=kacfast.KacProcess())
 
 
-def _adversarial_run(out, steps, resume=False):
+def _adversarial_run(out, steps, resume=False, options=None):
     gen = torch.Generator().manual_seed(1)
     data = (torch.rand(48, 1, 8, 8, generator=gen) * 2 - 1, torch.arange(48) % 3)
     config = DistillConfig(schedule=(2, 1), steps_per_stage=steps, batch_size=8, warmup=1,
-                           ckpt_every=2, objective="endpoint-l2-adversarial")
+                           ckpt_every=2, objective="endpoint-l2-adversarial", objective_options=options or {})
     return distill(_image_teacher(), kacfast.KacProcess(), data, config, str(out), resume=resume,
                    progress=False)
 
@@ -182,12 +182,14 @@ def test_stages_keep_power_emas_and_pass_on_their_exponential_ema(teacher, tmp_p
         assert not all(torch.equal(a, b) for a, b in zip(average.state_dict().values(), ema.state_dict().values()))
 
 
-def test_adversarial_stage_trains_a_discriminator_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("options", [None, {"discriminator_warmup": 3}])
+def test_adversarial_stage_trains_a_discriminator_and_resumes_exactly(tmp_path, options):
     """The discriminator and its optimizer are part of the run: 2 steps, then 2 more after a
-    restart, equal 4 steps straight, student and discriminator alike."""
-    straight = _adversarial_run(tmp_path / "straight", 4)
-    _adversarial_run(tmp_path / "resumed", 2)
-    resumed = _adversarial_run(tmp_path / "resumed", 4, resume=True)
+    restart, equal 4 steps straight, student and discriminator alike (with a discriminator
+    warm-up that the restart splits too)."""
+    straight = _adversarial_run(tmp_path / "straight", 4, options=options)
+    _adversarial_run(tmp_path / "resumed", 2, options=options)
+    resumed = _adversarial_run(tmp_path / "resumed", 4, resume=True, options=options)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     ckpts = [read_checkpoint(str(tmp_path / run / "stage-1-1" / CHECKPOINT_NAME))
@@ -263,6 +265,31 @@ def test_adversarial_term_reaches_the_student_only_through_samples():
         # the student's backward leaves the discriminator (stepped inside loss) alone
         assert not any(p.requires_grad for p in one_step.discriminator.parameters())
     assert not torch.allclose(grads[0], grads[1])
+
+
+def test_discriminator_warmup_trains_d_alone_first_and_is_recorded_only_when_set():
+    """discriminator_warmup=2: the first two loss calls step D but return the endpoint distance
+    alone; the third adds the GAN term. A run without it records no such key, so runs recorded
+    before the option existed still resume."""
+    teacher = _image_teacher()
+    options = {"discriminator_warmup": 2}
+    objective = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, kacfast.KacProcess(), 2, 1, options=options)
+    plain = DistillObjective(teacher, kacfast.KacProcess(), 2, 1)
+    student = _image_teacher().train()
+    x0, y = torch.rand(4, 1, 8, 8) * 2 - 1, torch.arange(4) % 3
+    for call in range(3):
+        d_before = [p.clone() for p in objective.discriminator.parameters()]
+        value = objective.loss(student, x0, y, torch.Generator().manual_seed(call), seed=call)
+        distance = plain.loss(student, x0, y, torch.Generator().manual_seed(call), seed=call)
+        assert objective._discriminator_steps() == call + 1
+        assert any(not torch.equal(a, b) for a, b in zip(d_before, objective.discriminator.parameters()))
+        if call < 2:
+            torch.testing.assert_close(value, distance)
+        else:
+            assert value > distance  # softplus(-D) > 0
+    assert objective.describe()["discriminator_warmup"] == 2.0
+    default = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, kacfast.KacProcess(), 2, 1)
+    assert "discriminator_warmup" not in default.describe() and "adversarial_weight" in default.describe()
 
 
 def test_schedule_and_objective_validation(teacher):

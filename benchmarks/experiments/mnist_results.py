@@ -35,7 +35,10 @@ its adversarial last stage on the logit-normal teacher (the shipped pair: that t
 continued to 9,600 steps); adversarial-finetune-cosine-LR/ continues that stage's student (28x28:
 at 4,800 steps; 16x16: at 9,600, the shipped one) 900 steps with the same objective against itself
 as the endpoint target (`distill --teacher <student> --schedule 1 1 --lr LR --lr-schedule cosine`),
-and adversarial-finetune{2,3}-cosine-1.5e-4/ (28x28) each continue the previous cycle 500 steps.
+and adversarial-finetune{2,3}-cosine-1.5e-4/ (28x28) each continue the previous cycle 500 steps
+(adversarial-finetune3*/ and adversarial-finetune4*/: the third and fourth cycles' levers; at
+16x16, adversarial-finetune-adv*/ and adversarial-finetune-dwarm100adv*/ fine-tune the shipped
+student 500 steps at that adversarial weight, the latter with a 100-step discriminator warm-up).
 Rows named -quadratic- sample the shipped teacher on the quadratic time grid (kacfast.quadratic_grid,
 denser near the data) instead of the uniform one, at the same NFE.
 
@@ -111,13 +114,27 @@ ROWS = {
         f"adversarial-finetune{cycle}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler") for cycle in (2, 3)},
     # the third cycle's levers, each from the second cycle's student: run again ("ema"), 1,500 steps
     # ("long"), adversarial_weight 0.2 / 0.4 (default 0.1), both ("longadv0.2", "longadv0.3": the
-    # shipped student); three runs kept power-function EMAs of relative length 0.05-0.2 beside the
+    # shipped student, "longadv0.4"); three runs kept power-function EMAs of relative length 0.05-0.2 beside the
     # exponential one
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune3{kind}-1.5e-4{'-' + average if average else ''}": (
         f"adversarial-finetune3{kind}-cosine-1.5e-4/stage-1-1{'@' + average if average else ''}", "distill", 1,
         "euler")
-       for kind in ("ema", "long", "adv0.2", "adv0.4", "longadv0.2", "longadv0.3")
+       for kind in ("ema", "long", "adv0.2", "adv0.4", "longadv0.2", "longadv0.3", "longadv0.4")
        for average in (("", "power0.05", "power0.1", "power0.2") if kind in ("ema", "long", "longadv0.3") else ("",))},
+    # a fourth cycle: the third cycle's shipped student, 500 steps at adversarial_weight 0.4, without
+    # and with a discriminator warm-up of 100 steps ("dwarm100")
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4{kind}adv0.4-1.5e-4": (
+        f"adversarial-finetune4{kind}adv0.4-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
+       for kind in ("", "dwarm100")},
+    # 16x16: the shipped student fine-tuned 500 steps against itself (warm-up 50, cosine from 1.5e-4)
+    # with adversarial_weight W (default 0.1)
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-adv{weight}-1.5e-4": (
+        f"adversarial-finetune-adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
+       for weight in ("0.4", "1", "2")},
+    # ... and with the discriminator trained alone for its first 100 steps (discriminator_warmup=100)
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-dwarm100adv{weight}-1.5e-4": (
+        f"adversarial-finetune-dwarm100adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
+       for weight in ("0.1", "0.4")},
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")

@@ -52,6 +52,9 @@ class DistillObjective:
     name = "endpoint-l2"
     #: the objective's settings that `options` may change (float class attributes)
     tunable: tuple[str, ...] = ()
+    #: tunable settings added after runs had been recorded without them: `describe` writes them
+    #: only when not 0, so those runs still resume
+    recorded_when_set: tuple[str, ...] = ()
 
     def __init__(self, teacher, process: KacProcess, teacher_steps: int, student_steps: int,
                  guidance: float = 1.0, start: str = "noise", teacher_solver: str = "euler",
@@ -142,7 +145,8 @@ class DistillObjective:
         # the paper's loss is recorded without a "loss" key, as before objectives had names:
         # its older runs still resume
         named = {} if self.name == DistillObjective.name else {"loss": self.name}
-        named.update({key: getattr(self, key) for key in self.tunable})
+        named.update({key: getattr(self, key) for key in self.tunable
+                      if key not in self.recorded_when_set or getattr(self, key)})
         return {"method": self.method, **named, "process": self.process.to_dict(),
                 "grid": self.grid,
                 "teacher_steps": self.teacher_steps, "student_steps": self.student_steps,
@@ -248,15 +252,20 @@ class AdversarialDistillObjective(DistillObjective):
     for the intervals that end at t = 0 (all of them in a 1-step stage), a small projection
     discriminator (`_ProjectionDiscriminator`, Adam 2e-4, betas (0.5, 0.999)) takes one step on
     the batch's real digits against the student's endpoints, then the student's loss adds
-    `adversarial_weight` (0.1) x softplus(-D(endpoint)). The discriminator and its optimizer are
+    `adversarial_weight` (0.1) x softplus(-D(endpoint)). `discriminator_warmup` (0): the number of
+    discriminator steps taken before the student's loss adds that term (a restarted stage, such as
+    a 1 -> 1 cycle against the student's own samples, otherwise follows an untrained D's gradient
+    from its first step). The discriminator and its optimizer are
     checkpointed with the run (exact resume); one process only. Each `loss` call is a
     discriminator step too: call it from the training loop only. Meant as a short last stage
     (`kacfast distill --teacher RUN/stage-3-2 --schedule 2 1 --objective endpoint-l2-adversarial`)."""
 
     name = "endpoint-l2-adversarial"
-    tunable = ("adversarial_weight", "discriminator_lr")
+    tunable = ("adversarial_weight", "discriminator_lr", "discriminator_warmup")
+    recorded_when_set = ("discriminator_warmup",)
     adversarial_weight = 0.1
     discriminator_lr = 2e-4
+    discriminator_warmup = 0.0
 
     def __init__(self, teacher, *args, **kwargs):
         super().__init__(teacher, *args, **kwargs)
@@ -282,6 +291,7 @@ class AdversarialDistillObjective(DistillObjective):
         fake, real = pred[final], x0[final].float()
         labels = None if y is None else y[final]
         d = self.discriminator
+        warming_up = self._discriminator_steps() < self.discriminator_warmup
         try:
             d.requires_grad_(True)
             with torch.enable_grad():
@@ -292,7 +302,14 @@ class AdversarialDistillObjective(DistillObjective):
                 self.discriminator_optimizer.step()
         finally:
             d.requires_grad_(False)  # the student's backward does not fill D's gradients
+        if warming_up:
+            return loss
         return loss + self.adversarial_weight * torch.nn.functional.softplus(-d(fake, labels)).mean()
+
+    def _discriminator_steps(self) -> int:
+        """Steps D has taken: its optimizer's own count, so that it resumes with the run."""
+        state = self.discriminator_optimizer.state.get(next(self.discriminator.parameters()))
+        return int(state["step"]) if state else 0
 
 
 class FlowMapDistillObjective(DistillObjective):
