@@ -268,3 +268,15 @@ def test_results_compare_pairs_the_scored_seeds():
     assert _compare("kac-logit-normal-euler-100@1.25", "edm-heun-35@1.50").stdout == out.stdout
     missing = _compare("kac-logit-normal-euler-100@9", "edm-heun-35@1.5")
     assert missing.returncode != 0 and "not scored" in missing.stderr
+
+
+def test_every_stored_results_file_reports():
+    """`mnist_results.py report` labels every row it can score, so each results file that README
+    cites renders (a row added to ROWS without a label would fail here, not in a user's hands)."""
+    files = sorted(p for p in (_ROOT / "docs" / "results").glob("*/*.jsonl") if "timestep-error" not in p.name)
+    assert files
+    script = str(_ROOT / "benchmarks" / "experiments" / "mnist_results.py")
+    for path in files:
+        out = subprocess.run([sys.executable, script, "report", "--results", str(path)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.startswith("| row | NFE | w |"), (path.name, out.stderr)

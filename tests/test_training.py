@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,6 +392,14 @@ def test_cli_trains_a_v_prediction_ddpm_that_samples_as_v(tmp_path):
         out_v = generate(model, "ddpm", 4, solver=solver, labels=labels, guidance=1.5, seed=3)
         torch.testing.assert_close(out_v, reference(prediction="v_prediction").float().clamp(-1, 1))
         assert not torch.allclose(out_v, reference().float().clamp(-1, 1))
+    # the per-timestep diagnostic reads the run's own dataset, and refuses one of another image size
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "ddpm_error.py"),
+              "--run", str(out), "--n", "8", "--timesteps", "999"]
+    diagnosed = subprocess.run(script, capture_output=True, text=True)
+    assert diagnosed.returncode == 0, diagnosed.stderr
+    assert json.loads(diagnosed.stdout.splitlines()[0])["t"] == 999
+    other = subprocess.run(script + ["--data", "mnist5k16"], capture_output=True, text=True)
+    assert other.returncode != 0 and "holds images of shape (1, 16, 16)" in other.stderr, other.stderr
     bad = subprocess.run(CLI + ["train", "--data", "digits", "--model", "unet-tiny", "--method", "kac",
                                 "--prediction", "v_prediction", "--steps", "2", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)

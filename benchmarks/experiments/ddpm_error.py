@@ -1,9 +1,10 @@
 """Where is a trained DDPM network inaccurate? Per-timestep error on held-out digits.
 
-    python benchmarks/experiments/ddpm_error.py --run RUNS/ddpm [--data mnist5k] [--n 500]
+    python benchmarks/experiments/ddpm_error.py --run RUNS/ddpm [--data NAME] [--n 500]
         [--timesteps 999 950 900 750 500 250 100 20] [--seed 0]
 
-For each timestep t: held-out digits x0 (the test split), x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps,
+For each timestep t: held-out digits x0 (the test split of --data, default the data the run was
+trained on), x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps,
 the network's conditional eps prediction (w = 1; a v-prediction network's v turned into eps), and
 per pixel
 - eps_mse: mean |eps_hat - eps|^2;
@@ -48,7 +49,7 @@ def timestep_errors(model, x0: torch.Tensor, y: torch.Tensor, class_means: torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a DDPM run directory (kacfast train --method ddpm)")
-    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--data", help="dataset (default: the one the run was trained on)")
     parser.add_argument("--n", type=int, default=500, help="held-out digits (default 500)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[999, 950, 900, 750, 500, 250, 100, 20])
     parser.add_argument("--seed", type=int, default=0)
@@ -59,9 +60,15 @@ def main() -> None:
     schedule = DDPMSchedule()  # the one kacfast's DDPM objective trains on
     if not all(0 <= t < len(schedule) for t in args.timesteps):
         parser.error(f"--timesteps must lie in [0, {len(schedule) - 1}].")
-    x_train, y_train = load_dataset(args.data, "train")
+    data = args.data or meta.get("run", {}).get("data")
+    if data is None:
+        parser.error(f"{args.run} does not record its dataset: pass --data.")
+    x_train, y_train = load_dataset(data, "train")
+    if tuple(x_train.shape[1:]) != tuple(model.sample_shape):
+        parser.error(f"--data {data} holds images of shape {tuple(x_train.shape[1:])}; the network makes "
+                     f"{tuple(model.sample_shape)}.")
     class_means = torch.stack([x_train[y_train == k].mean(0) for k in range(int(y_train.max()) + 1)])
-    x0, y = load_dataset(args.data, "test")
+    x0, y = load_dataset(data, "test")
     x0, y = x0[:args.n], y[:args.n]
     for t in args.timesteps:
         print(json.dumps(timestep_errors(model, x0, y, class_means, t, schedule, args.seed,

@@ -27,7 +27,7 @@ one student, scored at 4, 2 and 1 steps.
 Teacher levers (the teacher's recipe with one change): kac-logit-normal/ (`--time-distribution
 logit-normal`), kac-uniform-3600/ and kac-uniform-7200/ (the recipe retrained, then continued to
 twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread between training
-runs); on the logit-normal recipe, kac-logit-normal-precond/ (`--precondition kac`),
+runs; kac-logit-normal-seed1/ the same for the logit-normal recipe); on the logit-normal recipe, kac-logit-normal-precond/ (`--precondition kac`),
 kac-logit-normal-weighted/ (`--loss-weighting target`) and kac-logit-normal-precond-ema/ (the
 preconditioned recipe keeping power-function EMAs of relative length 0.05, 0.1, 0.15 and 0.2,
 `--ema-lengths`: the EMA length as a lever, one row each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
@@ -68,6 +68,10 @@ from kacfast.sampling import quadratic_grid
 
 # the relative lengths of the power-function EMAs kept by kac-logit-normal-precond-ema/, one row each
 EMA_LENGTHS = ("0.05", "0.1", "0.15", "0.2")
+# the 28x28 third cycle's runs (adversarial-finetune3KIND-cosine-1.5e-4/) -> the weight averages
+# scored: "" = the exponential EMA, powerX = the power-function EMA of relative length X
+FINETUNE3_RUNS = {kind: ("", "power0.05", "power0.1", "power0.2") if kind in ("ema", "long", "longadv0.3") else ("",)
+                  for kind in ("ema", "long", "adv0.2", "adv0.4", "longadv0.2", "longadv0.3", "longadv0.4")}
 
 # name -> (run directory under RUNS[@weight average of the run, as load_trained(ema=...)], method,
 # steps, solver)
@@ -119,8 +123,7 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune3{kind}-1.5e-4{'-' + average if average else ''}": (
         f"adversarial-finetune3{kind}-cosine-1.5e-4/stage-1-1{'@' + average if average else ''}", "distill", 1,
         "euler")
-       for kind in ("ema", "long", "adv0.2", "adv0.4", "longadv0.2", "longadv0.3", "longadv0.4")
-       for average in (("", "power0.05", "power0.1", "power0.2") if kind in ("ema", "long", "longadv0.3") else ("",))},
+       for kind, averages in FINETUNE3_RUNS.items() for average in averages},
     # a fourth cycle: the third cycle's shipped student, 500 steps at adversarial_weight 0.4, without
     # and with a discriminator warm-up of 100 steps ("dwarm100")
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4{kind}adv0.4-1.5e-4": (
@@ -147,10 +150,10 @@ ROWS = {
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
     "kac-diffusers-euler-100": ("kac-diffusers", "kac", 100, "euler"),
     # teacher levers (same recipe otherwise): logit-normal training times, retrained, 2x the steps, seed 1;
-    # on the logit-normal recipe: Kac preconditioning, the target loss weighting
+    # on the logit-normal recipe: Kac preconditioning, the target loss weighting, seed 1
     **{f"{run}-euler-100": (run, "kac", 100, "euler")
        for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1",
-                   "kac-logit-normal-precond", "kac-logit-normal-weighted")},
+                   "kac-logit-normal-precond", "kac-logit-normal-weighted", "kac-logit-normal-seed1")},
     # the EMA length: power-function EMAs of relative length 0.05-0.2 kept by one run of the
     # preconditioned logit-normal recipe (its exponential EMA is kac-logit-normal-precond's, bit for bit)
     **{f"kac-logit-normal-precond-ema{length}-euler-100": (f"kac-logit-normal-precond-ema@power{length}",
@@ -355,6 +358,7 @@ LABELS = {
     "kac-uniform-3600-euler-100": "Kac teacher, the recipe retrained, Euler",
     "kac-uniform-7200-euler-100": "Kac teacher, 2x the training steps (7,200), Euler",
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
+    "kac-logit-normal-seed1-euler-100": "Kac teacher, logit-normal training times, training seed 1, Euler",
     "kac-logit-normal-precond-euler-100": "Kac teacher, logit-normal + Kac preconditioning, Euler",
     "kac-logit-normal-weighted-euler-100": "Kac teacher, logit-normal + target loss weighting, Euler",
     **{f"kac-logit-normal-precond-ema{length}-euler-100":
@@ -368,6 +372,22 @@ LABELS = {
     "ddim-trailing-4": "DDIM, trailing timesteps",
     "ddim-clip-4": "DDIM, x0 clipped", "ddim-trailing-clip-4": "DDIM, trailing timesteps, x0 clipped",
     "ddpm-1000": "DDPM, ancestral",
+    **{f"ddim-v{spacing}-{steps}": f"DDIM, v-prediction{', trailing timesteps' if spacing else ''}"
+       for spacing, steps in (("", 100), ("", 20), ("", 4), ("-trailing", 4), ("-trailing", 2),
+                              ("-trailing", 1))},
+    # the fine-tune cycles' levers (28x28: the third and fourth cycles; 16x16: from the shipped student)
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune3{kind}-1.5e-4{'-' + average if average else ''}":
+       f"DistillKac student of the logit-normal teacher, the second cycle's + {1500 if 'long' in kind else 500} "
+       f"against itself, adversarial weight {kind.partition('adv')[2] or '0.1'}"
+       f"{', ' + average.replace('power', 'power EMA ') if average else ''}"
+       for kind, averages in FINETUNE3_RUNS.items() for average in averages},
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4{kind}adv0.4-1.5e-4":
+       "DistillKac student of the logit-normal teacher, the third cycle's + 500 against itself, adversarial "
+       f"weight 0.4{', discriminator warm-up 100' if kind else ''}" for kind in ("", "dwarm100")},
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{kind}adv{weight}-1.5e-4":
+       "DistillKac student of the logit-normal teacher, adversarial stage of 9,600 steps + 500 against itself, "
+       f"adversarial weight {weight}{', discriminator warm-up 100' if kind else ''}"
+       for kind, weight in (("", "0.4"), ("", "1"), ("", "2"), ("dwarm100", "0.1"), ("dwarm100", "0.4"))},
 }
 
 
