@@ -5,7 +5,7 @@
 #   bash benchmarks/experiments/mnist_pipeline.sh RUNS_DIR
 # Writes RUNS_DIR/{kac,edm,ddpm,distill,single,rollout,kac-diffusers,distill-w1.25,adversarial-w1.25,
 # rollout-w1.25,distill-w1.25-huber,distill-w1.25-features,flowmap-w1.25,adversarial0.3-w1.25,
-# adversarial-huber-w1.25{,-1200,-2400,-4800},kac-logit-normal,kac-uniform-{3600,7200,seed1},
+# adversarial-huber-w1.25{,-1200,-2400,-4800},kac-logit-normal{,-seed1},kac-uniform-{3600,7200,seed1},ddpm-v,
 # distill-w1.25-huber-logit,adversarial-huber-w1.25-logit{,-1200,-2400,-4800}},
 # RUNS_DIR/results.jsonl, heldout.jsonl, grids/,
 # docs/quality_vs_nfe.png, docs/stability.png and the two shipped model files.
@@ -86,6 +86,7 @@ $TRAIN --method kac --out "$RUNS/kac-uniform-3600"
 cp -r "$RUNS/kac-uniform-3600" "$RUNS/kac-uniform-7200"
 ${TRAIN/--steps 3600/--steps 7200} --method kac --out "$RUNS/kac-uniform-7200" --resume
 $TRAIN --method kac --seed 1 --out "$RUNS/kac-uniform-seed1"
+$TRAIN --method kac --time-distribution logit-normal --seed 1 --out "$RUNS/kac-logit-normal-seed1"
 # on the logit-normal recipe: Kac input / output preconditioning; the target loss weighting
 $TRAIN --method kac --time-distribution logit-normal --precondition kac --out "$RUNS/kac-logit-normal-precond"
 $TRAIN --method kac --time-distribution logit-normal --loss-weighting target --out "$RUNS/kac-logit-normal-weighted"
@@ -107,6 +108,12 @@ $EVAL --guidance 1.25 --rows kac-teacher-euler-100 kac-logit-normal-euler-100 ka
     distillkac-1-w1.25-huber-adversarial-logit-1200 distillkac-1-w1.25-huber-adversarial-logit-2400 \
     distillkac-1-w1.25-huber-adversarial-logit-4800 distillkac-1-w1.25-huber-adversarial-logit-9600
 $EVAL --guidance 1 1.5 2 --rows kac-logit-normal-euler-100
+$EVAL --guidance 1.25 --rows kac-logit-normal-seed1-euler-100
+# the DDPM baseline predicting v (its x0 estimate stays bounded at high noise), its DDIM rows
+$TRAIN --method ddpm --prediction v_prediction --out "$RUNS/ddpm-v"
+python "$HERE/benchmarks/experiments/ddpm_error.py" --run "$RUNS/ddpm-v" > "$RUNS/ddpm-v-timestep-error.jsonl"
+$EVAL --guidance 1 1.25 1.5 2 --rows ddim-v-4 ddim-v-trailing-4
+$EVAL --guidance 1.25 1.5 --rows ddim-v-trailing-2 ddim-v-trailing-1 ddim-v-20
 $EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100 \
     kac-logit-normal-ab2-100 kac-logit-normal-midpoint-50 kac-logit-normal-heun-50 \
     distillkac-1-w1.25-huber-adversarial-logit-precond distillkac-1-w1.25-huber-adversarial-logit-precond-1200 \
