@@ -395,11 +395,11 @@ def test_cli_trains_a_v_prediction_ddpm_that_samples_as_v(tmp_path):
     # the per-timestep diagnostic reads the run's own dataset, and refuses one of another image size
     script = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "ddpm_error.py"),
               "--run", str(out), "--n", "8", "--timesteps", "999"]
-    diagnosed = subprocess.run(script, capture_output=True, text=True)
+    diagnosed = subprocess.run(script, capture_output=True, text=True, timeout=300)
     assert diagnosed.returncode == 0, diagnosed.stderr
     assert json.loads(diagnosed.stdout.splitlines()[0])["t"] == 999
-    other = subprocess.run(script + ["--data", "mnist5k16"], capture_output=True, text=True)
-    assert other.returncode != 0 and "holds images of shape (1, 16, 16)" in other.stderr, other.stderr
+    other = subprocess.run(script + ["--data", "gmm9"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "holds images of shape (2,)" in other.stderr, other.stderr
     bad = subprocess.run(CLI + ["train", "--data", "digits", "--model", "unet-tiny", "--method", "kac",
                                 "--prediction", "v_prediction", "--steps", "2", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)

@@ -27,8 +27,8 @@ one student, scored at 4, 2 and 1 steps.
 Teacher levers (the teacher's recipe with one change): kac-logit-normal/ (`--time-distribution
 logit-normal`), kac-uniform-3600/ and kac-uniform-7200/ (the recipe retrained, then continued to
 twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread between training
-runs; kac-logit-normal-seed1/ the same for the logit-normal recipe); on the logit-normal recipe, kac-logit-normal-precond/ (`--precondition kac`),
-kac-logit-normal-weighted/ (`--loss-weighting target`) and kac-logit-normal-precond-ema/ (the
+runs; kac-logit-normal-seed1/ the same for the logit-normal recipe); on the logit-normal recipe,
+kac-logit-normal-precond/ (`--precondition kac`), kac-logit-normal-weighted/ (`--loss-weighting target`) and kac-logit-normal-precond-ema/ (the
 preconditioned recipe keeping power-function EMAs of relative length 0.05, 0.1, 0.15 and 0.2,
 `--ema-lengths`: the EMA length as a lever, one row each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
@@ -70,8 +70,16 @@ from kacfast.sampling import quadratic_grid
 EMA_LENGTHS = ("0.05", "0.1", "0.15", "0.2")
 # the 28x28 third cycle's runs (adversarial-finetune3KIND-cosine-1.5e-4/) -> the weight averages
 # scored: "" = the exponential EMA, powerX = the power-function EMA of relative length X
-FINETUNE3_RUNS = {kind: ("", "power0.05", "power0.1", "power0.2") if kind in ("ema", "long", "longadv0.3") else ("",)
+FINETUNE3_RUNS = {kind: ("", "power0.05", "power0.1", "power0.2") if kind in ("ema", "long", "longadv0.3")
+                  else ("",)
                   for kind in ("ema", "long", "adv0.2", "adv0.4", "longadv0.2", "longadv0.3", "longadv0.4")}
+# the 28x28 fourth cycle's runs (adversarial-finetune4KINDadv0.4-cosine-1.5e-4/): "" or "dwarm100"
+# (a 100-step discriminator warm-up); the 16x16 fine-tunes of the shipped student
+# (adversarial-finetune-KINDadvWEIGHT-cosine-1.5e-4/) as (kind, adversarial weight)
+FINETUNE4_KINDS = ("", "dwarm100")
+FINETUNE16_RUNS = (("", "0.4"), ("", "1"), ("", "2"), ("dwarm100", "0.1"), ("dwarm100", "0.4"))
+# DDIM rows of the v-prediction DDPM: (timestep spacing suffix, steps)
+DDIM_V_ROWS = (("", 100), ("", 20), ("", 4), ("-trailing", 4), ("-trailing", 2), ("-trailing", 1))
 
 # name -> (run directory under RUNS[@weight average of the run, as load_trained(ema=...)], method,
 # steps, solver)
@@ -128,16 +136,13 @@ ROWS = {
     # and with a discriminator warm-up of 100 steps ("dwarm100")
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4{kind}adv0.4-1.5e-4": (
         f"adversarial-finetune4{kind}adv0.4-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
-       for kind in ("", "dwarm100")},
+       for kind in FINETUNE4_KINDS},
     # 16x16: the shipped student fine-tuned 500 steps against itself (warm-up 50, cosine from 1.5e-4)
-    # with adversarial_weight W (default 0.1)
-    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-adv{weight}-1.5e-4": (
-        f"adversarial-finetune-adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
-       for weight in ("0.4", "1", "2")},
-    # ... and with the discriminator trained alone for its first 100 steps (discriminator_warmup=100)
-    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-dwarm100adv{weight}-1.5e-4": (
-        f"adversarial-finetune-dwarm100adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
-       for weight in ("0.1", "0.4")},
+    # with adversarial_weight W (default 0.1), some with the discriminator trained alone for its
+    # first 100 steps (discriminator_warmup=100)
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{kind}adv{weight}-1.5e-4": (
+        f"adversarial-finetune-{kind}adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
+       for kind, weight in FINETUNE16_RUNS},
     # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
     **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
                                                  "distill", steps, "euler")
@@ -180,9 +185,7 @@ ROWS = {
     "ddim-trailing-clip-4": ("ddpm", "ddpm", 4, "ddim-trailing-clip"),
     "ddpm-1000": ("ddpm", "ddpm", 1000, "ddpm"),
     # the DDPM baseline trained to predict v (`kacfast train --method ddpm --prediction v_prediction`)
-    **{f"ddim-v{spacing}-{steps}": ("ddpm-v", "ddpm", steps, f"ddim{spacing}")
-       for spacing, steps in (("", 100), ("", 20), ("", 4), ("-trailing", 4), ("-trailing", 2),
-                              ("-trailing", 1))},
+    **{f"ddim-v{spacing}-{steps}": ("ddpm-v", "ddpm", steps, f"ddim{spacing}") for spacing, steps in DDIM_V_ROWS},
 }
 
 # rows sampled on another time grid than the uniform one: row -> grid(steps, T)
@@ -373,21 +376,20 @@ LABELS = {
     "ddim-clip-4": "DDIM, x0 clipped", "ddim-trailing-clip-4": "DDIM, trailing timesteps, x0 clipped",
     "ddpm-1000": "DDPM, ancestral",
     **{f"ddim-v{spacing}-{steps}": f"DDIM, v-prediction{', trailing timesteps' if spacing else ''}"
-       for spacing, steps in (("", 100), ("", 20), ("", 4), ("-trailing", 4), ("-trailing", 2),
-                              ("-trailing", 1))},
+       for spacing, steps in DDIM_V_ROWS},
     # the fine-tune cycles' levers (28x28: the third and fourth cycles; 16x16: from the shipped student)
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune3{kind}-1.5e-4{'-' + average if average else ''}":
-       f"DistillKac student of the logit-normal teacher, the second cycle's + {1500 if 'long' in kind else 500} "
+       f"DistillKac student of the logit-normal teacher, the second cycle's + {1500 if 'long' in kind else 500:,} "
        f"against itself, adversarial weight {kind.partition('adv')[2] or '0.1'}"
        f"{', ' + average.replace('power', 'power EMA ') if average else ''}"
        for kind, averages in FINETUNE3_RUNS.items() for average in averages},
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4{kind}adv0.4-1.5e-4":
        "DistillKac student of the logit-normal teacher, the third cycle's + 500 against itself, adversarial "
-       f"weight 0.4{', discriminator warm-up 100' if kind else ''}" for kind in ("", "dwarm100")},
+       f"weight 0.4{', discriminator warm-up 100' if kind else ''}" for kind in FINETUNE4_KINDS},
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{kind}adv{weight}-1.5e-4":
        "DistillKac student of the logit-normal teacher, adversarial stage of 9,600 steps + 500 against itself, "
        f"adversarial weight {weight}{', discriminator warm-up 100' if kind else ''}"
-       for kind, weight in (("", "0.4"), ("", "1"), ("", "2"), ("dwarm100", "0.1"), ("dwarm100", "0.4"))},
+       for kind, weight in FINETUNE16_RUNS},
 }
 
 

@@ -253,9 +253,10 @@ class AdversarialDistillObjective(DistillObjective):
     discriminator (`_ProjectionDiscriminator`, Adam 2e-4, betas (0.5, 0.999)) takes one step on
     the batch's real digits against the student's endpoints, then the student's loss adds
     `adversarial_weight` (0.1) x softplus(-D(endpoint)). `discriminator_warmup` (0): the number of
-    discriminator steps taken before the student's loss adds that term (a restarted stage, such as
-    a 1 -> 1 cycle against the student's own samples, otherwise follows an untrained D's gradient
-    from its first step). The discriminator and its optimizer are
+    discriminator steps taken before the student's loss adds that term (D steps on batches with
+    samples only: every training step of a 1-step stage; a restarted stage, such as a 1 -> 1 cycle
+    against the student's own samples, otherwise follows an untrained D's gradient from its first
+    step). The discriminator and its optimizer are
     checkpointed with the run (exact resume); one process only. Each `loss` call is a
     discriminator step too: call it from the training loop only. Meant as a short last stage
     (`kacfast distill --teacher RUN/stage-3-2 --schedule 2 1 --objective endpoint-l2-adversarial`)."""
