@@ -28,9 +28,10 @@ Teacher levers (the teacher's recipe with one change): kac-logit-normal/ (`--tim
 logit-normal`), kac-uniform-3600/ and kac-uniform-7200/ (the recipe retrained, then continued to
 twice its steps), kac-uniform-seed1/ (the recipe with `--seed 1`: the spread between training
 runs; kac-logit-normal-seed1/ the same for the logit-normal recipe); on the logit-normal recipe,
-kac-logit-normal-precond/ (`--precondition kac`), kac-logit-normal-weighted/ (`--loss-weighting target`) and kac-logit-normal-precond-ema/ (the
-preconditioned recipe keeping power-function EMAs of relative length 0.05, 0.1, 0.15 and 0.2,
-`--ema-lengths`: the EMA length as a lever, one row each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
+kac-logit-normal-precond/ (`--precondition kac`), kac-logit-normal-weighted/ (`--loss-weighting
+target`) and kac-logit-normal-precond-ema/ (the preconditioned recipe keeping power-function EMAs
+of relative length 0.05, 0.1, 0.15 and 0.2, `--ema-lengths`: the EMA length as a lever, one row
+each); distill-w1.25-huber-logit/ and adversarial-huber-w1.25-logit/ are the pseudo-Huber chain and
 its adversarial last stage on the logit-normal teacher (the shipped pair: that teacher and the stage
 continued to 9,600 steps); adversarial-finetune-cosine-LR/ continues that stage's student (28x28:
 at 4,800 steps; 16x16: at 9,600, the shipped one) 900 steps with the same objective against itself
