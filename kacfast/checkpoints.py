@@ -36,6 +36,15 @@ def average_prefix(name: str) -> str:
     return f"ema-{name}/"
 
 
+def readable_like_new_files(path: str) -> None:
+    """Give ``path`` the mode a newly created file gets under the process umask (0o644 under the
+    usual 0o022): `tempfile.mkstemp` creates 0o600, which would leave an exported model unreadable
+    to other users once renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Atomically write ``tensors`` (CPU, contiguous) and ``meta`` (JSON-able) to ``path``."""
     header = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
@@ -47,6 +56,7 @@ def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) ->
         save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        readable_like_new_files(tmp)
         os.replace(tmp, path)
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

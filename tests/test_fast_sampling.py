@@ -535,3 +535,7 @@ def test_cli_export_takes_a_shipped_name(tmp_path):
     shipped = kacfast.load_pretrained("mnist16-distillkac-1step")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  shipped.state_dict().values()))
+    # the mode of any new file under the umask, not mkstemp's owner-only 0o600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask
