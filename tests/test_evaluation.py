@@ -253,21 +253,40 @@ _ROOT = Path(__file__).resolve().parents[1]
 _SCORED_28 = _ROOT / "docs" / "results" / "2026-12-06" / "mnist28-results.jsonl"
 
 
-def _compare(*rows):
+def _compare(*rows, results=(_SCORED_28,)):
+    files = [arg for path in results for arg in ("--results", str(path))]
     return subprocess.run([sys.executable, str(_ROOT / "benchmarks" / "experiments" / "mnist_results.py"),
-                           "compare", "--results", str(_SCORED_28), *rows], capture_output=True, text=True)
+                           "compare", *files, *rows], capture_output=True, text=True, timeout=120)
 
 
 def test_results_compare_pairs_the_scored_seeds():
     # README's 28x28 comparison of the teacher at w = 1.25 with EDM-35 at w = 1.5, from the stored values
     out = _compare("kac-logit-normal-euler-100@1.25", "edm-heun-35@1.5")
     assert out.returncode == 0, out.stderr
-    assert "| cnn fd | 0.491 | 0.430 | +0.061 [+0.006, +0.116] |" in out.stdout
-    assert "| strided fd | 0.966 | 1.758 | -0.793 [-1.172, -0.413] |" in out.stdout
+    assert "| cnn fd | 0.491 | 0.430 | +0.061 [+0.006, +0.116] | 1.141x |" in out.stdout
+    assert "| strided fd | 0.966 | 1.758 | -0.793 [-1.172, -0.413] | 0.549x |" in out.stdout
     # a scale is matched by value: @1.50 names the row scored at w = 1.5
     assert _compare("kac-logit-normal-euler-100@1.25", "edm-heun-35@1.50").stdout == out.stdout
     missing = _compare("kac-logit-normal-euler-100@9", "edm-heun-35@1.5")
     assert missing.returncode != 0 and "not scored" in missing.stderr
+
+
+def test_results_compare_pools_files_by_seed():
+    # README's nine-seed comparison of the shipped 28x28 student with its teacher: seeds 0-2, 3-5 and
+    # 6-8 stored in three files; a row scored in fewer of them is compared over the seeds both share
+    day = _ROOT / "docs" / "results" / "2026-12-07"
+    nine = [day / "mnist28-finetune3.jsonl", day / "mnist28-seeds345.jsonl", day / "mnist28-seeds678.jsonl"]
+    student = "distillkac-1-w1.25-huber-adversarial-logit-finetune3adv0.4-1.5e-4"
+    out = _compare(student, "kac-logit-normal-euler-100@1.25", results=nine)
+    assert out.returncode == 0, out.stderr
+    assert "seeds [0, 1, 2, 3, 4, 5, 6, 7, 8]" in out.stdout
+    assert "| cnn fd | 0.561 | 0.485 | +0.077 [+0.050, +0.104] | 1.158x |" in out.stdout
+    assert "| strided fd | 1.216 | 1.017 | +0.199 [+0.167, +0.230] | 1.195x |" in out.stdout
+    one_file = _compare(student, "kac-logit-normal-euler-100@1.25", results=nine[:1])
+    assert "seeds [0, 1, 2]" in one_file.stdout and "| 1.096x |" in one_file.stdout
+    assert "seeds [0, 1, 2]" in _compare(student, "edm-heun-35@1.5", results=nine).stdout  # EDM: seeds 0-2 only
+    apart = _compare("ddim-v-20@1.25", student, results=[day / "mnist28-ddpm-v.jsonl", nine[2]])
+    assert apart.returncode != 0 and "share 0 scored seed(s)" in apart.stderr
 
 
 def test_every_stored_results_row_has_a_label_and_a_file_reports():

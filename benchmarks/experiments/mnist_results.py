@@ -3,7 +3,7 @@
     python benchmarks/experiments/mnist_results.py run --runs RUNS --out RESULTS.jsonl [--rows NAME ...]
         [--guidance 1 1.25 1.5 2] [--n 1000] [--seeds 0 1 2] [--reference train] [--compile]
     python benchmarks/experiments/mnist_results.py report --results RESULTS.jsonl [--plot docs/quality_vs_nfe.png]
-    python benchmarks/experiments/mnist_results.py compare --results RESULTS.jsonl ROW_A[@W] ROW_B[@W]
+    python benchmarks/experiments/mnist_results.py compare --results RESULTS.jsonl [--results MORE.jsonl] ROW_A[@W] ROW_B[@W]
     python benchmarks/experiments/mnist_results.py speed --runs RUNS [--rows distillkac-1 edm-heun-35]
 
 RUNS holds the run directories of benchmarks/experiments/mnist_pipeline.sh: kac/, edm/, ddpm/ (teachers and
@@ -197,7 +197,7 @@ GRIDS = {"kac-logit-normal-quadratic-euler-100": quadratic_grid,
 SHIPPED = {"mnist5k16": {"kac-logit-normal": "mnist16-kac-teacher",
                          "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"},
            "mnist5k": {"kac-logit-normal": "mnist28-kac-teacher",
-                       "adversarial-finetune3longadv0.3-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
+                       "adversarial-finetune3adv0.4-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
 
 
 def _load_row(runs: str, run: str, data: str = "mnist5k16"):
@@ -452,36 +452,60 @@ def _row_name(row: str) -> str:
         return row
 
 
+def _pooled(records: list[dict], seeds: list[int]) -> dict:
+    """One row's records (from one or more results files, scored with the same samples per seed,
+    reference and judges) as one record over `seeds`; a later record's value for a seed replaces an
+    earlier one's."""
+    from kacfast.metrics.intervals import seed_interval
+
+    per_seed = {}
+    for r in records:
+        for i, seed in enumerate(r["seeds"]):
+            per_seed[seed] = {key: m["values"][i] for key, m in r["metrics"].items()}
+    keys = set.intersection(*(set(per_seed[seed]) for seed in seeds))
+    return {**records[-1], "seeds": seeds,
+            "metrics": {key: seed_interval([per_seed[seed][key] for seed in seeds]).as_dict() for key in keys}}
+
+
 def cmd_compare(args) -> None:
-    """Paired differences A - B (per seed) of two scored rows, per judge: FD and class accuracy.
-    A row is named as `run` names it, with @W for a guided row's scale (edm-heun-35@1.5). Rows
-    that record different judges (`judge_digests`) are refused."""
+    """Paired differences A - B (per seed) of two scored rows, per judge: FD and class accuracy,
+    over the seeds both were scored on in the --results files together (a row scored on seeds 0-2
+    in one file and 3-5 in another is compared over 0-5). A row is named as `run` names it, with
+    @W for a guided row's scale (edm-heun-35@1.5). Rows that record different judges
+    (`judge_digests`), samples per seed or references are refused."""
     from kacfast.evaluation import compare
 
     scored = {}
-    with open(args.results) as f:
-        for r in (json.loads(line) for line in f if line.strip()):
-            w = r.get("guidance")
-            scored[r["row"] if w is None else f"{r['row']}@{w:g}"] = r
+    for path in args.results:
+        with open(path) as f:
+            for r in (json.loads(line) for line in f if line.strip()):
+                w = r.get("guidance")
+                scored.setdefault(r["row"] if w is None else f"{r['row']}@{w:g}", []).append(r)
     names = [_row_name(row) for row in (args.a, args.b)]
     missing = [row for row in names if row not in scored]
     if missing:
-        sys.exit(f"not scored in {args.results}: {', '.join(missing)} (scored: {', '.join(sorted(scored))})")
-    a, b = (scored[row] for row in names)
-    if _key(a)[2:] != _key(b)[2:]:
-        sys.exit(f"{names[0]} and {names[1]} were scored with other samples per seed, seeds or reference: not paired.")
+        sys.exit(f"not scored in {', '.join(args.results)}: {', '.join(missing)} "
+                 f"(scored: {', '.join(sorted(scored))})")
+    records = scored[names[0]] + scored[names[1]]
+    if len({(r["n"], r["reference"]) for r in records}) > 1:
+        sys.exit(f"{names[0]} and {names[1]} were scored with other samples per seed or reference: not paired.")
     try:
-        check_same_judges([a, b])
+        check_same_judges(records)
     except ValueError as error:
         sys.exit(str(error))
-    print(f"A = {names[0]}, B = {names[1]}; {a['n']} samples x seeds {a['seeds']}, {a['reference']} reference\n")
-    print("| metric | A | B | A - B, 95% paired by seed |\n|---|---:|---:|---:|")
+    seeds = sorted(set.intersection(*({s for r in scored[name] for s in r["seeds"]} for name in names)))
+    if len(seeds) < 2:
+        sys.exit(f"{names[0]} and {names[1]} share {len(seeds)} scored seed(s); a paired interval needs 2.")
+    a, b = (_pooled(scored[name], seeds) for name in names)
+    print(f"A = {names[0]}, B = {names[1]}; {a['n']} samples x seeds {seeds}, {a['reference']} reference\n")
+    print("| metric | A | B | A - B, 95% paired by seed | A / B |\n|---|---:|---:|---:|---:|")
     for judge in a["judges"]:
         for metric in ("fd", "accuracy"):
             key = f"{judge}_{metric}"
             diff = compare(a, b, key)
-            print(f"| {judge} {metric} | {a['metrics'][key]['mean']:.3f} | {b['metrics'][key]['mean']:.3f} | "
-                  f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] |")
+            mean_a, mean_b = a["metrics"][key]["mean"], b["metrics"][key]["mean"]
+            print(f"| {judge} {metric} | {mean_a:.3f} | {mean_b:.3f} | "
+                  f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] | {mean_a / mean_b:.3f}x |")
 
 
 def cmd_speed(args) -> None:
@@ -530,7 +554,8 @@ def main() -> None:
     rep.add_argument("--metrics", nargs="+", help="columns to show, e.g. fd precision recall accuracy "
                      "(default: all, KID included)")
     compare = sub.add_parser("compare", help="paired differences A - B of two scored rows")
-    compare.add_argument("--results", required=True)
+    compare.add_argument("--results", required=True, action="append", help="a results file; "
+                         "repeat to pool several by seed")
     compare.add_argument("a", help="a scored row, @W for a guided row's scale: edm-heun-35@1.5")
     compare.add_argument("b")
     speed = sub.add_parser("speed", help="images/s of --rows side by side (the last row is the unit)")
