@@ -9,7 +9,7 @@
 # run: about 70 minutes alone, 90-100 beside another job.
 # Writes RUNS_DIR/{kac,edm,ddpm,ddpm-v,distill}, the logit-normal teacher's chain (kac-logit-normal,
 # distill-w1.25-huber-logit, adversarial-huber-w1.25-logit, adversarial-finetune-cosine-LR,
-# adversarial-finetune2-cosine-1.5e-4, adversarial-finetune3longadv0.3-cosine-1.5e-4),
+# adversarial-finetune2-cosine-1.5e-4, adversarial-finetune3adv0.4-cosine-1.5e-4),
 # RUNS_DIR/results.jsonl, RUNS_DIR/grids/,
 # RUNS_DIR/ddpm{,-v}-timestep-error.jsonl and the two shipped 28x28 model files.
 set -euo pipefail
@@ -44,7 +44,7 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   adversarial_stage distill-w1.25-huber-logit adversarial-huber-w1.25-logit 1200 2400 4800
   # the 4,800-step student, 900 more steps of the same objective against its own samples (1 -> 1),
   # the LR on a cosine to 0; then the 1.5e-4 one a second cycle of 500 steps, and that one a third
-  # of 1,500 steps with adversarial weight 0.3 (the shipped student)
+  # of 500 steps with adversarial weight 0.4 (the shipped student)
   for lr in 5e-5 1.5e-4; do
     $DISTILL --teacher "$RUNS/adversarial-huber-w1.25-logit-4800/stage-1-1" --schedule 1 1 \
         --out "$RUNS/adversarial-finetune-cosine-$lr" --steps-per-stage 900 --seed 3 \
@@ -54,8 +54,8 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
       --out "$RUNS/adversarial-finetune2-cosine-1.5e-4" --steps-per-stage 500 --warmup 50 --seed 3 \
       --objective endpoint-l2-adversarial --lr 1.5e-4 --lr-schedule cosine --threads 2 --resume
   $DISTILL --teacher "$RUNS/adversarial-finetune2-cosine-1.5e-4/stage-1-1" --schedule 1 1 \
-      --out "$RUNS/adversarial-finetune3longadv0.3-cosine-1.5e-4" --steps-per-stage 1500 --warmup 50 --seed 3 \
-      --objective endpoint-l2-adversarial --objective-option adversarial_weight=0.3 --lr 1.5e-4 \
+      --out "$RUNS/adversarial-finetune3adv0.4-cosine-1.5e-4" --steps-per-stage 500 --warmup 50 --seed 3 \
+      --objective endpoint-l2-adversarial --objective-option adversarial_weight=0.4 --lr 1.5e-4 \
       --lr-schedule cosine --resume ) & LOGIT_CHAIN=$!
 wait $KAC_CHAIN
 wait $BASELINES
@@ -75,11 +75,11 @@ $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber
     distillkac-1-w1.25-huber-adversarial-logit-2400 distillkac-1-w1.25-huber-adversarial-logit-4800 \
     distillkac-1-w1.25-huber-adversarial-logit-finetune-5e-5 distillkac-1-w1.25-huber-adversarial-logit-finetune-1.5e-4 \
     distillkac-1-w1.25-huber-adversarial-logit-finetune2-1.5e-4 \
-    distillkac-1-w1.25-huber-adversarial-logit-finetune3longadv0.3-1.5e-4 \
+    distillkac-1-w1.25-huber-adversarial-logit-finetune3adv0.4-1.5e-4 \
     distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
     distillkac-2-w1.25-huber-logit
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
 # 3. the shipped 28x28 pair (kacfast/pretrained: mnist28-kac-teacher, mnist28-distillkac-1step)
 kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist28-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-finetune3longadv0.3-cosine-1.5e-4/stage-1-1" \
+kacfast export --ckpt "$RUNS/adversarial-finetune3adv0.4-cosine-1.5e-4/stage-1-1" \
     --out "$HERE/kacfast/pretrained/mnist28-distillkac-1step.safetensors"
