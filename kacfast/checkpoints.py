@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,27 +36,21 @@ def average_prefix(name: str) -> str:
     return f"ema-{name}/"
 
 
-def readable_like_new_files(path: str) -> None:
-    """Give ``path`` the mode a newly created file gets under the process umask (0o644 under the
-    usual 0o022): `tempfile.mkstemp` creates 0o600, which would leave an exported model unreadable
-    to other users once renamed into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Atomically write ``tensors`` (CPU, contiguous) and ``meta`` (JSON-able) to ``path``."""
-    header = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
+def save_file_atomically(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+    """Write a safetensors file under a unique temporary name beside ``path``, flush it to disk and
+    rename it into place: a killed writer leaves no half file, and concurrent writers never clobber
+    each other's temporary. The file gets the mode any new file gets under the process umask (0o644
+    under the usual 0o022); safetensors alone leaves 0o600, unreadable to others once exported."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.safetensors")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the kernel applies the umask
     try:
-        save_file(tensors, tmp, metadata=header)
+        mode = os.stat(tmp).st_mode & 0o777
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        readable_like_new_files(tmp)
         os.replace(tmp, path)
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -66,6 +60,11 @@ def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) ->
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically write ``tensors`` (CPU, contiguous) and ``meta`` (JSON-able) to ``path``."""
+    save_file_atomically(tensors, path, {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)})
 
 
 def read_checkpoint(path: str) -> tuple[dict, dict]:

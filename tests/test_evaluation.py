@@ -1,6 +1,7 @@
 """The quality protocol: intervals, precision / recall, the second judge, Evaluator and `kacfast eval`."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,12 @@ def test_strided_classifier_shapes_and_roundtrip(tmp_path):
         model = metrics.Classifier(shape, 10, arch="strided").eval()
         x = torch.rand(3, *shape) * 2 - 1
         assert model.features(x).shape == (3, 128) and model(x).shape == (3, 10)
-    model.save(tmp_path / "c.safetensors")
+    umask = os.umask(0o027)  # neither the usual 0o022 nor mkstemp's owner-only 0o600
+    try:
+        model.save(tmp_path / "c.safetensors")
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "c.safetensors").st_mode & 0o777 == 0o640
     again = metrics.load_classifier(tmp_path / "c.safetensors")
     assert again.config["arch"] == "strided"
     torch.testing.assert_close(again.features(x), model.features(x), rtol=0, atol=0)
@@ -263,8 +269,8 @@ def test_results_compare_pairs_the_scored_seeds():
     # README's 28x28 comparison of the teacher at w = 1.25 with EDM-35 at w = 1.5, from the stored values
     out = _compare("kac-logit-normal-euler-100@1.25", "edm-heun-35@1.5")
     assert out.returncode == 0, out.stderr
-    assert "| cnn fd | 0.491 | 0.430 | +0.061 [+0.006, +0.116] | 1.141x |" in out.stdout
-    assert "| strided fd | 0.966 | 1.758 | -0.793 [-1.172, -0.413] | 0.549x |" in out.stdout
+    assert "| cnn fd | 0.491 ± 0.043 | 0.430 ± 0.088 | +0.061 [+0.006, +0.116] | 1.141x |" in out.stdout
+    assert "| strided fd | 0.966 ± 0.202 | 1.758 ± 0.426 | -0.793 [-1.172, -0.413] | 0.549x |" in out.stdout
     # a scale is matched by value: @1.50 names the row scored at w = 1.5
     assert _compare("kac-logit-normal-euler-100@1.25", "edm-heun-35@1.50").stdout == out.stdout
     missing = _compare("kac-logit-normal-euler-100@9", "edm-heun-35@1.5")
@@ -280,13 +286,34 @@ def test_results_compare_pools_files_by_seed():
     out = _compare(student, "kac-logit-normal-euler-100@1.25", results=nine)
     assert out.returncode == 0, out.stderr
     assert "seeds [0, 1, 2, 3, 4, 5, 6, 7, 8]" in out.stdout
-    assert "| cnn fd | 0.561 | 0.485 | +0.077 [+0.050, +0.104] | 1.158x |" in out.stdout
-    assert "| strided fd | 1.216 | 1.017 | +0.199 [+0.167, +0.230] | 1.195x |" in out.stdout
+    assert "| cnn fd | 0.561 ± 0.057 | 0.485 ± 0.045 | +0.077 [+0.050, +0.104] | 1.158x |" in out.stdout
+    assert "| strided fd | 1.216 ± 0.054 | 1.017 ± 0.059 | +0.199 [+0.167, +0.230] | 1.195x |" in out.stdout
     one_file = _compare(student, "kac-logit-normal-euler-100@1.25", results=nine[:1])
-    assert "seeds [0, 1, 2]" in one_file.stdout and "| 1.096x |" in one_file.stdout
+    assert one_file.returncode == 0 and "seeds [0, 1, 2]" in one_file.stdout and "| 1.096x |" in one_file.stdout
     assert "seeds [0, 1, 2]" in _compare(student, "edm-heun-35@1.5", results=nine).stdout  # EDM: seeds 0-2 only
     apart = _compare("ddim-v-20@1.25", student, results=[day / "mnist28-ddpm-v.jsonl", nine[2]])
     assert apart.returncode != 0 and "share 0 scored seed(s)" in apart.stderr
+
+
+def test_results_compare_refuses_what_does_not_pool(tmp_path):
+    day = _ROOT / "docs" / "results" / "2026-12-07"
+    teacher = "kac-logit-normal-euler-100@1.25"
+    # another dataset (the 16x16 digits), and rows with no judge digests pooled across files
+    other = _compare("data", teacher, results=[day / "mnist28-finetune3.jsonl", day / "mnist16-finetune.jsonl"])
+    assert other.returncode != 0 and "other datasets" in other.stderr
+    unknown = _compare(teacher, "data", results=[day / "mnist28-finetune3.jsonl", _SCORED_28])
+    assert unknown.returncode != 0 and "no judge digests" in unknown.stderr
+    # the same row and seed scored twice with other values; a metric with fewer values than seeds
+    rows = [json.loads(line) for line in (day / "mnist28-seeds678.jsonl").read_text().splitlines()]
+    changed = json.loads(json.dumps(rows[0]))
+    changed["metrics"]["cnn_fd"]["values"][0] += 0.5
+    (tmp_path / "changed.jsonl").write_text(json.dumps(changed) + "\n")
+    twice = _compare("data", teacher, results=[day / "mnist28-seeds678.jsonl", tmp_path / "changed.jsonl"])
+    assert twice.returncode != 0 and "scored twice on seed 6" in twice.stderr
+    short = json.loads(json.dumps(rows[0]))
+    short["metrics"]["strided_fd"]["values"].pop()
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [short, *rows[1:]]))
+    assert "has 2 values for seeds [6, 7, 8]" in _compare("data", teacher, results=[tmp_path / "short.jsonl"]).stderr
 
 
 def test_every_stored_results_row_has_a_label_and_a_file_reports():

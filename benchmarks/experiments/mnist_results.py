@@ -65,6 +65,7 @@ import torch
 from kacfast._device import tune_cpu_allocator
 from kacfast.evaluation import check_same_judges
 from kacfast.facts import facts_of
+from kacfast.metrics.intervals import seed_interval
 from kacfast.sampling import quadratic_grid
 
 # the relative lengths of the power-function EMAs kept by kac-logit-normal-precond-ema/, one row each
@@ -452,27 +453,34 @@ def _row_name(row: str) -> str:
         return row
 
 
-def _pooled(records: list[dict], seeds: list[int]) -> dict:
-    """One row's records (from one or more results files, scored with the same samples per seed,
-    reference and judges) as one record over `seeds`; a later record's value for a seed replaces an
-    earlier one's."""
-    from kacfast.metrics.intervals import seed_interval
-
+def _pooled(records: list[dict], seeds: list[int], keys: list[str]) -> dict:
+    """One row's records (from one or more results files) as one record over `seeds`, with the
+    metrics `keys` only. The same seed scored twice must have the same values (a re-scored row
+    with other samples or judges is refused, not silently replaced)."""
     per_seed = {}
     for r in records:
+        for key in keys:
+            if len(r["metrics"][key]["values"]) != len(r["seeds"]):
+                sys.exit(f"{r['row']}: {key} has {len(r['metrics'][key]['values'])} values for seeds {r['seeds']}.")
         for i, seed in enumerate(r["seeds"]):
-            per_seed[seed] = {key: m["values"][i] for key, m in r["metrics"].items()}
-    keys = set.intersection(*(set(per_seed[seed]) for seed in seeds))
-    return {**records[-1], "seeds": seeds,
-            "metrics": {key: seed_interval([per_seed[seed][key] for seed in seeds]).as_dict() for key in keys}}
+            values = {key: r["metrics"][key]["values"][i] for key in keys}
+            if seed in per_seed and any(abs(values[k] - per_seed[seed][k]) > 1e-6 for k in keys):
+                sys.exit(f"{r['row']} was scored twice on seed {seed} with different values: not pooled.")
+            per_seed[seed] = values
+    try:
+        metrics = {key: seed_interval([per_seed[seed][key] for seed in seeds]).as_dict() for key in keys}
+    except ValueError as error:
+        sys.exit(f"{records[-1]['row']}: {error}")
+    return {**records[-1], "seeds": seeds, "metrics": metrics}
 
 
 def cmd_compare(args) -> None:
     """Paired differences A - B (per seed) of two scored rows, per judge: FD and class accuracy,
     over the seeds both were scored on in the --results files together (a row scored on seeds 0-2
     in one file and 3-5 in another is compared over 0-5). A row is named as `run` names it, with
-    @W for a guided row's scale (edm-heun-35@1.5). Rows that record different judges
-    (`judge_digests`), samples per seed or references are refused."""
+    @W for a guided row's scale (edm-heun-35@1.5). Refused: rows of other datasets, samples per
+    seed or references; rows that record different judges (`judge_digests`), and, when pooling
+    several files, rows that record none (scored before 2026-12-07: their judges are unknown)."""
     from kacfast.evaluation import compare
 
     scored = {}
@@ -487,8 +495,13 @@ def cmd_compare(args) -> None:
         sys.exit(f"not scored in {', '.join(args.results)}: {', '.join(missing)} "
                  f"(scored: {', '.join(sorted(scored))})")
     records = scored[names[0]] + scored[names[1]]
-    if len({(r["n"], r["reference"]) for r in records}) > 1:
-        sys.exit(f"{names[0]} and {names[1]} were scored with other samples per seed or reference: not paired.")
+    protocol = {(r["dataset"], r["n"], r["reference"], r.get("reference_size"), r.get("k")) for r in records}
+    if len(protocol) > 1:
+        sys.exit(f"{names[0]} and {names[1]} were scored on other datasets, samples per seed or references: "
+                 "not paired.")
+    if len(args.results) > 1 and any("judge_digests" not in r for r in records):
+        sys.exit("rows that record no judge digests (scored before 2026-12-07) are compared one file at a "
+                 "time: across files their judges may differ.")
     try:
         check_same_judges(records)
     except ValueError as error:
@@ -496,16 +509,16 @@ def cmd_compare(args) -> None:
     seeds = sorted(set.intersection(*({s for r in scored[name] for s in r["seeds"]} for name in names)))
     if len(seeds) < 2:
         sys.exit(f"{names[0]} and {names[1]} share {len(seeds)} scored seed(s); a paired interval needs 2.")
-    a, b = (_pooled(scored[name], seeds) for name in names)
+    keys = [f"{judge}_{metric}" for judge in records[0]["judges"] for metric in ("fd", "accuracy")]
+    a, b = (_pooled(scored[name], seeds, keys) for name in names)
     print(f"A = {names[0]}, B = {names[1]}; {a['n']} samples x seeds {seeds}, {a['reference']} reference\n")
     print("| metric | A | B | A - B, 95% paired by seed | A / B |\n|---|---:|---:|---:|---:|")
-    for judge in a["judges"]:
-        for metric in ("fd", "accuracy"):
-            key = f"{judge}_{metric}"
-            diff = compare(a, b, key)
-            mean_a, mean_b = a["metrics"][key]["mean"], b["metrics"][key]["mean"]
-            print(f"| {judge} {metric} | {mean_a:.3f} | {mean_b:.3f} | "
-                  f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] | {mean_a / mean_b:.3f}x |")
+    for key in keys:
+        diff = compare(a, b, key)
+        ia, ib = a["metrics"][key], b["metrics"][key]
+        print(f"| {key.replace('_', ' ')} | {ia['mean']:.3f} ± {(ia['high'] - ia['low']) / 2:.3f} | "
+              f"{ib['mean']:.3f} ± {(ib['high'] - ib['low']) / 2:.3f} | "
+              f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] | {ia['mean'] / ib['mean']:.3f}x |")
 
 
 def cmd_speed(args) -> None:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -113,17 +112,9 @@ class Classifier(nn.Module):
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, **extra) -> None:
         """Write ``path`` (safetensors weights) and ``path`` with suffix ``.json`` (config + extra)."""
-        from safetensors.torch import save_file
-
-        from kacfast.checkpoints import readable_like_new_files
+        from kacfast.checkpoints import save_file_atomically
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)  # a unique temporary name: concurrent writers never clobber each other's file
-        save_file(tensors, tmp)
-        readable_like_new_files(tmp)
-        os.replace(tmp, path)
+        save_file_atomically({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path))
         path.with_suffix(".json").write_text(json.dumps({**self.config, **extra}, indent=2))
 
     def weights_digest(self) -> str:
