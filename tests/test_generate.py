@@ -1,6 +1,7 @@
 """generate() per method, EDM's Euler option, DDIM's callback, training preview grids, exported
 weights and the shipped pretrained models."""
 import os
+import shlex
 import subprocess
 import sys
 
@@ -189,6 +190,44 @@ def test_shipped_models_sample_as_is(size):
     assert facts_of(teacher).pretrained["guidance"] == absorbed
     with pytest.warns(UserWarning, match=f"absorbed guidance {absorbed:g} during distillation"):
         kacfast.sample(student, 1, labels=[3], guidance=1.5, seed=0)
+
+
+def _options(command: str) -> dict[str, list[str]]:
+    """--name -> the values given to it (the first word after each occurrence) in a shell command."""
+    words = shlex.split(command)
+    options = {}
+    for word, value in zip(words, words[1:]):
+        if word.startswith("--") and not value.startswith("--"):
+            options.setdefault(word, []).append(value)
+    return options
+
+
+@pytest.mark.skipif(len(SHIPPED) < 4, reason="the shipped model files are not in this checkout")
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_shipped_files_match_their_recorded_commands(name):
+    """The command that trained the run a PRETRAINED entry exports sets what the shipped file's
+    metadata says it was trained with (a re-shipped model whose entry was not updated fails)."""
+    from kacfast.checkpoints import read_checkpoint
+    meta, _ = read_checkpoint(kacfast.pretrained.pretrained_path(name))
+    *training, export = PRETRAINED[name]["commands"]
+    run = _options(export)["--ckpt"][0]
+    trained = [c for c in training if run == _options(c)["--out"][0] or run.startswith(_options(c)["--out"][0] + "/")]
+    options = _options(trained[-1])
+    config, objective = meta["config"], meta["objective"]
+    assert config["steps"] == int((options.get("--steps-per-stage") or options["--steps"])[0])
+    assert config["lr"] == float(options["--lr"][0]) and config["batch_size"] == int(options["--batch-size"][0])
+    for flag, key, kind in (("--warmup", "warmup", int), ("--lr-schedule", "lr_schedule", str)):
+        if flag in options:
+            assert config[key] == kind(options[flag][0])
+    if "--objective" in options:
+        assert objective["loss"] == options["--objective"][0]
+    if "--time-distribution" in options:
+        assert objective["time_distribution"] == options["--time-distribution"][0]
+    for setting in options.get("--objective-option", []):
+        key, value = setting.split("=")
+        assert objective[key] == float(value)
+    if objective.get("loss") == "endpoint-l2-adversarial" and "--objective-option" not in options:
+        assert objective["adversarial_weight"] == 0.1  # the objective's default
 
 
 @pytest.mark.skipif(len(SHIPPED) < 2, reason="the shipped model files are not in this checkout")

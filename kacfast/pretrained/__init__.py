@@ -141,8 +141,8 @@ PRETRAINED = {
             student_scores=["1 step: cnn FD 0.51 +- 0.08, strided FD 1.18 +- 0.28, class accuracy "
                             "0.986 / 0.984 with the shipped judges: 1.10x / 1.22x the teacher's FD; over "
                             "seeds 0-8: cnn FD 0.56 +- 0.06, strided FD 1.22 +- 0.05, 1.16x / 1.20x the "
-                            "teacher's (the last cycle chosen among nine fine-tune runs on seeds 0-5; "
-                            "on seeds 6-8 alone 1.15x / 1.23x)"],
+                            "teacher's (point estimates; the last cycle chosen on these seeds among nine "
+                            "fine-tune runs; on seeds 6-8 alone 1.15x / 1.23x)"],
             finetunes=(FineTune("1.5e-4", 900, 100, 1, "adversarial-finetune-cosine-1.5e-4"),
                        FineTune("1.5e-4", 500, 50, 2, "adversarial-finetune2-cosine-1.5e-4"),
                        FineTune("1.5e-4", 500, 50, 1, "adversarial-finetune3adv0.4-cosine-1.5e-4",
