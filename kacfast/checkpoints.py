@@ -120,6 +120,15 @@ def _weights_prefix(tensors: dict, ema: bool | str, file: str) -> str:
     return "ema/" if ema and any(k.startswith("ema/") for k in tensors) else "model/"
 
 
+def trained_on(meta: dict, where: str) -> str:
+    """The dataset name a run's metadata records (``meta["run"]["data"]``); ValueError naming
+    ``where`` (the checkpoint) if it records none."""
+    data = meta.get("run", {}).get("data")
+    if data is None:
+        raise ValueError(f"{where} does not record the dataset it was trained on (meta['run']['data']).")
+    return data
+
+
 def load_trained(path: str, *, ema: bool | str = True, device=None) -> tuple[torch.nn.Module, dict]:
     """(model, meta) from a run directory or checkpoint file; EMA weights by default.
 

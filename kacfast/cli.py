@@ -183,7 +183,7 @@ def cmd_distill(args) -> int:
     """Endpoint-only multi-stage distillation of a trained Kac teacher (DistillKac)."""
     from kacfast.data import load_dataset
     from kacfast.training.distill import DistillConfig, distill
-    from kacfast.checkpoints import load_trained
+    from kacfast.checkpoints import load_trained, trained_on
 
     _setup_worker(args)
     teacher_path = _checkpoint(args.teacher)
@@ -191,8 +191,7 @@ def cmd_distill(args) -> int:
     process = facts_of(teacher).process
     if process is None:
         raise ValueError(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
-    data = meta.get("run", {}).get("data")
-    x, y = load_dataset(data, split="train", seed=args.seed)
+    x, y = load_dataset(trained_on(meta, args.teacher), split="train", seed=args.seed)
     per_stage = args.steps_per_stage[0] if len(args.steps_per_stage) == 1 else tuple(args.steps_per_stage)
     options = dict(args.objective_option)
     if len(options) < len(args.objective_option):
@@ -319,16 +318,14 @@ def cmd_eval(args) -> int:
     import copy
     import json
 
+    from kacfast.checkpoints import trained_on
     from kacfast.evaluation import Evaluator, Protocol, format_table
     from kacfast.generate import generation_nfe, solver_for
 
     args.n = args.n if args.n is not None else 2000
     model, meta = _load(args)
-    data = meta.get("run", {}).get("data")
-    if data is None:
-        raise ValueError("the checkpoint does not record its dataset (meta['run']['data']).")
-    protocol = Protocol(data, n=args.n, seeds=tuple(args.seeds), reference=args.reference,
-                        judges=tuple(args.judges))
+    protocol = Protocol(trained_on(meta, args.ckpt), n=args.n, seeds=tuple(args.seeds),
+                        reference=args.reference, judges=tuple(args.judges))
     evaluator = Evaluator(protocol, judge_steps=args.classifier_steps,
                           inception_weights=args.inception_weights)
     labels = _labels(args, model, args.n)

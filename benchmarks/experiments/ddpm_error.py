@@ -23,7 +23,7 @@ import json
 import torch
 
 from kacfast.baselines.ddpm import DDPMSchedule
-from kacfast.checkpoints import load_trained
+from kacfast.checkpoints import load_trained, trained_on
 from kacfast.data import load_dataset
 from kacfast.facts import facts_of
 
@@ -60,9 +60,10 @@ def main() -> None:
     schedule = DDPMSchedule()  # the one kacfast's DDPM objective trains on
     if not all(0 <= t < len(schedule) for t in args.timesteps):
         parser.error(f"--timesteps must lie in [0, {len(schedule) - 1}].")
-    data = args.data or meta.get("run", {}).get("data")
-    if data is None:
-        parser.error(f"{args.run} does not record its dataset: pass --data.")
+    try:
+        data = args.data or trained_on(meta, args.run)
+    except ValueError as error:
+        parser.error(f"{error} Pass --data.")
     x_train, y_train = load_dataset(data, "train")
     if tuple(x_train.shape[1:]) != tuple(model.sample_shape):
         parser.error(f"--data {data} holds images of shape {tuple(x_train.shape[1:])}; the network makes "
