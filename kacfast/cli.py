@@ -191,7 +191,8 @@ def cmd_distill(args) -> int:
     process = facts_of(teacher).process
     if process is None:
         raise ValueError(f"{args.teacher} is not a Kac teacher (method {meta['objective'].get('method')!r}).")
-    x, y = load_dataset(trained_on(meta, args.teacher), split="train", seed=args.seed)
+    data = trained_on(meta, args.teacher)
+    x, y = load_dataset(data, split="train", seed=args.seed)
     per_stage = args.steps_per_stage[0] if len(args.steps_per_stage) == 1 else tuple(args.steps_per_stage)
     options = dict(args.objective_option)
     if len(options) < len(args.objective_option):

@@ -499,14 +499,14 @@ def test_cli_user_errors_are_one_line(tmp_path, args, message):
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("command", [["eval", "--ckpt"], ["distill", "--out", "unused", "--teacher"]])
+@pytest.mark.parametrize("command", [["eval", "--ckpt"], ["distill", "--out", "{tmp}/student", "--teacher"]])
 def test_cli_checkpoint_without_its_dataset_is_one_line(tmp_path, command):
     from kacfast.checkpoints import read_checkpoint, write_checkpoint
     meta, tensors = read_checkpoint(kacfast.pretrained.pretrained_path("mnist16-kac-teacher"))
     meta.pop("run")
     write_checkpoint(str(tmp_path / "teacher.safetensors"), tensors, meta)
-    run = _cli(*command, str(tmp_path / "teacher.safetensors"))
-    assert run.returncode == 2
+    run = _cli(*(word.format(tmp=tmp_path) for word in command), str(tmp_path / "teacher.safetensors"))
+    assert run.returncode == 2 and not (tmp_path / "student").exists()
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and f"kacfast {command[0]}: error:" in lines[0]
     assert "does not record the dataset it was trained on" in lines[0]

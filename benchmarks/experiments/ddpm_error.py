@@ -62,8 +62,8 @@ def main() -> None:
         parser.error(f"--timesteps must lie in [0, {len(schedule) - 1}].")
     try:
         data = args.data or trained_on(meta, args.run)
-    except ValueError as error:
-        parser.error(f"{error} Pass --data.")
+    except ValueError:
+        parser.error(f"{args.run} does not record its dataset: pass --data.")
     x_train, y_train = load_dataset(data, "train")
     if tuple(x_train.shape[1:]) != tuple(model.sample_shape):
         parser.error(f"--data {data} holds images of shape {tuple(x_train.shape[1:])}; the network makes "
