@@ -193,12 +193,15 @@ def test_shipped_models_sample_as_is(size):
 
 
 def _options(command: str) -> dict[str, list[str]]:
-    """--name -> the values given to it (the first word after each occurrence) in a shell command."""
-    words = shlex.split(command)
-    options = {}
-    for word, value in zip(words, words[1:]):
-        if word.startswith("--") and not value.startswith("--"):
-            options.setdefault(word, []).append(value)
+    """--name -> every word given after it (up to the next --name) in a shell command; a name given
+    twice (--objective-option) gets both values."""
+    options, name = {}, None
+    for word in shlex.split(command):
+        if word.startswith("--"):
+            name = word
+            options.setdefault(name, [])
+        elif name is not None:
+            options[name].append(word)
     return options
 
 
@@ -206,25 +209,35 @@ def _options(command: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("name", sorted(PRETRAINED))
 def test_shipped_files_match_their_recorded_commands(name):
     """The command that trained the run a PRETRAINED entry exports sets what the shipped file's
-    metadata says it was trained with (a re-shipped model whose entry was not updated fails)."""
+    metadata says it was trained with (a re-shipped model whose entry was not updated fails; two
+    runs of one command from different teachers are not told apart)."""
     from kacfast.checkpoints import read_checkpoint
     meta, _ = read_checkpoint(kacfast.pretrained.pretrained_path(name))
     *training, export = PRETRAINED[name]["commands"]
     run = _options(export)["--ckpt"][0]
     trained = [c for c in training if run == _options(c)["--out"][0] or run.startswith(_options(c)["--out"][0] + "/")]
-    options = _options(trained[-1])
+    assert len(trained) == 1, f"{name}: no single recorded command writes {run}"
+    options = _options(trained[0])
     config, objective = meta["config"], meta["objective"]
-    assert config["steps"] == int((options.get("--steps-per-stage") or options["--steps"])[0])
+    steps = int((options.get("--steps-per-stage") or options["--steps"])[-1])
+    assert config["steps"] == meta["step"] == steps
     assert config["lr"] == float(options["--lr"][0]) and config["batch_size"] == int(options["--batch-size"][0])
     for flag, key, kind in (("--warmup", "warmup", int), ("--lr-schedule", "lr_schedule", str)):
         if flag in options:
             assert config[key] == kind(options[flag][0])
+    seed = int(options.get("--seed", ["0"])[0])
+    if "--schedule" in options:  # a distillation: stage k of the schedule trains with seed + k
+        schedule = [int(steps) for steps in options["--schedule"]]
+        assert (objective["teacher_steps"], objective["student_steps"]) == tuple(schedule[-2:])
+        assert config["seed"] == seed + meta["run"]["stage"] and meta["run"]["stage"] == len(schedule) - 1
+    else:
+        assert config["seed"] == seed and meta["run"]["data"] == options["--data"][0]
     if "--objective" in options:
         assert objective["loss"] == options["--objective"][0]
     if "--time-distribution" in options:
         assert objective["time_distribution"] == options["--time-distribution"][0]
     for setting in options.get("--objective-option", []):
-        key, value = setting.split("=")
+        key, value = setting.split("=", 1)
         assert objective[key] == float(value)
     if objective.get("loss") == "endpoint-l2-adversarial" and "--objective-option" not in options:
         assert objective["adversarial_weight"] == 0.1  # the objective's default

@@ -114,6 +114,7 @@ $TRAIN --method ddpm --prediction v_prediction --out "$RUNS/ddpm-v"
 python "$HERE/benchmarks/experiments/ddpm_error.py" --run "$RUNS/ddpm-v" > "$RUNS/ddpm-v-timestep-error.jsonl"
 $EVAL --guidance 1 1.25 1.5 2 --rows ddim-v-4 ddim-v-trailing-4
 $EVAL --guidance 1.25 1.5 --rows ddim-v-trailing-2 ddim-v-trailing-1 ddim-v-20
+$EVAL --guidance 1.25 --rows ddim-v-100
 $EVAL --guidance 1.25 --rows kac-logit-normal-precond-euler-100 kac-logit-normal-weighted-euler-100 \
     kac-logit-normal-ab2-100 kac-logit-normal-midpoint-50 kac-logit-normal-heun-50 \
     distillkac-1-w1.25-huber-adversarial-logit-precond distillkac-1-w1.25-huber-adversarial-logit-precond-1200 \

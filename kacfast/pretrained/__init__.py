@@ -130,7 +130,7 @@ PRETRAINED = {
             teacher_guidance=1.25,
             teacher_scores=["100 Euler steps, w = 1.25: cnn FD 0.46 +- 0.03, strided FD 0.97 +- 0.20, "
                             "class accuracy 0.985 / 0.984 with the shipped judges (EDM, 35 Heun NFE at "
-                            "its best w = 1.5, retrained: 0.44 +- 0.11, 1.74 +- 0.47); the rows below "
+                            "its best w = 1.5, retrained: 0.44 +- 0.11, 1.74 +- 0.47); the next three rows "
                             "with the judges of 2026-12-06, which read 0.49 for this one",
                             "100 Euler steps, w = 1: cnn FD 0.86 +- 0.11, strided FD 1.24 +- 0.10, "
                             "class accuracy 0.950 / 0.947",
@@ -141,7 +141,8 @@ PRETRAINED = {
                             "100 Euler steps, w = 2, the shipped judges: cnn FD 0.94 +- 0.08, strided FD "
                             "2.34 +- 0.44, class accuracy 1.000 / 1.000",
                             "the same recipe trained with --seed 1, 100 Euler steps, w = 1.25, the shipped "
-                            "judges: cnn FD 0.47 +- 0.03, strided FD 1.03 +- 0.09 (level with this file)"],
+                            "judges: cnn FD 0.47 +- 0.03, strided FD 1.03 +- 0.09 (not separated from this "
+                            "file on either judge)"],
             student_scores=["1 step: cnn FD 0.51 +- 0.08, strided FD 1.18 +- 0.28, class accuracy "
                             "0.986 / 0.984 with the shipped judges: 1.10x / 1.22x the teacher's FD; over "
                             "seeds 0-8: cnn FD 0.56 +- 0.06, strided FD 1.22 +- 0.05, 1.16x / 1.20x the "
