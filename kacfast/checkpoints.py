@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,18 +37,19 @@ def average_prefix(name: str) -> str:
     return f"ema-{name}/"
 
 
-def save_file_atomically(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
-    """Write a safetensors file under a unique temporary name beside ``path``, flush it to disk and
-    rename it into place: a killed writer leaves no half file, and concurrent writers never clobber
-    each other's temporary. The file gets the mode any new file gets under the process umask (0o644
-    under the usual 0o022); safetensors alone leaves 0o600, unreadable to others once exported."""
+def replace_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a unique temporary file beside ``path``, flush it to disk and rename
+    it into place: a killed writer leaves no half file, and concurrent writers never clobber each
+    other's temporary. The file gets the mode any new file gets under the process umask (0o644
+    under the usual 0o022), whatever mode ``write`` leaves (safetensors leaves 0o600, unreadable to
+    others once exported)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.safetensors")
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the kernel applies the umask
     try:
         mode = os.stat(tmp).st_mode & 0o777
-        save_file(tensors, tmp, metadata=metadata)
+        write(tmp)
         os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -60,6 +62,11 @@ def save_file_atomically(tensors: dict[str, torch.Tensor], path: str, metadata: 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_file_atomically(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+    """safetensors' save_file through `replace_atomically`."""
+    replace_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_checkpoint(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:

@@ -95,10 +95,19 @@ def test_strided_classifier_shapes_and_roundtrip(tmp_path):
         model.save(tmp_path / "c.safetensors")
     finally:
         os.umask(umask)
-    assert os.stat(tmp_path / "c.safetensors").st_mode & 0o777 == 0o640
+    assert all(os.stat(tmp_path / name).st_mode & 0o777 == 0o640 for name in ("c.safetensors", "c.json"))
+    assert sorted(os.listdir(tmp_path)) == ["c.json", "c.safetensors"]  # no temporary left behind
     again = metrics.load_classifier(tmp_path / "c.safetensors")
-    assert again.config["arch"] == "strided"
+    assert again.config["arch"] == "strided" and again.meta["weights_digest"] == model.weights_digest()
     torch.testing.assert_close(again.features(x), model.features(x), rtol=0, atol=0)
+    # a save killed between its two files: new weights beside the old .json
+    from kacfast.checkpoints import save_file_atomically
+    from kacfast.metrics.classifier import _load_if_settings_match
+    other = metrics.Classifier(shape, 10, arch="strided")
+    save_file_atomically(other.state_dict(), str(tmp_path / "c.safetensors"))
+    with pytest.raises(ValueError, match="half-finished save"):
+        metrics.load_classifier(tmp_path / "c.safetensors")
+    assert _load_if_settings_match(tmp_path / "c.safetensors", {"arch": "strided"}) is None  # retrained over
     with pytest.raises(ValueError, match="arch must be one of"):
         metrics.Classifier((1, 16, 16), arch="vit")
     with pytest.raises(ValueError, match="H, W >= 4"):

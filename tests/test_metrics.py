@@ -247,6 +247,7 @@ def test_shipped_judges_load_instead_of_training(dataset, tmp_path):
         spec = metrics.JUDGES[name]
         assert (judge.meta["arch"], judge.meta["seed"], judge.meta["lr"]) == (spec.arch, spec.seed, spec.lr)
         assert judge.meta["trained_on"] and judge.meta["test_accuracy"] > 0.97
+        assert judge.meta["weights_digest"] == judge.weights_digest()  # the pair of files agrees
     stems = sorted(p.stem for p in SHIPPED_JUDGES_DIR.glob(f"{dataset}-*.safetensors"))
     assert stems == [f"{dataset}-0", f"{dataset}-strided-1"]
     assert sum(p.stat().st_size for p in SHIPPED_JUDGES_DIR.iterdir()) <= 8 * 2**20  # the wheel's budget

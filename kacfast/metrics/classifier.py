@@ -111,11 +111,14 @@ class Classifier(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, **extra) -> None:
-        """Write ``path`` (safetensors weights) and ``path`` with suffix ``.json`` (config + extra)."""
-        from kacfast.checkpoints import save_file_atomically
+        """Write ``path`` (safetensors weights), then ``path`` with suffix ``.json`` (config + extra
+        + the weights' digest), each atomically; a writer killed between the two leaves a pair
+        whose digests disagree, which `load` refuses and the judge cache trains over."""
+        from kacfast.checkpoints import replace_atomically, save_file_atomically
         path = Path(path)
         save_file_atomically({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path))
-        path.with_suffix(".json").write_text(json.dumps({**self.config, **extra}, indent=2))
+        text = json.dumps({**self.config, **extra, "weights_digest": self.weights_digest()}, indent=2)
+        replace_atomically(str(path.with_suffix(".json")), lambda tmp: Path(tmp).write_text(text))
 
     def weights_digest(self) -> str:
         """The first 16 hex digits of the SHA-256 of the weights: two scores are comparable only
@@ -135,6 +138,10 @@ class Classifier(nn.Module):
         model = cls(meta["in_shape"], meta["num_classes"], meta["width"], meta["feature_dim"],
                     meta.get("dropout", 0.3), meta.get("arch", "cnn"))
         model.load_state_dict(load_file(str(path)))
+        recorded = meta.get("weights_digest")  # absent from files written before 2026-12-08
+        if recorded is not None and recorded != model.weights_digest():
+            raise ValueError(f"{path}: its weights (digest {model.weights_digest()}) are not the ones "
+                             f"its .json describes ({recorded}): a half-finished save.")
         meta.setdefault("arch", "cnn")  # files written before the second judge existed
         model.meta = meta
         return model.eval()
