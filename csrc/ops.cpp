@@ -23,6 +23,11 @@ TORCH_LIBRARY(kacfast, m) {
   m.def(
       "kac_guided_step(Tensor x, Tensor v, Tensor? v_prev, float guidance, float h, float alpha, "
       "float beta, bool clamp, bool return_v) -> (Tensor, Tensor)");
+  // GroupNorm (+ SiLU when `silu`) of float32 (N, C, ...) x, for inference (no autograd); the
+  // output keeps x's layout if x is 4-D channels-last, else is contiguous. flexible_layout: inductor
+  // may hand it either layout (so no copy between its channels-last convolutions).
+  m.def("group_norm(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps, bool silu) -> Tensor",
+        {at::Tag::flexible_layout});
 }
 
 static bool built_with_cuda() {

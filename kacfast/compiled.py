@@ -7,7 +7,8 @@ the network in one graph and its compile time would grow with them); the fused s
 network calls are already one kernel each. On the CPU the weights are frozen into the graph
 (inductor's freezing: constants folded, convolution weights prepacked for oneDNN), so an in-place
 weight update needs a new compile (not for a bf16 / fp16 network where inductor's 512-bit kernels
-miscompile it: see kacfast._device.wide_kernels_miscompile). Every build checks one compiled
+miscompile it: see kacfast._device.wide_kernels_miscompile), and in a float32 graph every
+GroupNorm (with the SiLU after it) runs kacfast's C++ kernel (`FuseGroupNorm`). Every build checks one compiled
 network call against the eager one. On CUDA the whole sampler is then captured as CUDA graphs with
 static buffers: one draws the prior from a device tensor [seed, offset] (so a new seed replays the
 same graph), one runs every network call and fused step; a call replays both and returns a copy
@@ -21,18 +22,22 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import time
 import weakref
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from kacfast._device import compile_mode, wide_kernels_miscompile
-from kacfast.ops import _check_seed
+from kacfast.ops import _check_seed, resolve_backend
 from kacfast.sampling import (SamplingPlan, _as_labels, draw_seed, eval_mode, guided_velocity_fn,
                               plan_sampling, run_plan)
 
-__all__ = ["Sampler", "compile_sampler", "cached_sampler", "CACHE_SIZE", "RECOMPILE_LIMIT"]
+__all__ = ["Sampler", "compile_sampler", "cached_sampler", "FuseGroupNorm", "CACHE_SIZE",
+           "RECOMPILE_LIMIT", "FUSE_GROUP_NORM"]
 
 # With CUDA graphs captured here, inductor must not capture its own: map modes to their
 # no-cudagraph equivalent.
@@ -40,6 +45,9 @@ _NO_INDUCTOR_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotu
 
 #: Compiled graphs allowed per network class (torch.compile's recompile_limit, 8 by default).
 RECOMPILE_LIMIT = 64
+#: Float32 CPU samplers run GroupNorm (+ SiLU) as kacfast's C++ kernel (`FuseGroupNorm`); False
+#: leaves it to inductor (for comparisons: benchmarks/experiments/fused_group_norm.py).
+FUSE_GROUP_NORM = True
 #: Samplers kept by `cached_sampler` (each holds its model and, on CUDA, its graphs' memory).
 CACHE_SIZE = 8
 _CACHE: "collections.OrderedDict[tuple, Sampler]" = collections.OrderedDict()
@@ -57,12 +65,50 @@ def _weights_state(modules: list, frozen: bool) -> tuple:
                  for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
 
 
+class FuseGroupNorm(CustomGraphPass):
+    """Inductor pre-grad pass for float32 CPU inference graphs: each F.group_norm of a
+    float32 CPU tensor, with the F.silu that is its only user, becomes one kacfast::group_norm
+    call (C++, either layout; see csrc/cpu/group_norm_cpu.cpp). Inductor's own CPU code for these
+    runs 2-4x slower in the channels-last layout that frozen convolutions use (torch 2.13)."""
+
+    _SIGNATURE = inspect.signature(F.group_norm)
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        for node in list(graph.nodes):
+            if node.op != "call_function" or node.target is not F.group_norm:
+                continue
+            args = self._SIGNATURE.bind(*node.args, **node.kwargs)
+            args.apply_defaults()
+            x = args.arguments["input"]
+            value = x.meta.get("example_value") if isinstance(x, torch.fx.Node) else None
+            if (value is None or value.dtype != torch.float32 or value.dim() < 2
+                    or value.device.type != "cpu"):
+                continue
+            users = list(node.users)
+            silu = (len(users) == 1 and users[0].op == "call_function" and users[0].target is F.silu
+                    and users[0].args == (node,) and not users[0].kwargs.get("inplace", False))
+            replaced = users[0] if silu else node
+            with graph.inserting_before(replaced):
+                fused = graph.call_function(torch.ops.kacfast.group_norm.default, (
+                    x, args.arguments["weight"], args.arguments["bias"],
+                    args.arguments["num_groups"], float(args.arguments["eps"]), silu))
+            fused.meta.update(replaced.meta)
+            replaced.replace_all_uses_with(fused)
+            if silu:
+                graph.erase_node(replaced)
+            graph.erase_node(node)
+
+    def uuid(self) -> bytes:
+        return get_hash_for_files((__file__,))
+
+
 class Sampler:
     """A sampler compiled for one batch: `sampler(labels=None, seed=None) -> (batch_size, *shape)`.
 
     Build it with `compile_sampler`. Attributes: `batch_size`, `plan` (the validated request),
-    `cuda_graph`, `frozen` (CPU: weights frozen into the graph), `compile_seconds` (what the
-    build cost: compile, warm-up and capture).
+    `cuda_graph`, `frozen` (CPU: weights frozen into the graph), `fused_group_norm` (CPU float32:
+    GroupNorms run kacfast's kernel, see `FuseGroupNorm`), `compile_seconds` (what the build cost:
+    compile, warm-up and capture).
     """
 
     def __init__(self, model: Callable, plan: SamplingPlan, mode: str = "default",
@@ -73,6 +119,9 @@ class Sampler:
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {plan.device}.")
         self.model, self.plan, self.batch_size = model, plan, plan.batch
         self.frozen = not on_cuda and not wide_kernels_miscompile(plan.device, plan.dtype)
+        # float32 on the CPU: GroupNorm (+ SiLU) as kacfast's C++ kernel (FuseGroupNorm)
+        self.fused_group_norm = (FUSE_GROUP_NORM and self.frozen and plan.dtype is None
+                                 and resolve_backend(plan.device) == "cpu")
         self._modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
         self._weights = _weights_state(self._modules, self.frozen)
         if self.frozen and _FROZEN_AT.get(model, self._weights) != self._weights:
@@ -100,7 +149,10 @@ class Sampler:
             if device.type == "cuda":
                 stack.enter_context(torch.cuda.device(device))
             if self.frozen:
-                stack.enter_context(torch._inductor.config.patch(freezing=True))
+                patch = {"freezing": True}
+                if self.fused_group_norm:
+                    patch["pre_grad_custom_pass"] = FuseGroupNorm()
+                stack.enter_context(torch._inductor.config.patch(patch))
             # one graph per (network, batch shape, autocast dtype), and on the CPU per model
             # instance (frozen weights): torch's default of 8 per code object is soon reached
             stack.enter_context(torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT))

@@ -13,7 +13,7 @@ import torch
 
 import kacfast
 import kacfast.images
-from kacfast import _device, compiled
+from kacfast import _device, compiled, ops
 from kacfast.models import build_model
 from kacfast.sample_files import SampleWriter
 
@@ -208,9 +208,17 @@ def compiled_unet_samples(unet):
     return eager, kacfast.sample(unet, 2, compile=True, **args)
 
 
-def test_compiled_unet_sampler_matches_eager(compiled_unet_samples):
+def test_compiled_unet_sampler_matches_eager(compiled_unet_samples, unet):
     eager, fast = compiled_unet_samples
     torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
+    sampler, = _cached(unet)
+    assert sampler.fused_group_norm == (ops.resolve_backend(torch.device("cpu")) == "cpu")
+    with torch.profiler.profile() as prof:
+        kacfast.sample(unet, 2, labels=LABELS, seed=11, guidance=1.5, solver="ab2", compile=True)
+    fused = sum(e.count for e in prof.key_averages() if e.key == "kacfast::group_norm")
+    # every GroupNorm of unet-tiny (21: resblocks, attention, output) in each of the 2 network calls
+    norms = sum(isinstance(m, torch.nn.GroupNorm) for m in unet.modules())
+    assert norms == 21 and fused == (2 * norms if sampler.fused_group_norm else 0)
 
 
 def test_compiled_bf16_unet_sampler_matches_eager():

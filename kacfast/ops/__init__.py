@@ -22,7 +22,7 @@ import torch
 from kacfast.ops import _ext, _fake, reference
 from kacfast.formulas import CLOCKS
 
-__all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "guided_step", "use_backend",
+__all__ = ["kac_velocity", "kac_noise", "kac_noise_target", "guided_step", "group_norm", "use_backend",
            "resolve_backend", "available_backends", "BACKENDS", "Backend", "reference"]
 
 _DEFAULT_BACKEND = os.environ.get("KACFAST_BACKEND", "auto")
@@ -30,7 +30,7 @@ _forced: list[str] = []
 
 if _ext.available():
     for _name in ("kac_velocity", "kac_noise", "kac_noise_seeded", "kac_noise_target",
-                  "kac_guided_step"):
+                  "kac_guided_step", "group_norm"):
         torch.library.register_fake(f"kacfast::{_name}")(getattr(_fake, _name))
 
 
@@ -411,3 +411,34 @@ def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None = 
     return _op("kac_guided_step", backend)(
         x.contiguous(), v.contiguous(), None if v_prev is None else v_prev.contiguous(),
         float(guidance), float(h), float(alpha), float(beta), bool(clamp), bool(return_v))
+
+
+def group_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               *, groups: int, eps: float = 1e-5, silu: bool = False) -> torch.Tensor:
+    """GroupNorm (+ SiLU when `silu`) of x (N, C, ...), as `reference.group_norm`.
+
+    Float32 CPU tensors that need no gradient run the C++ kernel (kacfast::group_norm: one image
+    at a time, read once from memory, either layout; a 4-D channels-last x gives a channels-last
+    result, any other a contiguous one); anything else (other dtypes or devices, autograd, the
+    "torch" backend pinned) runs the reference. The compiled CPU samplers put it in their float32
+    graphs (kacfast.compiled.FuseGroupNorm).
+    Args: weight, bias: (C,) per-channel affine or None; groups: divides C; eps > 0.
+    """
+    _check_float(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"x must be (N, C, ...), got shape {tuple(x.shape)}.")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"groups must be an int >= 1 that divides the {x.shape[1]} channels, got {groups!r}.")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}.")
+    params = [t for t in (weight, bias) if t is not None]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (x.shape[1],):
+            raise ValueError(f"{name} must have shape ({x.shape[1]},), got {tuple(t.shape)}.")
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
+    if (x.dtype == torch.float32 and all(t.dtype == torch.float32 for t in params) and not needs_grad
+            and resolve_backend(x.device) == "cpu"):
+        return torch.ops.kacfast.group_norm(
+            x, None if weight is None else weight.contiguous(),
+            None if bias is None else bias.contiguous(), groups, float(eps), bool(silu))
+    return reference.group_norm(x, weight, bias, groups, eps, silu)

@@ -9,6 +9,7 @@ continued fraction.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kacfast.formulas import guidance_mix, schedule
 
@@ -191,3 +192,11 @@ def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None, g
         x_new = x_new.clamp(-1.0, 1.0)
     v_out = v_mix.to(x.dtype) if return_v else x.new_empty(0)
     return x_new.to(x.dtype), v_out
+
+
+def group_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               groups: int, eps: float = 1e-5, silu: bool = False) -> torch.Tensor:
+    """GroupNorm of x (N, C, ...) over `groups` groups of C / groups channels (biased variance,
+    per-channel affine weight / bias or None), then SiLU when `silu`."""
+    y = F.group_norm(x, groups, weight, bias, eps)
+    return F.silu(y) if silu else y
