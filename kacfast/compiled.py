@@ -69,7 +69,8 @@ class FuseGroupNorm(CustomGraphPass):
     """Inductor pre-grad pass for float32 CPU inference graphs: each F.group_norm of a
     float32 CPU tensor, with the F.silu that is its only user, becomes one kacfast::group_norm
     call (C++, either layout; see csrc/cpu/group_norm_cpu.cpp). Inductor's own CPU code for these
-    runs 2-4x slower in the channels-last layout that frozen convolutions use (torch 2.13)."""
+    runs up to 3x slower in the channels-last layout that frozen convolutions use (torch 2.13;
+    benchmarks/experiments/fused_group_norm.py)."""
 
     _SIGNATURE = inspect.signature(F.group_norm)
 

@@ -1,7 +1,7 @@
 // CPU GroupNorm (+ SiLU) for float32 inference, in the layout it is given. Inductor's CPU code for
-// a GroupNorm over channels-last activations with more than one channel per group runs 4-8x below
-// the copy rate (torch 2.13; the layout it picks for frozen convolutions), and eager GroupNorm is
-// slower still in that layout. Here one image at a time: its activations stay in L2 across the
+// a GroupNorm over channels-last activations with more than one channel per group runs 5-8x below
+// the copy rate (torch 2.13; the layout it picks for frozen convolutions; README "GroupNorm in the
+// compiled float32 graph"), and eager GroupNorm is slower still in that layout. Here one image at a time: its activations stay in L2 across the
 // three passes (channel sums, squared deviations from the group mean, normalize + SiLU), so each
 // element is read from memory once and written once. Loops run over the contiguous axis (channels
 // in channels-last, pixels in NCHW) and vectorize; target_clones as in kac_cpu.cpp.
