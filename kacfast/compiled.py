@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from kacfast._device import compile_mode, wide_kernels_miscompile
-from kacfast.ops import _check_seed, resolve_backend
+from kacfast.ops import _check_seed, _ext, _fake, group_norm_kernel_runs
 from kacfast.sampling import (SamplingPlan, _as_labels, draw_seed, eval_mode, guided_velocity_fn,
                               plan_sampling, run_plan)
 
@@ -83,7 +83,7 @@ class FuseGroupNorm(CustomGraphPass):
             x = args.arguments["input"]
             value = x.meta.get("example_value") if isinstance(x, torch.fx.Node) else None
             if (value is None or value.dtype != torch.float32 or value.dim() < 2
-                    or value.device.type != "cpu"):
+                    or value.device.type != "cpu" or self._needs_grad(args.arguments)):
                 continue
             users = list(node.users)
             silu = (len(users) == 1 and users[0].op == "call_function" and users[0].target is F.silu
@@ -99,8 +99,31 @@ class FuseGroupNorm(CustomGraphPass):
                 graph.erase_node(replaced)
             graph.erase_node(node)
 
+    @staticmethod
+    def _needs_grad(arguments: dict) -> bool:
+        """The kernel has no backward: a graph traced with grad enabled keeps torch's GroupNorm
+        wherever the input or the affine parameters require grad."""
+        values = [a.meta.get("example_value") for a in (arguments["input"], arguments["weight"],
+                                                         arguments["bias"]) if isinstance(a, torch.fx.Node)]
+        return torch.is_grad_enabled() and any(getattr(v, "requires_grad", False) for v in values)
+
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__,))
+        # what the rewritten graph depends on: this pass, the fake kernel's layout rule and the
+        # built kernel with its schema
+        files = [__file__, _fake.__file__] + ([_ext.library_path()] if _ext.available() else [])
+        return get_hash_for_files(tuple(files))
+
+
+def _freezes(plan: SamplingPlan) -> bool:
+    """Whether a Sampler of `plan` freezes the weights into its graph (CPU; see the module doc)."""
+    return plan.device.type != "cuda" and not wide_kernels_miscompile(plan.device, plan.dtype)
+
+
+def fuses_group_norm(plan: SamplingPlan) -> bool:
+    """Whether a Sampler of `plan` runs its GroupNorms as kacfast's kernel (`FuseGroupNorm`): a
+    frozen float32 graph on a device where the kernel runs, with FUSE_GROUP_NORM on."""
+    return (FUSE_GROUP_NORM and _freezes(plan) and plan.dtype is None
+            and group_norm_kernel_runs(plan.device))
 
 
 class Sampler:
@@ -119,10 +142,8 @@ class Sampler:
         if self.cuda_graph and not on_cuda:
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {plan.device}.")
         self.model, self.plan, self.batch_size = model, plan, plan.batch
-        self.frozen = not on_cuda and not wide_kernels_miscompile(plan.device, plan.dtype)
-        # float32 on the CPU: GroupNorm (+ SiLU) as kacfast's C++ kernel (FuseGroupNorm)
-        self.fused_group_norm = (FUSE_GROUP_NORM and self.frozen and plan.dtype is None
-                                 and resolve_backend(plan.device) == "cpu")
+        self.frozen = _freezes(plan)
+        self.fused_group_norm = fuses_group_norm(plan)
         self._modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
         self._weights = _weights_state(self._modules, self.frozen)
         if self.frozen and _FROZEN_AT.get(model, self._weights) != self._weights:
@@ -314,7 +335,7 @@ def cached_sampler(model: Callable, plan: SamplingPlan, batch: int, mode: str) -
     one per (model, request) among the last CACHE_SIZE, rebuilt when the weights it compiled in
     changed."""
     key = (id(model), batch, plan.shape, plan.grid, plan.solver, plan.guidance, plan.clamp,
-           plan.dtype, str(plan.device), plan.process, plan.null_label, mode)
+           plan.dtype, str(plan.device), plan.process, plan.null_label, mode, fuses_group_norm(plan))
     sampler = _CACHE.pop(key, None)
     if sampler is not None and (sampler.model is not model or sampler.weights_changed()):
         sampler = None

@@ -20,10 +20,23 @@ DATA = [(1.0, 0.0), (3.0, 1.0), (1.0, 100.0), (1e-4, 0.5)]
 
 def _layouts(x):
     yield "contiguous", x
-    if x.dim() == 4:
-        yield "channels_last", x.contiguous(memory_format=torch.channels_last)
+    last = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else None
+    if last is not None:
+        yield "channels_last", last
         yield "strided", x.transpose(2, 3)  # neither layout: the kernel makes it contiguous
-    yield "sliced", x[:, :, ...].narrow(0, 0, max(1, x.shape[0] - 1))
+    if x.shape[0] > 1:  # images 1.. of the batch: a storage offset, in either layout
+        yield "offset", x.narrow(0, 1, x.shape[0] - 1)
+        if last is not None:
+            yield "channels_last offset", last.narrow(0, 1, x.shape[0] - 1)
+
+
+def _rounding_bound(x, weight, groups):
+    """What float32 rounding of x - mean can cost the output: a few ulp of max |x|, scaled by the
+    tightest group's 1 / sqrt(var + eps) and the largest weight, plus 1e-6."""
+    grouped = x.double().reshape(x.shape[0], groups, -1)
+    rstd = (grouped.var(-1, unbiased=False) + 1e-5).rsqrt().max().item()
+    gain = 1.0 if weight is None else max(1.0, weight.abs().max().item())
+    return 8 * 2.0**-24 * x.abs().max().item() * rstd * gain + 1e-6
 
 
 @needs_ext
@@ -45,9 +58,9 @@ def test_matches_the_reference(shape, groups, scale, offset):
                 # the fake kernel's layout rule is the kernel's: channels-last stays so
                 fake = ops._fake.group_norm(xs, weight, bias, groups, 1e-5, silu)
                 assert got.stride() == fake.stride(), name
-                # float32 rounding of (x - mean): a few ulp of |x| over the group's spread
-                tol = 1e-5 * max(1.0, (abs(offset) + 4 * scale) / max(scale, 1e-2))
-                torch.testing.assert_close(got, expected, atol=tol, rtol=1e-5, msg=f"{name} {silu}")
+                assert got.storage_offset() == 0 and got.shape == xs.shape
+                torch.testing.assert_close(got, expected, atol=_rounding_bound(xs, weight, groups),
+                                           rtol=2e-6, msg=f"{name} {silu}")
 
 
 @needs_ext
@@ -102,8 +115,18 @@ def test_falls_back_to_the_reference():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ops.group_norm(torch.zeros(2, 8, 3, 3), **kwargs)
+
+
+def test_one_dimensional_input_is_refused():
     with pytest.raises(ValueError, match=r"\(N, C, ...\)"):
         ops.group_norm(torch.zeros(8), groups=2)
+
+
+def test_another_pinned_backend_takes_the_reference():
+    x = torch.randn(2, 8, 3, 3)
+    with ops.use_backend("triton"):  # no triton kernel for it, on any device: the reference
+        assert not ops.group_norm_kernel_runs(x.device)
+        torch.testing.assert_close(ops.group_norm(x, groups=2), F.group_norm(x, 2), atol=0, rtol=0)
 
 
 @needs_ext
@@ -142,8 +165,57 @@ def test_inductor_pass_fuses_float32_group_norms():
         with torch.profiler.profile() as prof:
             compiled(x)
     calls = sum(e.count for e in prof.key_averages() if e.key == "kacfast::group_norm")
-    assert calls == 2  # norm1 + SiLU as one call, norm2 alone; the bf16 one stays inductor's
+    assert calls == 2  # norm1 (+ its SiLU: test_pass_folds_...) and norm2; the bf16 one stays inductor's
     eager = block(x)
     torch.testing.assert_close(out[0], eager[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(out[1], eager[1], atol=0.05, rtol=0)  # bf16 rounding
     assert isinstance(FuseGroupNorm().uuid(), bytes)  # inductor's FX graph cache keys on it
+
+
+def _dynamo_graph(fn, *args):
+    """fn's Dynamo graph (with the example values FuseGroupNorm reads) after the pass."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        FuseGroupNorm()(gm.graph)
+        gm.recompile()
+        graphs.append(gm)
+        return gm
+
+    out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return graphs[0], out
+
+
+def _targets(gm):
+    return [(n.target, n.args[-1] if n.target is torch.ops.kacfast.group_norm.default else None)
+            for n in gm.graph.nodes if n.op == "call_function"]
+
+
+@needs_ext
+def test_pass_folds_only_a_silu_that_is_the_only_user():
+    fused = torch.ops.kacfast.group_norm.default
+    w, b = torch.randn(8), torch.randn(8)
+    x = torch.randn(2, 8, 4, 4)
+    cases = {  # fn -> (group_norm calls as (silu folded?), F.silu calls left)
+        lambda x: F.silu(F.group_norm(x, 4, w, b)): ([True], 0),
+        lambda x: F.group_norm(x, 4, w, b) * 2: ([False], 0),
+        lambda x: (lambda h: F.silu(h) + h)(F.group_norm(x, 4, w, b)): ([False], 1),  # two users
+        lambda x: F.silu(F.group_norm(x, 4, w, b), inplace=True): ([False], 1),
+    }
+    for fn, (folded, silu_left) in cases.items():
+        with torch.no_grad():
+            gm, out = _dynamo_graph(fn, x)
+            torch.testing.assert_close(out, fn(x), atol=1e-5, rtol=1e-5)
+        targets = _targets(gm)
+        assert [s for t, s in targets if t is fused] == folded
+        assert sum(t is F.silu for t, _ in targets) == silu_left and F.group_norm not in dict(targets)
+
+
+@needs_ext
+def test_pass_leaves_graphs_that_need_gradients():
+    w = torch.randn(8, requires_grad=True)
+    x = torch.randn(2, 8, 4, 4)
+    gm, out = _dynamo_graph(lambda x: F.silu(F.group_norm(x, 4, w)), x)
+    assert torch.ops.kacfast.group_norm.default not in dict(_targets(gm))
+    out.sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0

@@ -29,6 +29,11 @@ def has_cuda() -> bool:
     return _BUILT_WITH_CUDA and torch.cuda.is_available()
 
 
+def library_path() -> str | None:
+    """The loaded extension's file (what compiled graphs calling its operators depend on)."""
+    return None if _module is None else _module.__file__
+
+
 def why_unavailable() -> str | None:
     """The import error of the extension, or None when it loaded."""
     return _error

@@ -27,4 +27,5 @@ def group_norm(x, weight, bias, groups, eps, silu):
     # the C++ kernel's layout rule: channels-last input (and only that) stays channels-last
     channels_last = (x.dim() == 4 and not x.is_contiguous()
                      and x.is_contiguous(memory_format=torch.channels_last))
-    return torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x.new_empty(x.shape).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
