@@ -7,7 +7,7 @@
 # its last checkpoint when the script is run again, and scored rows are not scored twice. On a
 # 2-core CPU (one thread per job, two jobs side by side) a 28x28 training takes about 3x its 16x16
 # run: about 70 minutes alone, 90-100 beside another job.
-# Writes RUNS_DIR/{kac,edm,ddpm,ddpm-v,distill,kac-logit-normal-seed1}, the logit-normal teacher's
+# Writes RUNS_DIR/{kac,edm,ddpm,ddpm-v,distill,kac-logit-normal-seed1,kac-logit-normal-precond}, the logit-normal teacher's
 # chain (kac-logit-normal, distill-w1.25-huber-logit, adversarial-huber-w1.25-logit,
 # adversarial-finetune-cosine-LR, adversarial-finetune2-cosine-1.5e-4,
 # adversarial-finetune3adv0.4-cosine-1.5e-4),
@@ -34,7 +34,10 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
       --steps-per-stage 200 300 500 600 --guidance "$W" --resume
   # the logit-normal teacher's recipe again with another training seed (the spread between trainings)
   $TRAIN --method kac --time-distribution logit-normal --seed 1 --out "$RUNS/kac-logit-normal-seed1" \
-      $(resume "$RUNS/kac-logit-normal-seed1") ) & KAC_CHAIN=$!
+      $(resume "$RUNS/kac-logit-normal-seed1")
+  # the same recipe with Kac input / output preconditioning (the 16x16 lever that helped on cnn)
+  $TRAIN --method kac --time-distribution logit-normal --precondition kac \
+      --out "$RUNS/kac-logit-normal-precond" $(resume "$RUNS/kac-logit-normal-precond") ) & KAC_CHAIN=$!
 ( $TRAIN --method edm --out "$RUNS/edm" $(resume "$RUNS/edm")
   $TRAIN --method ddpm --out "$RUNS/ddpm" $(resume "$RUNS/ddpm")
   # DDPM at its best: the same budget predicting v, whose x0 estimate stays bounded at t = 999
@@ -82,8 +85,9 @@ $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber
     distillkac-1-w1.25-huber-adversarial-logit-finetune3adv0.4-1.5e-4 \
     distillkac-20-w1.25-huber-logit distillkac-4-w1.25-huber-logit \
     distillkac-2-w1.25-huber-logit
-# the spread between trainings of the shipped teacher's recipe (its --seed 1 run: the first chain)
-$EVAL --guidance 1.25 --rows kac-logit-normal-seed1-euler-100
+# the spread between trainings of the shipped teacher's recipe (its --seed 1 run: the first chain),
+# and the preconditioned recipe
+$EVAL --guidance 1.25 --rows kac-logit-normal-seed1-euler-100 kac-logit-normal-precond-euler-100
 python "$HERE/benchmarks/experiments/mnist_results.py" report --results "$RUNS/results.jsonl"
 # 3. the shipped 28x28 pair (kacfast/pretrained: mnist28-kac-teacher, mnist28-distillkac-1step)
 kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist28-kac-teacher.safetensors"
