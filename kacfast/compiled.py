@@ -3,16 +3,16 @@
 `compile_sampler(model, steps, batch_size=...)` returns a `Sampler` for one (model, batch, shape,
 grid, solver, guidance, dtype, device). What is compiled is the network call: one graph per input
 shape, whatever the number of steps (compiling the unrolled step loop would put `steps` copies of
-the network in one graph and its compile time would grow with them); the fused steps between
-network calls are already one kernel each. On the CPU the weights are frozen into the graph
-(inductor's freezing: constants folded, convolution weights prepacked for oneDNN), so an in-place
-weight update needs a new compile (not for a bf16 / fp16 network where inductor's 512-bit kernels
-miscompile it: see kacfast._device.wide_kernels_miscompile), and in a float32 graph every
-GroupNorm (with the SiLU after it) runs kacfast's C++ kernel (`FuseGroupNorm`). Every build checks one compiled
-network call against the eager one. On CUDA the whole sampler is then captured as CUDA graphs with
-static buffers: one draws the prior from a device tensor [seed, offset] (so a new seed replays the
-same graph), one runs every network call and fused step; a call replays both and returns a copy
-of the static output. Samplers put the model in eval mode while they build and run.
+the network in one graph and its compile time would grow with them); the fused steps between network
+calls are already one kernel each. On the CPU the weights are frozen into the graph (inductor's
+freezing: constants folded, convolution weights prepacked for oneDNN), so an in-place weight update
+needs a new compile (not for a bf16 / fp16 network where inductor's 512-bit kernels miscompile it:
+see kacfast._device.wide_kernels_miscompile), and in a float32 graph every GroupNorm (with the SiLU
+after it) runs kacfast's C++ kernel (`FuseGroupNorm`). Every build checks one compiled network call
+against the eager one. On CUDA the whole sampler is then captured as CUDA graphs with static
+buffers: one draws the prior from a device tensor [seed, offset] (so a new seed replays the same
+graph), one runs every network call and fused step; a call replays both and returns a copy of the
+static output. Samplers put the model in eval mode while they build and run.
 
 `kacfast.sample(..., compile=...)` reuses Samplers through `cached_sampler` (the last
 `CACHE_SIZE` requests; torch.compile's own cache lets a new Sampler of an already compiled network

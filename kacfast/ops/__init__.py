@@ -164,9 +164,14 @@ def use_backend(name: str):
         _forced.pop()
 
 
+def _pinned_backend() -> str:
+    """The backend pinned now: the innermost use_backend, else KACFAST_BACKEND, else "auto"."""
+    return _forced[-1] if _forced else _DEFAULT_BACKEND
+
+
 def resolve_backend(device: torch.device) -> str:
     """The backend an op on tensors of `device` runs on now (after pins and the environment)."""
-    name = _forced[-1] if _forced else _DEFAULT_BACKEND
+    name = _pinned_backend()
     if name == "auto":
         for candidate, backend in BACKENDS.items():
             if device.type in backend.auto and backend.why_not(device) is None:
@@ -417,8 +422,7 @@ def guided_step(x: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None = 
 def group_norm_kernel_runs(device: torch.device) -> bool:
     """Whether `group_norm` (and the compiled samplers' GroupNorm) runs the C++ kernel on float32
     tensors of `device` now: a CPU device, the extension loaded, no backend but "cpu" pinned."""
-    pinned = _forced[-1] if _forced else _DEFAULT_BACKEND
-    return pinned in ("auto", "cpu") and _cpu_why_not(torch.device(device)) is None
+    return _pinned_backend() in ("auto", "cpu") and _cpu_why_not(torch.device(device)) is None
 
 
 def group_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
