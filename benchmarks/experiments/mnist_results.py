@@ -145,13 +145,14 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{kind}adv{weight}-1.5e-4": (
         f"adversarial-finetune-{kind}adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
        for kind, weight in FINETUNE16_RUNS},
-    # the multi-step students of the logit-normal teacher's pseudo-Huber chain (the shipped students' chain)
-    **{f"distillkac-{steps}-w1.25-huber-logit": (f"distill-w1.25-huber-logit/stage-{stage}-{steps}",
-                                                 "distill", steps, "euler")
-       for stage, steps in ((1, 20), (2, 4), (3, 2))},
+    # the multi-step students of the pseudo-Huber chains of the logit-normal teacher (the shipped
+    # students' chain) and of its Kac-preconditioned recipe
+    **{f"distillkac-{steps}-w1.25-huber-logit{teacher}": (f"distill-w1.25-huber-logit{teacher}/stage-{stage}-{steps}",
+                                                          "distill", steps, "euler")
+       for teacher in ("", "-precond") for stage, steps in ((1, 20), (2, 4), (3, 2))},
     **{f"distillkac-1-w1.25-huber-adversarial-logit-precond{steps}":
        (f"adversarial-huber-w1.25-logit-precond{steps}/stage-1-1", "distill", 1, "euler")
-       for steps in ("", "-1200", "-2400")},
+       for steps in ("", "-1200", "-2400", "-4800")},
     "flowmap-4-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 4, "euler"),
     "flowmap-2-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 2, "euler"),
     "flowmap-1-w1.25": ("flowmap-w1.25/stage-1-1", "distill", 1, "euler"),
@@ -348,14 +349,15 @@ LABELS = {
        f"DistillKac student of the logit-normal teacher, adversarial stage (28x28: 4,800 steps) + 900"
        f"{' + 500' * (cycle - 1)} "
        "against itself, cosine LR from 1.5e-4 in each" for cycle in (2, 3)},
-    **{f"distillkac-{steps}-w1.25-huber-logit": "DistillKac student of the logit-normal teacher, pseudo-Huber"
-       for steps in (20, 4, 2)},
+    **{f"distillkac-{steps}-w1.25-huber-logit{teacher}":
+       f"DistillKac student of the {name}logit-normal teacher, pseudo-Huber"
+       for teacher, name in (("", ""), ("-precond", "preconditioned ")) for steps in (20, 4, 2)},
     "kac-teacher-midpoint-50": "Kac teacher, midpoint",
     "kac-teacher-heun-50": "Kac teacher, Heun",
     "kac-logit-normal-euler-100": "Kac teacher, logit-normal training times, Euler",
     **{f"distillkac-1-w1.25-huber-adversarial-logit-precond{suffix}":
        f"DistillKac student of the preconditioned logit-normal teacher, pseudo-Huber + adversarial last stage of {n:,} steps"
-       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400))},
+       for suffix, n in (("", 600), ("-1200", 1200), ("-2400", 2400), ("-4800", 4800))},
     **{f"kac-logit-normal-{solver}-{steps}": f"Kac teacher, logit-normal training times, {name}"
        for solver, steps, name in (("ab2", 100, "AB-2"), ("midpoint", 50, "midpoint"), ("heun", 50, "Heun"))},
     "kac-logit-normal-quadratic-euler-100": "Kac teacher, logit-normal training times, Euler on the quadratic grid",
