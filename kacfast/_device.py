@@ -6,9 +6,10 @@ import ctypes
 import functools
 import os
 import sys
-import warnings
 
 import torch
+
+from kacfast._warnings import warn
 
 # x86 (AVX512-BF16, AMX) and Arm (FEAT_BF16) names of the bf16 dot-product instructions in
 # /proc/cpuinfo; without them CPU bf16 matmuls are emulated and run slower than float32.
@@ -111,9 +112,8 @@ def network_dtype(dtype, device: torch.device) -> torch.dtype | None:
     if dtype not in (None, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or None (float32), got {dtype!r}.")
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("this CPU has no native bf16 instructions: a bf16 network runs emulated, "
-                      "slower than float32 (measured 20x slower on an AVX2 CPU); pass dtype=None.",
-                      stacklevel=3)
+        warn("this CPU has no native bf16 instructions: a bf16 network runs emulated, slower than "
+             "float32 (measured 20x slower on an AVX2 CPU); pass dtype=None.")
     return dtype
 
 

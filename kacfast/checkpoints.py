@@ -51,17 +51,23 @@ def replace_atomically(path: str, write: Callable[[str], None]) -> None:
         mode = os.stat(tmp).st_mode & 0o777
         write(tmp)
         os.chmod(tmp, mode)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        move_into_place(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def move_into_place(tmp: str, path: str) -> None:
+    """Flush the finished file ``tmp`` to disk, rename it to ``path`` (same folder) and flush the
+    rename: after a crash or a power cut, ``path`` is the old file or the whole new one."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def save_file_atomically(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:

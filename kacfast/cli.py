@@ -246,17 +246,21 @@ def _load(args):
     return model, meta
 
 
-def _generate(model, meta, args, labels, n):
-    """Yields (first index, samples) of a checkpoint in batches of --batch-size (default: the
-    device's chunk size), with the sampler its training method calls for. Batch k draws from seed
-    + k * 1_000_003, so nearby --seed values share no batch."""
-    from kacfast.generate import generate, solver_for
+def _batch_size(model, args, guided: bool) -> int:
+    """--batch-size, else the device's chunk size for a guided or an unguided request."""
     from kacfast.sampling import default_max_batch
+    return args.batch_size or default_max_batch(torch.device(args.device), math.prod(model.sample_shape),
+                                                guided)
+
+
+def _generate(model, meta, args, labels, n, batch):
+    """Yields (first index, samples) of a checkpoint in batches of `batch`, with the sampler its
+    training method calls for. Batch k draws from seed + k * 1_000_003, so nearby --seed values
+    share no batch (and a different batch size draws different samples)."""
+    from kacfast.generate import generate, solver_for
 
     method = meta.get("objective", {}).get("method", "kac")
     args.solver = solver_for(method, args.solver)
-    batch = args.batch_size or default_max_batch(torch.device(args.device),
-                                                 math.prod(model.sample_shape), args.guidance != 1)
     for k, first in enumerate(range(0, n, batch)):
         size = min(batch, n - first)
         part = None if labels is None else labels[first:first + size].to(args.device)
@@ -268,6 +272,8 @@ def _generate(model, meta, args, labels, n):
 
 def _labels(args, model, n):
     if getattr(model, "num_classes", None) is None:
+        if args.labels:
+            raise ValueError("--labels was given but the model is unconditional.")
         return None
     if args.labels:
         picked = torch.tensor(args.labels, dtype=torch.long)
@@ -304,7 +310,8 @@ def cmd_sample(args) -> int:
     writer = SampleWriter(args.out, args.n, model.sample_shape, nrow=args.nrow)  # checks --out first
     start = time.perf_counter()
     with writer, tqdm(total=args.n, unit="img", desc="kacfast sample", disable=args.quiet) as bar:
-        for first, images in _generate(model, meta, args, labels, args.n):
+        for first, images in _generate(model, meta, args, labels, args.n,
+                                       _batch_size(model, args, args.guidance != 1)):
             writer.write(images, None if labels is None else labels[first:first + len(images)])
             bar.update(len(images))
     elapsed = time.perf_counter() - start
@@ -339,6 +346,8 @@ def cmd_eval(args) -> int:
         if args.format == "json":
             print(json.dumps(row, sort_keys=True), flush=True)
 
+    # one batch size for every row, so the rows of one seed share their prior / latent draws
+    batch = _batch_size(model, args, any(w != 1 for w in args.guidance))
     rows = [evaluator.floor()]
     emit(rows[0])
     for w in args.guidance:
@@ -347,7 +356,7 @@ def cmd_eval(args) -> int:
 
         def sample_fn(seed, n, run=run):
             run.seed = seed
-            images = torch.cat([part for _, part in _generate(model, meta, run, labels, n)])
+            images = torch.cat([part for _, part in _generate(model, meta, run, labels, n, batch)])
             return images, labels
 
         rows.append(evaluator.evaluate(f"{name}, {args.steps} steps, w={w:g}", sample_fn,
@@ -379,10 +388,13 @@ def _add_sampling_args(p, sweep: bool = False) -> None:
     else:
         p.add_argument("--guidance", type=float, default=1.0, help="guidance strength w (default 1)")
         p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0,
+                       help="batch k draws from seed + 1,000,003 k, so the samples depend on "
+                            "--batch-size too (default 0)")
     p.add_argument("--labels", type=int, nargs="*", help="classes to sample (cycled over --n)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="samples per batch (default: the device's chunk size, 256 at 16x16 on a CPU)")
+                   help="samples per batch (default: the device's chunk size; on a CPU 128 at "
+                        "16x16, half that when guided; eval: one size for every --guidance)")
     p.add_argument("--dtype", default=None, help="network autocast dtype: bf16 or fp16 (Kac models; "
                    "default float32)")
     p.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",

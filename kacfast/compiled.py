@@ -237,7 +237,8 @@ class Sampler:
                                "sampler compiled them in (frozen on the CPU, captured on CUDA): "
                                "build a new sampler.")
 
-    def _call_labels(self, labels) -> torch.Tensor | None:
+    def _call_labels(self, labels, n: int) -> torch.Tensor | None:
+        """Checked labels (n,) on the device for n samples, or the null labels for None."""
         p = self.plan
         if labels is None:
             if p.guidance != 1.0:
@@ -246,15 +247,18 @@ class Sampler:
         if p.null_label is None:
             raise ValueError("labels were given but the model is unconditional (num_classes=None).")
         labels = _as_labels(labels, p.null_label, p.device)
-        if labels.numel() != self.batch_size:
-            raise ValueError(f"this sampler was compiled for {self.batch_size} samples, got "
-                             f"{labels.numel()} labels.")
+        if labels.numel() != n:
+            raise ValueError(f"expected {n} labels (this sampler was compiled for {self.batch_size} "
+                             f"samples), got {labels.numel()}.")
         return labels
 
-    def integrate(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def integrate(self, x: torch.Tensor, labels=None) -> torch.Tensor:
         """Samples from given prior draws x (n, *shape), n <= batch_size (padded to the compiled
-        batch and cut back: the network treats samples independently), labels (n,) or None."""
+        batch and cut back: the network treats samples independently), labels (n,) integers or
+        None (unconditional: the null label; needs guidance 1)."""
         self._check_weights()
+        if labels is not None or self.plan.guidance != 1.0:
+            labels = self._call_labels(labels, x.shape[0])
         return self._integrate_chunk(x, labels)
 
     def _integrate_chunk(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -266,8 +270,8 @@ class Sampler:
         if n < self.batch_size:
             pad = self.batch_size - n
             x = torch.cat([x, x.new_zeros((pad,) + x.shape[1:])])
-            if labels is not None:
-                labels = torch.cat([labels, labels.new_full((pad,), self.plan.null_label)])
+            if labels is not None:  # any valid label: the padded rows are cut away
+                labels = torch.cat([labels, labels[-1:].expand(pad)])
         if labels is None:
             labels = self._null
         with self._scope():
@@ -284,7 +288,7 @@ class Sampler:
         model (None: the null label, unguided); seed: the prior's seed (default: drawn from
         torch's global RNG). Same seed and labels: the same samples as `kacfast.sample`."""
         self._check_weights()
-        labels = self._call_labels(labels)
+        labels = self._call_labels(labels, self.batch_size)
         seed = draw_seed() if seed is None else seed
         _check_seed(seed, 0)
         p = self.plan

@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 import torch
 
+from kacfast.checkpoints import move_into_place
 from kacfast.images import make_grid, save_png, to_uint8
 
 __all__ = ["SampleWriter", "FORMATS"]
@@ -40,6 +41,8 @@ class SampleWriter:
             raise ValueError(f"the output must end in {', '.join(FORMATS)}, got {path!r}.")
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"the number of samples must be an int >= 1, got {n!r}.")
+        if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+            raise ValueError(f"nrow (images per grid row) must be an int >= 1, got {nrow!r}.")
         self.images = len(sample_shape) == 3
         if self.ext == ".png" and not self.images:
             raise ValueError("PNG output needs image samples (C, H, W); use .npz or .npy for "
@@ -105,7 +108,7 @@ class SampleWriter:
             elif complete:
                 save_png(make_grid(torch.cat(self._pngs), nrow=self.nrow), self.tmp)
             if complete:
-                os.replace(self.tmp, self.path)
+                move_into_place(self.tmp, self.path)
         finally:
             if os.path.exists(self.tmp):
                 os.remove(self.tmp)

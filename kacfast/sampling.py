@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -17,6 +16,7 @@ import torch
 
 from kacfast import ops
 from kacfast._device import compile_mode, network_dtype
+from kacfast._warnings import warn
 from kacfast.facts import facts_of
 from kacfast.formulas import guidance_mix
 from kacfast.models import is_flow_map
@@ -325,17 +325,17 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
     process = process or facts.process or KacProcess()
     device = torch.device(device) if device is not None else _model_device(model)
     if facts.absorbed_guidance is not None and guidance != 1:
-        warnings.warn(f"this student absorbed guidance {facts.absorbed_guidance:g} during "
+        warn(f"this student absorbed guidance {facts.absorbed_guidance:g} during "
                       f"distillation: sample it at guidance=1; guidance={guidance:g} guides it a "
                       "second time (twice the network calls, and a stronger guidance than it "
-                      "was distilled for).", stacklevel=3)
+                      "was distilled for).")
     if grid is None:
         _check_steps(steps)
         student_grid = facts.grid
         use_student = student_grid is not None and len(student_grid) == steps + 1
         if student_grid is not None and not use_student and not is_flow_map(model):
-            warnings.warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
-                          f"grid; sampling {steps} uniform step(s) instead.", stacklevel=3)
+            warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
+                          f"grid; sampling {steps} uniform step(s) instead.")
         grid = list(student_grid) if use_student else uniform_grid(steps, process.T)
     grid = _as_grid(grid)
     if abs(grid[0] - process.T) > 1e-9:
@@ -348,7 +348,7 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
         if batch_size is not None and batch_size != labels.numel():
             raise ValueError(f"batch_size={batch_size} but {labels.numel()} labels were given.")
     batch = labels.numel() if labels is not None else (1 if batch_size is None else batch_size)
-    if not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch!r}.")
     shape = tuple(shape) if shape is not None else getattr(model, "sample_shape", None)
     if shape is None:

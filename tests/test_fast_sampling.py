@@ -303,7 +303,7 @@ def test_compile_sampler_same_seed_same_samples_as_sample(mlp):
     eager = kacfast.sample(mlp, 3, labels=labels, seed=7, guidance=2.0)
     torch.testing.assert_close(sampler(labels=labels, seed=7), eager, atol=1e-5, rtol=0)
     assert not torch.equal(sampler(labels=labels, seed=8), sampler(labels=labels, seed=7))
-    with pytest.raises(ValueError, match="compiled for 5 samples"):
+    with pytest.raises(ValueError, match="expected 5 labels"):
         sampler(labels=[0, 1])
     with pytest.raises(ValueError, match="needs labels"):
         sampler()
@@ -402,6 +402,38 @@ def test_compile_bad_arguments(mlp, monkeypatch):
         kacfast.sample(mlp, 1, labels=[0], compile=True)
 
 
+def test_sampler_integrate_checks_its_labels(mlp):
+    """Sampler.integrate (prior draws given) checks labels as __call__ does and takes lists."""
+    sampler = kacfast.compile_sampler(mlp, 2, batch_size=4, guidance=2.0)
+    x = kacfast.KacProcess().prior((3, 2), seed=1)
+    eager = kacfast.sample(mlp, 2, labels=[0, 1, 2], guidance=2.0, seed=1)
+    torch.testing.assert_close(sampler.integrate(x, [0, 1, 2]), eager, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="expected 3 labels"):
+        sampler.integrate(x, [0, 1])
+    with pytest.raises(ValueError, match="needs labels"):
+        sampler.integrate(x)
+
+
+def test_a_plain_function_with_labels_compiles_padded():
+    """A velocity function (no num_classes) with labels: the padded rows of a short chunk take a
+    given label, and the result is the eager one."""
+    def velocity(x, t, y=None):
+        return -x if y is None else -x + y[:, None].float() / 4
+    args = dict(shape=(2,), labels=[1, 2, 3], seed=2)
+    eager = kacfast.sample(velocity, 2, **args)
+    torch.testing.assert_close(kacfast.sample(velocity, 2, compile=True, max_batch=2, **args), eager,
+                               atol=1e-6, rtol=0)
+
+
+def test_bad_batch_size_and_warnings_at_the_callers_line(mlp):
+    with pytest.raises(ValueError, match="batch_size must be an int"):
+        kacfast.sample(mlp, 1, batch_size=True)
+    student = kacfast.load_pretrained("mnist16-distillkac-1step")
+    with pytest.warns(UserWarning, match="absorbed guidance") as record:
+        kacfast.sample(student, 1, labels=[1], guidance=1.5, seed=0)  # torch.no_grad adds a frame
+    assert [w.filename for w in record] == [__file__]
+
+
 # ----------------------------------------------------------------------------------------------
 # sample files
 # ----------------------------------------------------------------------------------------------
@@ -455,6 +487,8 @@ def test_sample_writer_bad_arguments(tmp_path):
         SampleWriter(str(tmp_path / "no" / "s.npz"), 3, (1, 4, 5))
     with pytest.raises(ValueError, match=">= 1"):
         SampleWriter(str(tmp_path / "s.npz"), 0, (1, 4, 5))
+    with pytest.raises(ValueError, match="nrow"):  # checked before any sampling
+        SampleWriter(str(tmp_path / "s.png"), 3, (1, 4, 5), nrow=0)
     with pytest.raises(ValueError, match="expected up to 3"):
         with SampleWriter(str(tmp_path / "s.npz"), 3, (1, 4, 5)) as writer:
             writer.write(_images(4))
@@ -498,6 +532,7 @@ def test_cli_compiled_stream_pads_the_last_batch(tmp_path):
     (["--ckpt", "/no/such/run"], "neither a run directory"),
     (["--ckpt", "mnist16-distillkac-1step", "--dtype", "int8"], "dtype must be"),
     (["--ckpt", "mnist16-distillkac-1step", "--compile", "fastest"], "compile must be"),
+    (["--ckpt", "mnist16-distillkac-1step", "--nrow", "0"], "nrow"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, args, message):
     out = tmp_path / "s.npz"
@@ -519,6 +554,14 @@ def test_cli_checkpoint_without_its_dataset_is_one_line(tmp_path, command):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and f"kacfast {command[0]}: error:" in lines[0]
     assert "does not record the dataset it was trained on" in lines[0]
+
+
+def test_cli_labels_for_an_unconditional_model_are_refused():
+    from types import SimpleNamespace
+
+    from kacfast import cli
+    with pytest.raises(ValueError, match="unconditional"):
+        cli._labels(SimpleNamespace(labels=[1]), build_model("mlp"), 3)
 
 
 def test_cli_debug_shows_the_traceback(tmp_path):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 
 import torch
 from torch import nn
@@ -40,6 +39,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("kacfast.integrations.diffusers needs diffusers: "
                       "pip install 'kacfast[diffusers]'.") from err
 
+from kacfast._warnings import warn
 from kacfast.facts import attach_facts, facts_of
 from kacfast.models import is_flow_map, model_from_config
 from kacfast.models.unet import check_inputs
@@ -458,8 +458,8 @@ class KacPipeline(DiffusionPipeline):
             model = self.unet
             trained_on = facts_of(model).process
             if trained_on is not None and trained_on != process:
-                warnings.warn(f"the network was trained on {trained_on} but the scheduler steps "
-                              f"{process}; sampling follows the scheduler.", stacklevel=3)
+                warn(f"the network was trained on {trained_on} but the scheduler steps {process}; "
+                     "sampling follows the scheduler.")
         return model
 
     @torch.no_grad()

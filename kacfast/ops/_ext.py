@@ -2,9 +2,9 @@
 clearly, why the fast path is off when it cannot."""
 from __future__ import annotations
 
-import warnings
-
 import torch
+
+from kacfast._warnings import warn
 
 _module = None
 _error: str | None = None
@@ -44,7 +44,6 @@ def warn_once() -> None:
     global _warned
     if _module is None and not _warned:
         _warned = True
-        warnings.warn(
-            "kacfast: the compiled extension kacfast._C is not available, so ops run on the "
-            f"PyTorch reference (slow). Reason: {_error}. Rebuild with "
-            "`pip install --no-build-isolation -e .`.", RuntimeWarning, stacklevel=3)
+        warn("kacfast: the compiled extension kacfast._C is not available, so ops run on the "
+             f"PyTorch reference (slow). Reason: {_error}. Rebuild with "
+             "`pip install --no-build-isolation -e .`.", RuntimeWarning)

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
@@ -28,6 +27,7 @@ import torch.distributed as dist
 
 from kacfast._device import (COMPILE_MODES, compile_mode, cpu_has_bf16,
                              narrow_cpu_kernels)
+from kacfast._warnings import warn
 from kacfast.data import BatchSampler
 from kacfast.checkpoints import CHECKPOINT_NAME, CheckpointError, read_checkpoint
 from kacfast.facts import attach_facts
@@ -267,8 +267,8 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         raise ValueError(f"channels_last needs 4-D image data (N, C, H, W), got data of shape "
                          f"{tuple(x_all.shape)}.")
     if config.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("precision='bf16' on a CPU without native bf16 instructions is emulated "
-                      "and slower than float32.", stacklevel=2)
+        warn("precision='bf16' on a CPU without native bf16 instructions is emulated and slower "
+             "than float32.")
     precondition = (getattr(model, "config", None) or {}).get("precondition")
     process = getattr(objective, "process", None)
     if precondition and process is not None and any(
@@ -299,9 +299,9 @@ def train(model: torch.nn.Module, objective, data: tuple[torch.Tensor, torch.Ten
         schedule = saved["config"].get("lr_schedule", "constant")
         if schedule != config.lr_schedule or (
                 schedule == "cosine" and saved["config"].get("steps") != config.steps):
-            warnings.warn(f"{ckpt_path} ran lr_schedule {schedule!r} over {saved['config'].get('steps')} "
-                          f"steps; resuming with {config.lr_schedule!r} over {config.steps} changes "
-                          "the LR of the remaining steps.", stacklevel=2)
+            warn(f"{ckpt_path} ran lr_schedule {schedule!r} over {saved['config'].get('steps')} steps; "
+                 f"resuming with {config.lr_schedule!r} over {config.steps} changes the LR of the "
+                 "remaining steps.")
     elif os.path.exists(ckpt_path):
         raise CheckpointError(f"{out_dir} already holds a run: pass resume=True (--resume) to "
                               "continue it, or choose another output directory.")
