@@ -7,7 +7,8 @@
 # its last checkpoint when the script is run again, and scored rows are not scored twice. On a
 # 2-core CPU (one thread per job, two jobs side by side) a 28x28 training takes about 3x its 16x16
 # run: about 70 minutes alone, 90-100 beside another job.
-# Writes RUNS_DIR/{kac,edm,ddpm,ddpm-v,distill,kac-logit-normal-seed1,kac-logit-normal-precond}, the
+# Writes RUNS_DIR/{kac,edm,ddpm,ddpm-v,distill,kac-logit-normal-seed1},
+# RUNS_DIR/kac-logit-normal-precond{,-seed1}, the
 # preconditioned teacher's chain (distill-w1.25-huber-logit-precond,
 # adversarial-huber-w1.25-logit-precond{,-1200,-2400,-4800}), the logit-normal teacher's
 # chain (kac-logit-normal, distill-w1.25-huber-logit, adversarial-huber-w1.25-logit,
@@ -40,6 +41,9 @@ python -c "from kacfast.metrics import load_judges; load_judges('mnist5k')"  # b
   # the same recipe with Kac input / output preconditioning (the 16x16 lever that helped on cnn)
   $TRAIN --method kac --time-distribution logit-normal --precondition kac \
       --out "$RUNS/kac-logit-normal-precond" $(resume "$RUNS/kac-logit-normal-precond")
+  # ... and its second training seed
+  $TRAIN --method kac --time-distribution logit-normal --precondition kac --seed 1 \
+      --out "$RUNS/kac-logit-normal-precond-seed1" $(resume "$RUNS/kac-logit-normal-precond-seed1")
   # the shipped student's chain and adversarial stage (to 4,800 steps) on the preconditioned teacher
   $DISTILL --teacher "$RUNS/kac-logit-normal-precond" --out "$RUNS/distill-w1.25-huber-logit-precond" \
       --schedule 100 20 4 2 --steps-per-stage 200 300 500 --guidance "$W" --objective endpoint-pseudo-huber --resume
@@ -96,6 +100,7 @@ $EVAL --rows distillkac-1-w1.25-huber-adversarial-logit distillkac-1-w1.25-huber
 # and the preconditioned recipe
 $EVAL --guidance 1.25 --rows kac-logit-normal-seed1-euler-100 kac-logit-normal-precond-euler-100
 $EVAL --guidance 1.5 --rows kac-logit-normal-precond-euler-100
+$EVAL --guidance 1.25 --rows kac-logit-normal-precond-seed1-euler-100
 $EVAL --rows distillkac-20-w1.25-huber-logit-precond distillkac-4-w1.25-huber-logit-precond \
     distillkac-2-w1.25-huber-logit-precond distillkac-1-w1.25-huber-adversarial-logit-precond \
     distillkac-1-w1.25-huber-adversarial-logit-precond-1200 distillkac-1-w1.25-huber-adversarial-logit-precond-2400 \

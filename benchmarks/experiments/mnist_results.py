@@ -161,7 +161,8 @@ ROWS = {
     # on the logit-normal recipe: Kac preconditioning, the target loss weighting, seed 1
     **{f"{run}-euler-100": (run, "kac", 100, "euler")
        for run in ("kac-logit-normal", "kac-uniform-3600", "kac-uniform-7200", "kac-uniform-seed1",
-                   "kac-logit-normal-precond", "kac-logit-normal-weighted", "kac-logit-normal-seed1")},
+                   "kac-logit-normal-precond", "kac-logit-normal-weighted", "kac-logit-normal-seed1",
+                   "kac-logit-normal-precond-seed1")},
     # the EMA length: power-function EMAs of relative length 0.05-0.2 kept by one run of the
     # preconditioned logit-normal recipe (its exponential EMA is kac-logit-normal-precond's, bit for bit)
     **{f"kac-logit-normal-precond-ema{length}-euler-100": (f"kac-logit-normal-precond-ema@power{length}",
@@ -367,6 +368,8 @@ LABELS = {
     "kac-uniform-seed1-euler-100": "Kac teacher, the recipe with training seed 1, Euler",
     "kac-logit-normal-seed1-euler-100": "Kac teacher, logit-normal training times, training seed 1, Euler",
     "kac-logit-normal-precond-euler-100": "Kac teacher, logit-normal + Kac preconditioning, Euler",
+    "kac-logit-normal-precond-seed1-euler-100":
+        "Kac teacher, logit-normal + Kac preconditioning, training seed 1, Euler",
     "kac-logit-normal-weighted-euler-100": "Kac teacher, logit-normal + target loss weighting, Euler",
     **{f"kac-logit-normal-precond-ema{length}-euler-100":
        f"Kac teacher, logit-normal + Kac preconditioning, power-function EMA of length {length}, Euler"
