@@ -127,9 +127,9 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune{cycle}-1.5e-4": (
         f"adversarial-finetune{cycle}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler") for cycle in (2, 3)},
     # the third cycle's levers, each from the second cycle's student: run again ("ema"), 1,500 steps
-    # ("long"), adversarial_weight 0.2 / 0.4 (default 0.1), both ("longadv0.2", "longadv0.3": the
-    # shipped student, "longadv0.4"); three runs kept power-function EMAs of relative length 0.05-0.2 beside the
-    # exponential one
+    # ("long"), adversarial_weight 0.2 / 0.4 (default 0.1; "adv0.4": the shipped student), both
+    # ("longadv0.2", "longadv0.3", "longadv0.4"); three runs kept power-function EMAs of relative
+    # length 0.05-0.2 beside the exponential one
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune3{kind}-1.5e-4{'-' + average if average else ''}": (
         f"adversarial-finetune3{kind}-cosine-1.5e-4/stage-1-1{'@' + average if average else ''}", "distill", 1,
         "euler")
