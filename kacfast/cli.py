@@ -394,7 +394,8 @@ def _add_sampling_args(p, sweep: bool = False) -> None:
     p.add_argument("--labels", type=int, nargs="*", help="classes to sample (cycled over --n)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="samples per batch (default: the device's chunk size; on a CPU 128 at "
-                        "16x16, half that when guided; eval: one size for every --guidance)")
+                        "16x16, half that when guided; eval: one size for all its --guidance "
+                        "values, so a row's samples depend on the other values given)")
     p.add_argument("--dtype", default=None, help="network autocast dtype: bf16 or fp16 (Kac models; "
                    "default float32)")
     p.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",

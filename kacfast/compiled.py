@@ -245,7 +245,8 @@ class Sampler:
                 raise ValueError("guidance != 1 needs labels.")
             return self._null
         if p.null_label is None:
-            raise ValueError("labels were given but the model is unconditional (num_classes=None).")
+            raise ValueError("labels were given but the model has no num_classes: a Sampler "
+                             "samples it unconditionally (kacfast.sample takes its labels).")
         labels = _as_labels(labels, p.null_label, p.device)
         if labels.numel() != n:
             raise ValueError(f"expected {n} labels (this sampler was compiled for {self.batch_size} "
@@ -338,15 +339,19 @@ def cached_sampler(model: Callable, plan: SamplingPlan, batch: int, mode: str) -
     """The Sampler `kacfast.sample(compile=mode)` uses for chunks of `batch` samples of `plan`:
     one per (model, request) among the last CACHE_SIZE, rebuilt when the weights it compiled in
     changed."""
+    # labels for a model without a null label (a plain velocity function): the CUDA graph's static
+    # label buffer is sized by the null labels, so such a request runs compiled without the graph
+    labels_without_null = plan.labels is not None and plan.null_label is None
     key = (id(model), batch, plan.shape, plan.grid, plan.solver, plan.guidance, plan.clamp,
-           plan.dtype, str(plan.device), plan.process, plan.null_label, mode, fuses_group_norm(plan))
+           plan.dtype, str(plan.device), plan.process, plan.null_label, labels_without_null, mode,
+           fuses_group_norm(plan))
     sampler = _CACHE.pop(key, None)
     if sampler is not None and (sampler.model is not model or sampler.weights_changed()):
         sampler = None
     if sampler is None:
         chunk_plan = SamplingPlan(plan.process, plan.device, plan.grid, plan.solver, plan.guidance,
                                   plan.clamp, batch, plan.shape, None, plan.dtype, plan.null_label)
-        sampler = Sampler(model, chunk_plan, mode)
+        sampler = Sampler(model, chunk_plan, mode, cuda_graph=False if labels_without_null else None)
     _CACHE[key] = sampler
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)

@@ -325,17 +325,16 @@ def plan_sampling(model: Callable, steps: int = 1, *, shape=None, batch_size=Non
     process = process or facts.process or KacProcess()
     device = torch.device(device) if device is not None else _model_device(model)
     if facts.absorbed_guidance is not None and guidance != 1:
-        warn(f"this student absorbed guidance {facts.absorbed_guidance:g} during "
-                      f"distillation: sample it at guidance=1; guidance={guidance:g} guides it a "
-                      "second time (twice the network calls, and a stronger guidance than it "
-                      "was distilled for).")
+        warn(f"this student absorbed guidance {facts.absorbed_guidance:g} during distillation: "
+             f"sample it at guidance=1; guidance={guidance:g} guides it a second time (twice the "
+             "network calls, and a stronger guidance than it was distilled for).")
     if grid is None:
         _check_steps(steps)
         student_grid = facts.grid
         use_student = student_grid is not None and len(student_grid) == steps + 1
         if student_grid is not None and not use_student and not is_flow_map(model):
-            warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own "
-                          f"grid; sampling {steps} uniform step(s) instead.")
+            warn(f"the model was distilled for {len(student_grid) - 1} step(s) on its own grid; "
+                 f"sampling {steps} uniform step(s) instead.")
         grid = list(student_grid) if use_student else uniform_grid(steps, process.T)
     grid = _as_grid(grid)
     if abs(grid[0] - process.T) > 1e-9:

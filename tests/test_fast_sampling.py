@@ -414,15 +414,24 @@ def test_sampler_integrate_checks_its_labels(mlp):
         sampler.integrate(x)
 
 
-def test_a_plain_function_with_labels_compiles_padded():
+def test_a_plain_function_with_labels_compiles_padded(monkeypatch):
     """A velocity function (no num_classes) with labels: the padded rows of a short chunk take a
-    given label, and the result is the eager one."""
+    given label, and the result is the eager one. Its sampler is built without a CUDA graph
+    (whose static label buffer needs a null label) and is not the one an unlabeled request gets."""
     def velocity(x, t, y=None):
         return -x if y is None else -x + y[:, None].float() / 4
+    built = []
+    sampler_class = compiled.Sampler
+    monkeypatch.setattr(compiled, "Sampler",
+                        lambda *args, **kwargs: built.append(kwargs) or sampler_class(*args, **kwargs))
     args = dict(shape=(2,), labels=[1, 2, 3], seed=2)
     eager = kacfast.sample(velocity, 2, **args)
     torch.testing.assert_close(kacfast.sample(velocity, 2, compile=True, max_batch=2, **args), eager,
                                atol=1e-6, rtol=0)
+    kacfast.sample(velocity, 2, shape=(2,), batch_size=3, seed=2, compile=True, max_batch=2)
+    assert built == [{"cuda_graph": False}, {"cuda_graph": None}] and len(_cached(velocity)) == 2
+    with pytest.raises(ValueError, match="has no num_classes"):
+        _cached(velocity)[0](labels=[1, 2])
 
 
 def test_bad_batch_size_and_warnings_at_the_callers_line(mlp):
