@@ -292,6 +292,44 @@ def test_discriminator_warmup_trains_d_alone_first_and_is_recorded_only_when_set
     assert "discriminator_warmup" not in default.describe() and "adversarial_weight" in default.describe()
 
 
+def test_clamped_compares_samples_as_the_sampler_returns_them():
+    """clamped=1: the endpoints of intervals ending at t = 0 enter the distance (and the
+    discriminator) clamped to [-1, 1], so a student pixel past -1 costs nothing where the target's
+    is -1 too; intervals ending earlier stay unclamped; 0 or 1 only; recorded only when set."""
+    teacher = _image_teacher()
+    process = kacfast.KacProcess()
+    warm = {"discriminator_warmup": 100}  # the loss is the distance alone
+    objective = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, process, 2, 1,
+                                                              options={**warm, "clamped": 1})
+    class Overshooting(torch.nn.Module):  # a student whose samples leave the data range
+        def __init__(self):
+            super().__init__()
+            self.net = _image_teacher()
+
+        def forward(self, x, t, y=None):
+            return 50.0 * self.net(x, t, y)
+
+    student = Overshooting().train()
+    x0, y = torch.rand(4, 1, 8, 8) * 2 - 1, torch.arange(4) % 3
+    pred, target, _ = objective.endpoints(student, x0, y, torch.Generator().manual_seed(0), 5)
+    assert ((pred.detach() > 1) | (pred.detach() < -1)).any()
+    value = objective.loss(student, x0, y, torch.Generator().manual_seed(0), 5)
+    torch.testing.assert_close(value, (pred.clamp(-1, 1) - target.clamp(-1, 1)).square().mean())
+    assert not torch.allclose(value, (pred - target).square().mean())
+
+    two_steps = DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, process, 4, 2,
+                                                              options={**warm, "clamped": 1})
+    plain = DistillObjective(teacher, process, 4, 2)
+    seed = next(s for s in range(100)  # a batch of one whose interval is the first (t = 1 -> 0.5)
+                if torch.randint(0, 2, (1,), generator=torch.Generator().manual_seed(s)).item() == 0)
+    torch.testing.assert_close(two_steps.loss(student, x0[:1], y[:1], torch.Generator().manual_seed(seed), 7),
+                               plain.loss(student, x0[:1], y[:1], torch.Generator().manual_seed(seed), 7))
+    with pytest.raises(ValueError, match="clamped must be 0 or 1"):
+        DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, process, 2, 1, options={"clamped": 2})
+    assert objective.describe()["clamped"] == 1.0
+    assert "clamped" not in DISTILL_OBJECTIVES["endpoint-l2-adversarial"](teacher, process, 2, 1).describe()
+
+
 def test_schedule_and_objective_validation(teacher):
     with pytest.raises(ValueError, match="dividing the previous"):
         DistillConfig(schedule=(10, 4))

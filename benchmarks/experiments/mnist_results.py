@@ -77,9 +77,11 @@ FINETUNE3_RUNS = {kind: ("", "power0.05", "power0.1", "power0.2") if kind in ("e
                   for kind in ("ema", "long", "adv0.2", "adv0.4", "longadv0.2", "longadv0.3", "longadv0.4")}
 # the 28x28 fourth cycle's runs (adversarial-finetune4KINDadv0.4-cosine-1.5e-4/): "" or "dwarm100"
 # (a 100-step discriminator warm-up); the 16x16 fine-tunes of the shipped student
-# (adversarial-finetune-KINDadvWEIGHT-cosine-1.5e-4/) as (kind, adversarial weight)
+# (adversarial-finetune-KINDadvWEIGHT-cosine-1.5e-4/) as (kind, adversarial weight); "clamped":
+# the objective's clamped=1 (the samples compared as the sampler returns them)
 FINETUNE4_KINDS = ("", "dwarm100")
-FINETUNE16_RUNS = (("", "0.4"), ("", "1"), ("", "2"), ("dwarm100", "0.1"), ("dwarm100", "0.4"))
+FINETUNE16_RUNS = (("", "0.4"), ("", "1"), ("", "2"), ("dwarm100", "0.1"), ("dwarm100", "0.4"),
+                   ("clamped-dwarm100", "0.1"), ("clamped-dwarm100", "0.4"), ("clamped-dwarm100", "1"))
 # DDIM rows of the v-prediction DDPM: (timestep spacing suffix, steps)
 DDIM_V_ROWS = (("", 100), ("", 20), ("", 4), ("-trailing", 4), ("-trailing", 2), ("-trailing", 1))
 
@@ -145,6 +147,9 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{kind}adv{weight}-1.5e-4": (
         f"adversarial-finetune-{kind}adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
        for kind, weight in FINETUNE16_RUNS},
+    # a second clamped cycle from the clamped W = 0.4 student, the same settings
+    "distillkac-1-w1.25-huber-adversarial-logit-finetune2-clamped-dwarm100adv0.4-1.5e-4": (
+        "adversarial-finetune2-clamped-dwarm100adv0.4-cosine-1.5e-4/stage-1-1", "distill", 1, "euler"),
     # the multi-step students of the pseudo-Huber chains of the logit-normal teacher (the shipped
     # students' chain) and of its Kac-preconditioned recipe
     **{f"distillkac-{steps}-w1.25-huber-logit{teacher}": (f"distill-w1.25-huber-logit{teacher}/stage-{stage}-{steps}",
@@ -395,8 +400,12 @@ LABELS = {
        f"weight 0.4{', discriminator warm-up 100' if kind else ''}" for kind in FINETUNE4_KINDS},
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{kind}adv{weight}-1.5e-4":
        "DistillKac student of the logit-normal teacher, adversarial stage of 9,600 steps + 500 against itself, "
-       f"adversarial weight {weight}{', discriminator warm-up 100' if kind else ''}"
+       f"adversarial weight {weight}{', discriminator warm-up 100' if 'dwarm100' in kind else ''}"
+       f"{', clamped samples' if 'clamped' in kind else ''}"
        for kind, weight in FINETUNE16_RUNS},
+    "distillkac-1-w1.25-huber-adversarial-logit-finetune2-clamped-dwarm100adv0.4-1.5e-4":
+       "DistillKac student of the logit-normal teacher, adversarial stage of 9,600 steps + 2 x 500 against itself, "
+       "adversarial weight 0.4, discriminator warm-up 100, clamped samples",
 }
 
 

@@ -256,20 +256,27 @@ class AdversarialDistillObjective(DistillObjective):
     discriminator steps taken before the student's loss adds that term (D steps on batches with
     samples only: every training step of a 1-step stage; a restarted stage, such as a 1 -> 1 cycle
     against the student's own samples, otherwise follows an untrained D's gradient from its first
-    step). The discriminator and its optimizer are
+    step). `clamped` (0): 1 compares the samples as the sampler returns them, clamped to the
+    data range [-1, 1], in the distance and for the discriminator: a pixel pushed past -1 is an
+    exact -1, as MNIST's background is, and costs nothing, where unclamped every background
+    pixel must land on -1 exactly, which a smooth network does not (README "Background
+    residue"). The discriminator and its optimizer are
     checkpointed with the run (exact resume); one process only. Each `loss` call is a
     discriminator step too: call it from the training loop only. Meant as a short last stage
     (`kacfast distill --teacher RUN/stage-3-2 --schedule 2 1 --objective endpoint-l2-adversarial`)."""
 
     name = "endpoint-l2-adversarial"
-    tunable = ("adversarial_weight", "discriminator_lr", "discriminator_warmup")
-    recorded_when_set = ("discriminator_warmup",)
+    tunable = ("adversarial_weight", "discriminator_lr", "discriminator_warmup", "clamped")
+    recorded_when_set = ("discriminator_warmup", "clamped")
     adversarial_weight = 0.1
     discriminator_lr = 2e-4
     discriminator_warmup = 0.0
+    clamped = 0.0
 
     def __init__(self, teacher, *args, **kwargs):
         super().__init__(teacher, *args, **kwargs)
+        if self.clamped not in (0.0, 1.0):
+            raise ValueError(f"option clamped must be 0 or 1, got {self.clamped:g}.")
         shape = getattr(teacher, "sample_shape", None)
         if shape is None or len(shape) != 3:
             raise ValueError(f"{self.name} needs an image teacher (sample_shape (C, H, W)), got "
@@ -285,8 +292,12 @@ class AdversarialDistillObjective(DistillObjective):
 
     def loss(self, net, x0, y, generator, seed):
         pred, target, idx = self.endpoints(net, x0, y, generator, seed)
-        loss = self.distance(pred, target)
         final = idx == self.student_steps - 1  # intervals ending at t = 0: samples
+        if self.clamped:
+            at_end = final.view(-1, *[1] * (pred.dim() - 1))
+            pred = torch.where(at_end, pred.clamp(-1, 1), pred)
+            target = torch.where(at_end, target.clamp(-1, 1), target)
+        loss = self.distance(pred, target)
         if not bool(final.any()):
             return loss
         fake, real = pred[final], x0[final].float()
