@@ -143,5 +143,11 @@ python "$HERE/benchmarks/experiments/mnist_results.py" speed --runs "$RUNS" --n 
     ddim-100 ddim-20 ddpm-1000 edm-heun-35
 python "$HERE/benchmarks/experiments/stability.py" --runs "$RUNS" --out "$HERE/docs/stability.png" --json "$HERE/docs/stability.json"
 kacfast export --ckpt "$RUNS/kac-logit-normal" --out "$HERE/kacfast/pretrained/mnist16-kac-teacher.safetensors"
-kacfast export --ckpt "$RUNS/adversarial-huber-w1.25-logit-9600/stage-1-1" --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
+# the 9,600-step student, one 500-step cycle against itself with the samples clamped (clamped=1)
+$DISTILL --teacher "$RUNS/adversarial-huber-w1.25-logit-9600/stage-1-1" --schedule 1 1 \
+    --out "$RUNS/adversarial-finetune-clamped-dwarm100adv1-cosine-1.5e-4" --steps-per-stage 500 --warmup 50 --seed 3 \
+    --objective endpoint-l2-adversarial --objective-option adversarial_weight=1 \
+    --objective-option discriminator_warmup=100 --objective-option clamped=1 --lr 1.5e-4 --lr-schedule cosine --resume
+kacfast export --ckpt "$RUNS/adversarial-finetune-clamped-dwarm100adv1-cosine-1.5e-4/stage-1-1" \
+    --out "$HERE/kacfast/pretrained/mnist16-distillkac-1step.safetensors"
 python "$HERE/benchmarks/experiments/student_loss_share.py" --runs "$RUNS"

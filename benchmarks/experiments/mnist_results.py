@@ -141,6 +141,10 @@ ROWS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4{kind}adv0.4-1.5e-4": (
         f"adversarial-finetune4{kind}adv0.4-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
        for kind in FINETUNE4_KINDS},
+    # ... and with the samples clamped (clamped=1), discriminator warm-up 100, adversarial weight W
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4-clamped-dwarm100adv{weight}-1.5e-4": (
+        f"adversarial-finetune4-clamped-dwarm100adv{weight}-cosine-1.5e-4/stage-1-1", "distill", 1, "euler")
+       for weight in ("0.4", "1")},
     # 16x16: the shipped student fine-tuned 500 steps against itself (warm-up 50, cosine from 1.5e-4)
     # with adversarial_weight W (default 0.1), some with the discriminator trained alone for its
     # first 100 steps (discriminator_warmup=100)
@@ -203,7 +207,7 @@ GRIDS = {"kac-logit-normal-quadratic-euler-100": quadratic_grid,
 
 # The shipped models the MNIST pipelines trained, by dataset and run directory
 SHIPPED = {"mnist5k16": {"kac-logit-normal": "mnist16-kac-teacher",
-                         "adversarial-huber-w1.25-logit-9600/stage-1-1": "mnist16-distillkac-1step"},
+                         "adversarial-finetune-clamped-dwarm100adv1-cosine-1.5e-4/stage-1-1": "mnist16-distillkac-1step"},
            "mnist5k": {"kac-logit-normal": "mnist28-kac-teacher",
                        "adversarial-finetune3adv0.4-cosine-1.5e-4/stage-1-1": "mnist28-distillkac-1step"}}
 
@@ -398,6 +402,9 @@ LABELS = {
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4{kind}adv0.4-1.5e-4":
        "DistillKac student of the logit-normal teacher, the third cycle's + 500 against itself, adversarial "
        f"weight 0.4{', discriminator warm-up 100' if kind else ''}" for kind in FINETUNE4_KINDS},
+    **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune4-clamped-dwarm100adv{weight}-1.5e-4":
+       "DistillKac student of the logit-normal teacher, the third cycle's + 500 against itself, adversarial "
+       f"weight {weight}, discriminator warm-up 100, clamped samples" for weight in ("0.4", "1")},
     **{f"distillkac-1-w1.25-huber-adversarial-logit-finetune-{kind}adv{weight}-1.5e-4":
        "DistillKac student of the logit-normal teacher, adversarial stage of 9,600 steps + 500 against itself, "
        f"adversarial weight {weight}{', discriminator warm-up 100' if 'dwarm100' in kind else ''}"
