@@ -177,7 +177,15 @@ class Evaluator:
                 out[f"{name}_accuracy"] = metrics.conditional_accuracy(judge.classifier, samples, labels)
         return out
 
-    def _row(self, name: str, per_seed: list[dict], info: dict) -> dict:
+    def floor_set(self, seed: int) -> tuple:
+        """(images, labels or None) of one seed's floor set: n training items disjoint from its
+        reference."""
+        _, images, labels, _ = self._split(seed)
+        return images, labels
+
+    def summarize(self, name: str, per_seed: list[dict], info: dict) -> dict:
+        """One row from per-seed metric dicts: each key's interval over the seeds, the protocol and
+        the judges' digests, with `info` copied in."""
         keys = per_seed[0].keys()
         summary = {k: metrics.seed_interval([s[k] for s in per_seed]).as_dict() for k in keys}
         return {"row": name, **info, **self.protocol.as_dict(), "reference_size": self.reference_size,
@@ -197,15 +205,14 @@ class Evaluator:
             if progress:
                 print(f"  {name} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in per_seed[-1].items()),
                       flush=True)
-        return self._row(name, per_seed, info)
+        return self.summarize(name, per_seed, info)
 
     def floor(self, name: str = "data") -> dict:
         """The real-vs-real row: n training images disjoint from each seed's reference."""
         per_seed = []
         for seed in self.protocol.seeds:
-            _, images, labels, _ = self._split(seed)
-            per_seed.append(self.score(images, labels, seed))
-        return self._row(name, per_seed, {"method": "data", "nfe": 0})
+            per_seed.append(self.score(*self.floor_set(seed), seed))
+        return self.summarize(name, per_seed, {"method": "data", "nfe": 0})
 
 
 def check_same_judges(rows: list[dict], judge: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """What the `cnn` judge's distance from the floor is made of: faint residue on the digits' background.
 
-MNIST's background is exactly -1 (68% of the 16x16 pixels, within 1e-5). A sampler that ends a few
+MNIST's background is exactly -1 (65% of the 16x16 pixels, within 1e-5). A sampler that ends a few
 hundredths above -1 on background pixels leaves a faint haze no eye sees; this script measures how
 much of each judge's FD that haze is, under the tables' protocol (mnist_results.py: the same judges,
 seeds, sample count and reference):
@@ -90,9 +90,9 @@ def main() -> None:
     def record(row: str, variant: str, per_seed_images: dict[int, torch.Tensor], info: dict) -> dict:
         per_seed = []
         for seed, images in per_seed_images.items():
-            scores = evaluator.score(images, labels if row != "data" else evaluator._split(seed)[2], seed)
+            scores = evaluator.score(images, labels if row != "data" else evaluator.floor_set(seed)[1], seed)
             per_seed.append({**scores, **pixel_fractions(images, args.delta)})
-        result = evaluator._row(row, per_seed, {"variant": variant, "delta": args.delta, **info})
+        result = evaluator.summarize(row, per_seed, {"variant": variant, "delta": args.delta, **info})
         with open(args.out, "a") as f:
             f.write(json.dumps(result, sort_keys=True) + "\n")
         m = result["metrics"]
@@ -104,7 +104,7 @@ def main() -> None:
     for row in args.rows:
         start = time.perf_counter()
         if row == "data":
-            floor = {seed: evaluator._split(seed)[1] for seed in args.seeds}
+            floor = {seed: evaluator.floor_set(seed)[0] for seed in args.seeds}
             variants = {"drawn": floor, f"snapped {args.delta:g}": {s: snap(x, args.delta) for s, x in floor.items()}}
             for sigma in args.sigmas:
                 for fg in (False, True):
